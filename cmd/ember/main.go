@@ -1,0 +1,182 @@
+// Command ember is the Ember virtual machine monitor.
+//
+//	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer]
+//	ember extract-vmlinux BZIMAGE OUT
+//	ember version
+//
+// Exit status of run: 0 when the guest resets or powers off, 1 when it
+// crashes or Ember fails, 2 for bad flags or files.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/embervm/ember/loader"
+	"github.com/embervm/ember/vmm"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// consoleEscape (Ctrl-A) followed by 'x' quits when the console is a terminal.
+const consoleEscape = 0x01
+
+func main() {
+	start := time.Now()
+	os.Exit(run(os.Args[1:], start))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer]
+  ember extract-vmlinux BZIMAGE OUT
+  ember version
+`)
+}
+
+func run(args []string, start time.Time) int {
+	if len(args) == 0 {
+		usage(os.Stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return runVM(args[1:], start)
+	case "extract-vmlinux":
+		if len(args) != 3 {
+			fmt.Fprintln(os.Stderr, "ember extract-vmlinux: want two arguments, BZIMAGE and OUT")
+			return exitUsage
+		}
+		if err := loader.ExtractVmlinuxFile(args[1], args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "ember extract-vmlinux:", err)
+			return exitFailure
+		}
+		return exitOK
+	case "version", "--version", "-version":
+		fmt.Println("ember", version)
+		return exitOK
+	case "help", "-h", "--help":
+		usage(os.Stdout)
+		return exitOK
+	}
+	fmt.Fprintf(os.Stderr, "ember: unknown command %q\n", args[0])
+	usage(os.Stderr)
+	return exitUsage
+}
+
+func runVM(args []string, start time.Time) int {
+	fs := flag.NewFlagSet("ember run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg := vmm.Config{StartTime: start}
+	fs.StringVar(&cfg.KernelPath, "kernel", "", "guest kernel: ELF vmlinux (64-bit or PVH entry) or bzImage")
+	fs.StringVar(&cfg.InitrdPath, "initrd", "", "initial ramdisk")
+	fs.StringVar(&cfg.Cmdline, "cmdline", vmm.DefaultCmdline, "kernel command line")
+	fs.IntVar(&cfg.VCPUs, "vcpus", vmm.DefaultVCPUs, "number of vCPUs (1-32)")
+	fs.IntVar(&cfg.MemMiB, "mem-mib", vmm.DefaultMemMiB, "guest memory in MiB")
+	fs.BoolVar(&cfg.BootTimer, "boot-timer", false, "attach the boot-timer device (guest writes 123 at 0xC0000000)")
+	fs.StringVar(&cfg.BootProtocol, "boot-protocol", "", "entry for ELF kernels: pvh or linux64 (default: pvh when the kernel has a PVH note)")
+	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return exitOK
+		}
+		fmt.Fprintln(os.Stderr, "ember run:", err)
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ember run: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "ember run: --level %q: want debug, info, warn or error\n", *level)
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	cfg.Logger = log
+	cfg.Console = os.Stdout
+	cfg.AllowEmulatedKVM = os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1"
+
+	// Console input: a terminal goes to raw mode (Ctrl-A x quits); a pipe or
+	// file is passed through as it is.
+	stdin := int(os.Stdin.Fd())
+	var restore func()
+	if term.IsTerminal(stdin) {
+		cfg.ConsoleIn = escapeReader{os.Stdin}
+	} else {
+		cfg.ConsoleIn = os.Stdin
+	}
+
+	vm, err := vmm.New(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember:", err)
+		if errors.Is(err, vmm.ErrInvalidConfig) {
+			return exitUsage
+		}
+		return exitFailure
+	}
+	defer vm.Close()
+
+	if term.IsTerminal(stdin) {
+		if st, err := term.MakeRaw(stdin); err == nil {
+			restore = func() { term.Restore(stdin, st) }
+			defer restore()
+		}
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	go func() {
+		s := <-sigs
+		log.Info("stopping the VM", "signal", s)
+		vm.Stop()
+	}()
+
+	fate := vm.Run()
+	if restore != nil {
+		restore()
+	}
+	switch fate.Kind {
+	case vmm.FateReset, vmm.FatePoweroff:
+		log.Debug("guest ended", "fate", fate.Kind)
+		return exitOK
+	case vmm.FateStopped:
+		fmt.Fprintln(os.Stderr, "ember: VM stopped before the guest ended")
+		return exitFailure
+	}
+	fmt.Fprintf(os.Stderr, "ember: guest %s: %v\n", fate.Kind, fate.Err)
+	return exitFailure
+}
+
+// escapeReader passes terminal input through and turns Ctrl-A x into EOF
+// plus a stop, so a user can leave a guest that does not exit.
+type escapeReader struct{ r io.Reader }
+
+func (e escapeReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	for i := 0; i+1 < n; i++ {
+		if p[i] == consoleEscape && p[i+1] == 'x' {
+			unix.Kill(os.Getpid(), unix.SIGTERM)
+			return i, io.EOF
+		}
+	}
+	return n, err
+}

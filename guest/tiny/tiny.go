@@ -1,0 +1,105 @@
+// Package tiny builds the smallest useful guest: a PVH-bootable ELF whose code
+// reports "booted" to the boot timer and then resets the machine. It needs no
+// Linux kernel, so VMM start-up, memory and launch rate can be measured on any
+// /dev/kvm, including hosts that cannot run a stock Linux guest.
+//
+// The same image runs on Ember and on QEMU's microvm machine:
+//  1. a byte 123 written to the boot-timer device at 0xC000_0000 (Ember logs the
+//     boot time; on QEMU the address is unassigned and the write is dropped);
+//  2. an OUT to port 0xf4, QEMU's isa-debug-exit (QEMU exits; Ember ignores the
+//     unknown port);
+//  3. 0xFE written to the i8042 command port 0x64, a CPU reset (Ember exits 0).
+package tiny
+
+import (
+	"bytes"
+	"encoding/binary"
+)
+
+// Addresses and values the guest uses.
+const (
+	// LoadAddr is where the code is loaded: the 1 MiB "high memory" start,
+	// the lowest address Ember's ELF loader accepts.
+	LoadAddr = 0x10_0000
+	// BootTimerAddr is Firecracker's boot-timer MMIO device on x86.
+	BootTimerAddr = 0xC000_0000
+	// BootTimerMagic is the byte that tells the boot timer the guest is up.
+	BootTimerMagic = 123
+	// DebugExitPort is where QEMU's isa-debug-exit device is placed for the
+	// comparison runs (-device isa-debug-exit,iobase=0xf4,iosize=4).
+	DebugExitPort = 0xf4
+	// I8042CommandPort and I8042ResetCPU: writing 0xFE to the keyboard
+	// controller's command port pulses the CPU reset line.
+	I8042CommandPort = 0x64
+	I8042ResetCPU    = 0xfe
+)
+
+// ELF constants (System V ABI, ELF-64 Object File Format) and the Xen PVH
+// entry note (xen/include/public/elfnote.h: XEN_ELFNOTE_PHYS32_ENTRY = 18).
+const (
+	elfHeaderSize     = 64
+	elfPhdrSize       = 56
+	elfClass64        = 2
+	elfData2LSB       = 1
+	elfVersionCurrent = 1
+	elfTypeExec       = 2
+	elfMachineX86_64  = 62
+	ptLoad            = 1
+	ptNote            = 4
+	pfX, pfR          = 1, 4
+	xenPhys32Entry    = 18
+)
+
+// code is 32-bit protected-mode code (PVH enters with paging off).
+var code = []byte{
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
+	0xb0, 0x00, // mov al, 0
+	0xe6, DebugExitPort, // out 0xf4, al
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Image returns the guest as an ELF64 executable for x86-64 with a PVH entry note.
+func Image() []byte {
+	const phnum = 2
+	note := new(bytes.Buffer)
+	le := binary.LittleEndian
+	codeOff := uint64(elfHeaderSize + phnum*elfPhdrSize)
+	// The note follows the code; it is not loaded.
+	noteOff := codeOff + uint64(len(code))
+	noteOff = (noteOff + 3) &^ 3
+	entry := uint32(LoadAddr + codeOff)
+	binary.Write(note, le, [3]uint32{4, 4, xenPhys32Entry})
+	note.WriteString("Xen\x00")
+	binary.Write(note, le, entry)
+
+	b := new(bytes.Buffer)
+	ident := [16]byte{0x7f, 'E', 'L', 'F', elfClass64, elfData2LSB, elfVersionCurrent}
+	b.Write(ident[:])
+	binary.Write(b, le, struct {
+		Type, Machine              uint16
+		Version                    uint32
+		Entry, Phoff, Shoff        uint64
+		Flags                      uint32
+		Ehsize, Phentsize, Phnum   uint16
+		Shentsize, Shnum, Shstrndx uint16
+	}{elfTypeExec, elfMachineX86_64, elfVersionCurrent, uint64(entry), elfHeaderSize, 0, 0,
+		elfHeaderSize, elfPhdrSize, phnum, 0, 0, 0})
+	type phdr struct {
+		Type, Flags                          uint32
+		Off, Vaddr, Paddr, Filesz, Memsz, Al uint64
+	}
+	// The load segment covers the headers and the code, so file offset 0
+	// lands at LoadAddr.
+	loadSize := codeOff + uint64(len(code))
+	binary.Write(b, le, phdr{ptLoad, pfR | pfX, 0, LoadAddr, LoadAddr, loadSize, loadSize, 0x1000})
+	binary.Write(b, le, phdr{ptNote, pfR, noteOff, 0, 0, uint64(note.Len()), uint64(note.Len()), 4})
+	b.Write(code)
+	for uint64(b.Len()) < noteOff {
+		b.WriteByte(0)
+	}
+	b.Write(note.Bytes())
+	return b.Bytes()
+}

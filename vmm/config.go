@@ -1,0 +1,78 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Limits and defaults of the machine configuration (Firecracker's).
+const (
+	MinVCPUs       = 1
+	MaxVCPUs       = 32
+	DefaultVCPUs   = 1
+	DefaultMemMiB  = 128
+	MinMemMiB      = 1
+	MaxMemMiB      = 1 << 20 // 1 TiB: beyond what the x86 layout below 1 TiB can hold
+	DefaultCmdline = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd"
+)
+
+// Boot protocols for ELF kernels.
+const (
+	BootAuto    = ""        // PVH if the ELF has a PVH entry note, else the 64-bit Linux entry
+	BootLinux64 = "linux64" // the 64-bit Linux boot protocol (zero page, long mode)
+	BootPVH     = "pvh"     // the Xen PVH entry (hvm_start_info, 32-bit protected mode)
+)
+
+// Config describes a machine. It is what the CLI flags (and later the API and
+// the config file) fill in.
+type Config struct {
+	KernelPath string
+	InitrdPath string
+	Cmdline    string
+	VCPUs      int
+	MemMiB     int
+	BootTimer  bool
+	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).
+	BootProtocol string
+
+	// Console receives the guest's serial output; nil discards it.
+	Console io.Writer
+	// ConsoleIn, if set, is read and fed to the guest's serial port.
+	ConsoleIn io.Reader
+
+	// Logger receives Ember's own messages; nil uses slog.Default().
+	Logger *slog.Logger
+	// StartTime is when the process started, for the boot timer; zero means now.
+	StartTime time.Time
+	// AllowEmulatedKVM skips the host check that refuses to boot a Linux
+	// kernel on a KVM that would emulate it (see CheckHost).
+	AllowEmulatedKVM bool
+}
+
+// ErrInvalidConfig marks configuration errors: the user's input is wrong.
+var ErrInvalidConfig = errors.New("invalid configuration")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+}
+
+// Validate checks the parts of the configuration that need no files.
+func (c *Config) Validate() error {
+	switch {
+	case c.KernelPath == "":
+		return invalid("no kernel given")
+	case c.VCPUs < MinVCPUs || c.VCPUs > MaxVCPUs:
+		return invalid("vcpu count %d: must be between %d and %d", c.VCPUs, MinVCPUs, MaxVCPUs)
+	case c.MemMiB < MinMemMiB || c.MemMiB > MaxMemMiB:
+		return invalid("memory size %d MiB: must be between %d and %d MiB", c.MemMiB, MinMemMiB, MaxMemMiB)
+	}
+	switch c.BootProtocol {
+	case BootAuto, BootLinux64, BootPVH:
+	default:
+		return invalid("boot protocol %q: must be %q or %q", c.BootProtocol, BootLinux64, BootPVH)
+	}
+	return nil
+}

@@ -1,0 +1,371 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/embervm/ember/devices"
+	"github.com/embervm/ember/kvm"
+	"github.com/embervm/ember/loader"
+	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/x86"
+)
+
+const (
+	// linuxKernelMinSize: a loaded image at least this large is taken to be
+	// a Linux kernel by the host check (the tiny test guests are a few KiB).
+	linuxKernelMinSize = 1 << 20
+)
+
+// FateKind says how a guest's run ended.
+type FateKind int
+
+// Fates of a run.
+const (
+	FateReset         FateKind = iota // guest reset (reboot with reboot=k): a normal end
+	FatePoweroff                      // guest asked KVM to power off
+	FateShutdown                      // triple fault or KVM shutdown exit
+	FateInternalError                 // KVM internal error, entry failure or unexpected exit
+	FateStopped                       // stopped from the host (signal, API)
+)
+
+func (k FateKind) String() string {
+	return [...]string{"reset", "poweroff", "shutdown (triple fault)", "internal error", "stopped"}[k]
+}
+
+// Fate is how a run ended. Err explains a FateShutdown or FateInternalError.
+type Fate struct {
+	Kind FateKind
+	Err  error
+}
+
+// VM is a built machine.
+type VM struct {
+	cfg  Config
+	log  *slog.Logger
+	sys  *kvm.System
+	vm   *kvm.VM
+	mem  *memory.Guest
+	cpus []*vcpu
+
+	pio       *devices.Bus
+	mmio      *devices.Bus
+	serial    *devices.Serial
+	i8042     *devices.I8042
+	bootTimer *devices.BootTimer
+
+	kernel *loader.Kernel
+
+	fateOnce sync.Once
+	fate     chan Fate
+	stopping atomic.Bool
+	closed   bool
+}
+
+// irqLine pulses a GSI on the in-kernel irqchip: the devices' view of an interrupt.
+type irqLine struct {
+	vm  *kvm.VM
+	gsi uint32
+}
+
+func (l irqLine) Trigger() error {
+	if err := l.vm.IRQLine(l.gsi, 1); err != nil {
+		return err
+	}
+	return l.vm.IRQLine(l.gsi, 0)
+}
+
+// New builds the machine described by cfg. Nothing runs until Run. On error
+// everything made so far is released.
+func New(cfg Config) (_ *VM, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1)}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
+	if v.cfg.StartTime.IsZero() {
+		v.cfg.StartTime = time.Now()
+	}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+
+	if v.mem, err = memory.New(uint64(cfg.MemMiB) << 20); err != nil {
+		return nil, err
+	}
+	if v.kernel, err = loader.Load(v.mem, cfg.KernelPath); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if !cfg.AllowEmulatedKVM && v.kernel.End-v.kernel.Start >= linuxKernelMinSize {
+		if p := HostProblem(); p != "" {
+			return nil, fmt.Errorf("%w: %s; a Linux kernel's code would be emulated instruction by instruction for minutes. Boot it in the lab instead: ember-lab run -- ember run --kernel %s ...", ErrEmulatedKVM, p, cfg.KernelPath)
+		}
+	}
+	if err := v.openKVM(); err != nil {
+		return nil, err
+	}
+	// Registering the first memory slot waits for an SRCU grace period in
+	// the host kernel (milliseconds, independent of memory size), so it runs
+	// while the boot data and vCPUs are prepared.
+	memDone := make(chan error, 1)
+	go func() { memDone <- v.setupMemory() }()
+	err = v.loadBootData()
+	if err == nil {
+		err = v.setupDevices()
+	}
+	if err == nil {
+		err = v.createVCPUs()
+	}
+	if merr := <-memDone; err == nil {
+		err = merr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *VM) openKVM() error {
+	var err error
+	if v.sys, err = kvm.Open(); err != nil {
+		return err
+	}
+	if v.vm, err = v.sys.CreateVM(); err != nil {
+		return err
+	}
+	if err := v.vm.SetTSSAddr(x86.TSSAddr); err != nil {
+		return err
+	}
+	if err := v.vm.SetIdentityMapAddr(x86.IdentityMapAddr); err != nil {
+		return err
+	}
+	if err := v.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	return v.vm.CreatePIT2(kvm.PITConfig{Flags: kvm.PITSpeakerDummy})
+}
+
+func (v *VM) setupMemory() error {
+	for i, r := range v.mem.Regions() {
+		err := v.vm.SetUserMemoryRegion(kvm.UserspaceMemoryRegion{
+			Slot:          uint32(i),
+			GuestPhysAddr: r.GuestAddr,
+			MemorySize:    r.Size(),
+			UserspaceAddr: uint64(hostAddr(r.Host)),
+		})
+		if err != nil {
+			return fmt.Errorf("register guest memory region %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// usePVH decides the entry protocol of the loaded kernel.
+func (v *VM) usePVH() (bool, error) {
+	k := v.kernel
+	switch v.cfg.BootProtocol {
+	case BootPVH:
+		if !k.HasPVH {
+			return false, invalid("kernel %s has no PVH entry note; boot it without --boot-protocol=pvh", v.cfg.KernelPath)
+		}
+		return true, nil
+	case BootLinux64:
+		if k.Format != loader.FormatELF && k.Format != loader.FormatBzImage {
+			return false, invalid("kernel %s cannot be entered through the 64-bit Linux protocol", v.cfg.KernelPath)
+		}
+		return false, nil
+	}
+	return k.Format == loader.FormatELF && k.HasPVH, nil
+}
+
+func (v *VM) loadBootData() error {
+	cmdline := v.cfg.Cmdline
+	if err := x86.CheckCmdline(cmdline, int(v.kernel.CmdlineMax)); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := x86.WriteCmdline(v.mem, x86.CmdlineAddr, cmdline); err != nil {
+		return err
+	}
+	var initrdAddr, initrdSize uint64
+	if v.cfg.InitrdPath != "" {
+		var err error
+		if initrdAddr, initrdSize, err = v.loadInitrd(); err != nil {
+			return err
+		}
+	}
+	pvh, err := v.usePVH()
+	if err != nil {
+		return err
+	}
+	e820 := x86.E820Map(v.mem)
+	if err := x86.WriteMPTable(v.mem, v.cfg.VCPUs); err != nil {
+		return err
+	}
+	if pvh {
+		return x86.WritePVHStartInfo(v.mem, x86.PVHConfig{
+			CmdlineAddr: x86.CmdlineAddr,
+			InitrdAddr:  initrdAddr,
+			InitrdSize:  initrdSize,
+			E820:        e820,
+		})
+	}
+	return x86.WriteZeroPage(v.mem, x86.ZeroPageConfig{
+		SetupHeader: v.kernel.SetupHeader,
+		CmdlineAddr: x86.CmdlineAddr,
+		CmdlineSize: uint64(len(cmdline)) + 1, // with its NUL
+		InitrdAddr:  initrdAddr,
+		InitrdSize:  initrdSize,
+		E820:        e820,
+	})
+}
+
+func (v *VM) loadInitrd() (addr, size uint64, err error) {
+	f, err := os.Open(v.cfg.InitrdPath)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: initrd: %w", ErrInvalidConfig, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, 0, fmt.Errorf("initrd %s: %w", v.cfg.InitrdPath, err)
+	}
+	if !st.Mode().IsRegular() || st.Size() == 0 {
+		return 0, 0, invalid("initrd %s: not a non-empty regular file", v.cfg.InitrdPath)
+	}
+	size = uint64(st.Size())
+	addr, err = x86.InitrdAddr(v.mem, size, v.kernel.End, v.kernel.InitrdAddrMax)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: initrd %s: %w", ErrInvalidConfig, v.cfg.InitrdPath, err)
+	}
+	dst, err := v.mem.Slice(addr, size)
+	if err != nil {
+		return 0, 0, fmt.Errorf("initrd %s: %w", v.cfg.InitrdPath, err)
+	}
+	if _, err := io.ReadFull(f, dst); err != nil {
+		return 0, 0, fmt.Errorf("read initrd %s: %w", v.cfg.InitrdPath, err)
+	}
+	return addr, size, nil
+}
+
+func (v *VM) setupDevices() error {
+	v.pio = &devices.Bus{}
+	v.mmio = &devices.Bus{}
+	out := v.cfg.Console
+	if out == nil {
+		out = io.Discard
+	}
+	v.serial = devices.NewSerial(out, irqLine{v.vm, devices.COM1IRQ}, v.log)
+	if err := v.pio.Insert(v.serial, devices.COM1Base, devices.COM1Size); err != nil {
+		return err
+	}
+	v.i8042 = devices.NewI8042(irqLine{v.vm, devices.I8042IRQ}, func() { v.setFate(Fate{Kind: FateReset}) }, v.log)
+	if err := v.i8042.Attach(v.pio); err != nil {
+		return err
+	}
+	if v.cfg.BootTimer {
+		v.bootTimer = devices.NewBootTimer(v.cfg.StartTime, v.log)
+		if err := v.mmio.Insert(v.bootTimer, devices.BootTimerBase, devices.BootTimerSize); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SendCtrlAltDel injects Ctrl+Alt+Del through the i8042 (the API's
+// SendCtrlAltDel action).
+func (v *VM) SendCtrlAltDel() error { return v.i8042.SendCtrlAltDel() }
+
+// Memory is the guest's RAM.
+func (v *VM) Memory() *memory.Guest { return v.mem }
+
+// BootTimer is the boot-timer device, or nil when it is not attached.
+func (v *VM) BootTimer() *devices.BootTimer { return v.bootTimer }
+
+// setFate records the first fate and kicks the vCPUs out of the guest.
+func (v *VM) setFate(f Fate) {
+	v.fateOnce.Do(func() {
+		v.fate <- f
+		v.stopping.Store(true)
+		for _, c := range v.cpus {
+			c.kick()
+		}
+	})
+}
+
+// Stop ends the run from the host side (a signal, the API); Run returns FateStopped.
+func (v *VM) Stop() { v.setFate(Fate{Kind: FateStopped}) }
+
+// Run starts the vCPUs and the console input, and returns when the guest's
+// fate is known. All vCPU threads have left KVM_RUN when it returns.
+func (v *VM) Run() Fate {
+	if v.bootTimer != nil {
+		v.bootTimer.MarkGuestStart()
+	}
+	var wg sync.WaitGroup
+	for _, c := range v.cpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.loop()
+		}()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if v.cfg.ConsoleIn != nil {
+		go v.feedConsole(ctx, v.cfg.ConsoleIn)
+	}
+	f := <-v.fate
+	wg.Wait()
+	v.log.Debug("guest ended", "fate", f.Kind,
+		"unhandled_pio_reads", v.pio.Unhandled.Reads.Load(), "unhandled_pio_writes", v.pio.Unhandled.Writes.Load(),
+		"unhandled_mmio_reads", v.mmio.Unhandled.Reads.Load(), "unhandled_mmio_writes", v.mmio.Unhandled.Writes.Load())
+	return f
+}
+
+// feedConsole copies host input to the guest's UART, waiting for the guest
+// to drain its receive FIFO instead of dropping bytes.
+func (v *VM) feedConsole(ctx context.Context, r io.Reader) {
+	buf := make([]byte, 256)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 && v.serial.Feed(ctx, buf[:n]) != nil {
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Close releases everything the VM holds. It is safe on a partly built VM.
+func (v *VM) Close() error {
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	var errs []error
+	for _, c := range v.cpus {
+		errs = append(errs, c.fd.Close())
+	}
+	if v.vm != nil {
+		errs = append(errs, v.vm.Close())
+	}
+	if v.sys != nil {
+		errs = append(errs, v.sys.Close())
+	}
+	if v.mem != nil {
+		errs = append(errs, v.mem.Close())
+	}
+	return errors.Join(errs...)
+}
