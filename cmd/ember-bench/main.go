@@ -1,0 +1,129 @@
+// Command ember-bench runs Ember's benchmarks against QEMU's microvm machine.
+//
+//	ember-bench boot [--runs N] [--lab-runs N] [--kernel K --initrd I]
+//	    tiny guest on this host's /dev/kvm, then Linux boot to init in the lab;
+//	    ends with NAME VALUE UNIT lines.
+//	ember-bench lab-boot --kernel K --initrd I [--runs N]
+//	    the in-lab half (ember-bench boot runs it through ember-lab).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/embervm/ember/bench"
+)
+
+const exitUsage = 2
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot [flags]")
+		os.Exit(exitUsage)
+	}
+	var err error
+	switch os.Args[1] {
+	case "boot":
+		err = boot(os.Args[2:])
+	case "lab-boot":
+		err = labBoot(os.Args[2:])
+	default:
+		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
+		os.Exit(exitUsage)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// sibling is a binary installed next to ember-bench (bin/).
+func sibling(name string) string {
+	exe, err := os.Executable()
+	if err != nil {
+		return name
+	}
+	return filepath.Join(filepath.Dir(exe), name)
+}
+
+func guestFile(name string) string {
+	dir := os.Getenv("EMBER_GUEST_DIR")
+	if dir == "" {
+		dir = "build/guest"
+	}
+	p, _ := filepath.Abs(filepath.Join(dir, name))
+	return p
+}
+
+func boot(args []string) error {
+	fs := flag.NewFlagSet("boot", flag.ExitOnError)
+	runs := fs.Int("runs", 20, "tiny-guest runs per VMM")
+	labRuns := fs.Int("lab-runs", 5, "Linux boots per VMM in the lab")
+	kernel := fs.String("kernel", guestFile("minimal-vmlinux"), "guest kernel for the lab runs")
+	initrd := fs.String("initrd", guestFile("initramfs.cpio.gz"), "initramfs for the lab runs")
+	fs.Parse(args)
+	ctx := context.Background()
+
+	fmt.Println("== tiny PVH guest on this host's /dev/kvm, Ember and QEMU microvm alternately")
+	tr, err := bench.Tiny(ctx, sibling("ember"), *runs, os.Stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Println("== Linux boot to init in the lab, Ember and QEMU microvm alternately")
+	cmd := exec.Command(sibling("ember-lab"), "run", "--", sibling("ember-bench"), "lab-boot",
+		"--kernel", *kernel, "--initrd", *initrd, "--runs", strconv.Itoa(*labRuns))
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = os.Stderr
+	err = cmd.Run()
+	os.Stdout.Write(out.Bytes())
+	if err != nil {
+		return fmt.Errorf("lab boot benchmark: %w", err)
+	}
+	vals := map[string]float64{}
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && strings.HasPrefix(f[0], "lab_boot_") {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				vals[f[0]] = v
+			}
+		}
+	}
+	e, q := vals["lab_boot_ember_ms"], vals["lab_boot_qemu_ms"]
+	if e == 0 || q == 0 {
+		return fmt.Errorf("lab boot benchmark printed no lab_boot_ember_ms / lab_boot_qemu_ms")
+	}
+	fmt.Printf("== medians: tiny %d runs each, lab %d runs each\n", tr.Runs, *labRuns)
+	bench.Line(os.Stdout, "lab_boot_ember_ms", e, "ms")
+	bench.Line(os.Stdout, "lab_boot_qemu_ms", q, "ms")
+	bench.Line(os.Stdout, "lab_boot_ratio_vs_qemu", e/q, "ratio")
+	bench.Line(os.Stdout, "tiny_exec_to_exit_ms", tr.EmberMS, "ms")
+	bench.Line(os.Stdout, "tiny_peak_rss_mib", tr.EmberRSSMiB, "MiB")
+	bench.Line(os.Stdout, "qemu_tiny_exec_to_exit_ms", tr.QEMUMS, "ms")
+	bench.Line(os.Stdout, "qemu_tiny_peak_rss_mib", tr.QEMURSSMiB, "MiB")
+	return nil
+}
+
+func labBoot(args []string) error {
+	fs := flag.NewFlagSet("lab-boot", flag.ExitOnError)
+	runs := fs.Int("runs", 5, "boots per VMM")
+	kernel := fs.String("kernel", guestFile("minimal-vmlinux"), "guest kernel")
+	initrd := fs.String("initrd", guestFile("initramfs.cpio.gz"), "initramfs")
+	fs.Parse(args)
+	r, err := bench.LabBoot(context.Background(), sibling("ember"), *kernel, *initrd, *runs, os.Stdout)
+	if err != nil {
+		return err
+	}
+	bench.Line(os.Stdout, "lab_boot_ember_ms", r.EmberMS, "ms")
+	bench.Line(os.Stdout, "lab_boot_qemu_ms", r.QEMUMS, "ms")
+	return nil
+}

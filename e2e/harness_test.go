@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bootTimeout bounds one guest boot; lab guests reach init in seconds.
+const bootTimeout = 4 * time.Minute
+
+// Test init markers (guest/init/init).
+const (
+	initMarker = "ember-guest: init reached"
+)
+
+// lab skips the test outside the lab and returns the guest artifact dir.
+func lab(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("EMBER_LAB") != "1" {
+		t.Skip("end-to-end test: runs inside the lab (make test)")
+	}
+	dir := os.Getenv("EMBER_GUEST_DIR")
+	if dir == "" {
+		t.Fatal("EMBER_GUEST_DIR is not set")
+	}
+	return dir
+}
+
+func guestFile(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(lab(t), name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("guest artifact missing (make guest): %v", err)
+	}
+	return p
+}
+
+// emberBinary is the ember binary on PATH (the lab puts bin/ first).
+func emberBinary(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("ember")
+	if err != nil {
+		t.Fatalf("ember not on PATH: %v", err)
+	}
+	return p
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+	wall           time.Duration
+}
+
+// ember runs `ember run ARGS...` to completion with stdin from /dev/null.
+func ember(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, emberBinary(t), append([]string{"run"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	t0 := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), wall: time.Since(t0)}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("ember run: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("ember run did not finish within %v\nstdout:\n%s\nstderr:\n%s", bootTimeout, r.stdout, r.stderr)
+	}
+	t.Logf("ember run %s: exit %d after %v", strings.Join(args, " "), r.code, r.wall.Round(time.Millisecond))
+	return r
+}
+
+// mustBoot runs a guest that is expected to reach init and reset cleanly.
+func mustBoot(t *testing.T, args ...string) result {
+	t.Helper()
+	r := ember(t, args...)
+	if r.code != 0 || !strings.Contains(r.stdout, initMarker) {
+		t.Fatalf("guest did not boot to init and reset (exit %d)\nstdout:\n%s\nstderr:\n%s", r.code, tailString(r.stdout), r.stderr)
+	}
+	return r
+}
+
+// field returns the value of the guest's "ember-guest: KEY=VALUE" line.
+func field(t *testing.T, out, key string) string {
+	t.Helper()
+	prefix := "ember-guest: " + key + "="
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimRight(l, "\r")
+		if i := strings.Index(l, prefix); i >= 0 {
+			return strings.TrimSpace(l[i+len(prefix):])
+		}
+	}
+	t.Fatalf("guest printed no %q line\n%s", prefix, tailString(out))
+	return ""
+}
+
+func tailString(s string) string {
+	const max = 6000
+	if len(s) > max {
+		return "..." + s[len(s)-max:]
+	}
+	return s
+}
