@@ -1,0 +1,119 @@
+# Ember build, guest artifacts, lab and tests.
+#
+# Slow artifacts live in $(EMBER_CACHE), outside the repository, under keys
+# derived from their inputs, so that a fresh clone on the same machine (CI)
+# reuses them; they are copied to fixed names under build/ (gitignored).
+# Binaries go to bin/ (gitignored).
+#
+#   make setup       install the Debian packages needed (apt-get update once)
+#   make build       go build -o bin/ ./cmd/...
+#   make guest       build/guest/{minimal-vmlinux,minimal-bzImage,cloud-bzImage,
+#                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
+#   make lab         fetch/build the lab VM's kernel and initramfs
+#   make demo        boot the minimal guest with Ember inside the lab
+#   make test        vet, unit tests, then the e2e tests inside the lab
+#   make bench-boot  boot benchmark (bin/ember-bench boot)
+#
+# Cache layout ($(EMBER_CACHE)):
+#   apt-updated.stamp                  apt-get update was run (refreshed weekly)
+#   debs/                              downloaded kernel packages
+#   src/linux-source-<ver>/            unpacked linux-source-6.1
+#   kernel/minimal-<key>/              minimal kernel build and artifacts
+#   cloud/<pkg>_<ver>/                 unpacked cloud kernel package
+#   guest/initramfs-<key>.cpio.gz      the test guests' initramfs
+#   lab/assets-<key>/                  the lab's kernel, initramfs, MANIFEST
+#   lab/jobs/                          per-run job directories (removed after)
+#   gotmp/                             GOTMPDIR for go test -exec in the lab
+
+EMBER_CACHE ?= /var/cache/ember
+export EMBER_CACHE
+
+GO ?= go
+GUEST_DIR := build/guest
+LAB := $(CURDIR)/bin/ember-lab
+GOTMP := $(EMBER_CACHE)/gotmp
+SETUP_STAMP := $(EMBER_CACHE)/apt-updated.stamp
+# Days after which `make setup` runs apt-get update again (package versions
+# in Debian's security repository move on and old ones disappear).
+APT_UPDATE_DAYS := 7
+
+# Debian packages: QEMU for the lab; busybox, cpio, kmod (depmod) for the
+# initramfs images; the kernel source and its build dependencies; e2fsprogs
+# for disk images in tests.
+APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
+	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
+	e2fsprogs ca-certificates
+
+# The demo guest.
+DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
+
+.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs \
+	lab demo test unit-test e2e bench-boot clean
+
+all: build
+
+setup:
+	@mkdir -p $(EMBER_CACHE)
+	@if [ -z "$$(find $(SETUP_STAMP) -mtime -$(APT_UPDATE_DAYS) 2>/dev/null)" ]; then \
+		echo "setup: apt-get update"; \
+		apt-get update -q && touch $(SETUP_STAMP); \
+	fi
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+		[ "$$(dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null)" = "ii " ] || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# ember-lab alone, for targets that must not depend on the rest compiling.
+lab-bin:
+	$(GO) build -o bin/ ./cmd/ember-lab
+
+guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux
+
+guest-minimal: setup
+	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
+
+guest-initramfs: setup lab-bin
+	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+
+guest-cloud: setup
+	scripts/fetch-cloud-kernel.sh $(GUEST_DIR)
+
+# Ember extracts the ELF vmlinux from the bzImage itself (about a second, so
+# it is simply redone, which also picks up fixes to the extractor).
+guest-cloud-vmlinux: guest-cloud build
+	bin/ember extract-vmlinux $(GUEST_DIR)/cloud-bzImage $(GUEST_DIR)/cloud-vmlinux.tmp
+	mv $(GUEST_DIR)/cloud-vmlinux.tmp $(GUEST_DIR)/cloud-vmlinux
+
+lab: setup lab-bin
+	$(LAB) prepare
+
+demo: setup build guest lab
+	$(LAB) run -- ember run --kernel $(GUEST_DIR)/minimal-bzImage \
+		--initrd $(GUEST_DIR)/initramfs.cpio.gz --cmdline "$(DEMO_CMDLINE)"
+
+test: setup build guest lab
+	$(GO) vet ./...
+	$(GO) test ./...
+	$(MAKE) --no-print-directory e2e
+
+# The end-to-end tests, run inside the lab by go test -exec. The test binary
+# is built in GOTMPDIR, which must be visible inside (the lab's /tmp is empty).
+e2e:
+	@mkdir -p $(GOTMP)
+	EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) GOTMPDIR=$(GOTMP) \
+		$(GO) test -count=1 -exec "$(LAB) run --" ./e2e/
+
+# Boot benchmark (cmd/ember-bench, the lead's): tiny guests natively, Linux
+# guests in the lab; bin/ is put first on PATH so it finds ember and ember-lab.
+bench-boot: setup build guest lab
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench boot
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,169 @@
+package lab
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// OutputFilter turns the lab's raw console stream into the command's output.
+// It drops carriage returns and everything before the start marker and after
+// the end marker (kernel and init noise), writes the rest to Out line by line
+// as it arrives, and records the exit status carried by the end marker.
+// It implements io.Writer so that it can be QEMU's stdout.
+type OutputFilter struct {
+	// Out receives the command's output.
+	Out io.Writer
+	// Raw, if not nil, receives the whole console stream unfiltered.
+	Raw io.Writer
+
+	markers Markers
+	partial []byte // an incomplete line
+	started bool
+	ended   bool
+	code    int
+	// pendingNewline is the newline ending the last line written to Out; it
+	// is held back because the job script prints one extra newline before the
+	// end marker.
+	pendingNewline bool
+	// tail keeps the last lines of noise for diagnostics.
+	tail []string
+}
+
+// noiseTailLines is how many lines of console noise are kept for diagnostics.
+const noiseTailLines = 20
+
+// NewOutputFilter returns a filter for the given markers.
+func NewOutputFilter(out io.Writer, m Markers) *OutputFilter {
+	return &OutputFilter{Out: out, markers: m}
+}
+
+// Write implements io.Writer.
+func (f *OutputFilter) Write(p []byte) (int, error) {
+	if f.Raw != nil {
+		if _, err := f.Raw.Write(p); err != nil {
+			return 0, fmt.Errorf("writing raw console: %w", err)
+		}
+	}
+	n := len(p)
+	p = bytes.ReplaceAll(p, []byte{'\r'}, nil)
+	f.partial = append(f.partial, p...)
+	for {
+		i := bytes.IndexByte(f.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(f.partial[:i])
+		f.partial = f.partial[i+1:]
+		if err := f.line(line); err != nil {
+			return 0, err
+		}
+	}
+	// Keep the buffer from growing without bound on output without newlines.
+	const maxPartial = 64 * 1024
+	if len(f.partial) > maxPartial && f.started && !f.ended && !bytes.Contains(f.partial, []byte(markerPrefix)) {
+		if err := f.emit(string(f.partial), false); err != nil {
+			return 0, err
+		}
+		f.partial = f.partial[:0]
+	}
+	return n, nil
+}
+
+// line handles one complete console line.
+func (f *OutputFilter) line(line string) error {
+	switch {
+	case f.ended:
+		f.noise(line)
+	case !f.started:
+		if strings.HasSuffix(line, f.markers.Start) {
+			f.started = true
+			return nil
+		}
+		f.noise(line)
+	default:
+		if i := strings.Index(line, f.markers.End+" rc="); i >= 0 {
+			code, err := strconv.Atoi(strings.TrimSpace(line[i+len(f.markers.End)+len(" rc="):]))
+			if err != nil {
+				code = ExitSetupFailed
+			}
+			f.ended, f.code = true, code
+			// Text before the marker on the same line is output whose final
+			// newline is the one the script added: drop that one.
+			if i > 0 {
+				if err := f.emit(line[:i], false); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		return f.emit(line, true)
+	}
+	return nil
+}
+
+// emit writes s to Out, followed by a newline if newline is set. The newline
+// is held back until more output arrives.
+func (f *OutputFilter) emit(s string, newline bool) error {
+	var b []byte
+	if f.pendingNewline {
+		b = append(b, '\n')
+		f.pendingNewline = false
+	}
+	b = append(b, s...)
+	if len(b) > 0 {
+		if _, err := f.Out.Write(b); err != nil {
+			return fmt.Errorf("writing output: %w", err)
+		}
+	}
+	f.pendingNewline = newline
+	return nil
+}
+
+// Flush writes out what is held back when the console ended without an end
+// marker (the lab died mid-command): the last newline and any partial line.
+func (f *OutputFilter) Flush() error {
+	if !f.started || f.ended {
+		return nil
+	}
+	rest := string(f.partial)
+	f.partial = f.partial[:0]
+	if rest == "" && !f.pendingNewline {
+		return nil
+	}
+	if err := f.emit(rest, false); err != nil {
+		return err
+	}
+	if _, err := f.Out.Write([]byte{'\n'}); err != nil {
+		return fmt.Errorf("writing output: %w", err)
+	}
+	return nil
+}
+
+func (f *OutputFilter) noise(line string) {
+	if len(f.tail) == noiseTailLines {
+		f.tail = f.tail[1:]
+	}
+	f.tail = append(f.tail, line)
+}
+
+// Result returns the command's exit status and whether the end marker was
+// seen; without it the status is meaningless.
+func (f *OutputFilter) Result() (code int, ended bool) {
+	return f.code, f.ended
+}
+
+// Started reports whether the start marker was seen.
+func (f *OutputFilter) Started() bool { return f.started }
+
+// NoiseTail returns the last console lines outside the markers, and any
+// incomplete line, for diagnostics.
+func (f *OutputFilter) NoiseTail() []string {
+	out := append([]string(nil), f.tail...)
+	if len(f.partial) > 0 {
+		out = append(out, string(f.partial))
+	}
+	return out
+}

@@ -1,0 +1,295 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Lab VM parameters.
+const (
+	qemuBinary = "qemu-system-x86_64"
+	// labMemory leaves room for a 4 GiB nested guest; TCG allocates lazily.
+	labMemory = "8G"
+	labCPUs   = "2"
+	// labCmdline keeps the console quiet so that only the job's output and
+	// rare emergencies reach it. panic=-1 with -no-reboot ends QEMU on panic.
+	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 lpj=" + labLPJ
+	// labLPJ skips the delay-loop calibration (a guess is fine under TCG).
+	labLPJ = "10000000"
+	// hostRootTag is the 9p tag of the read-only host root.
+	hostRootTag = "hostroot"
+	// jobParam is the kernel parameter (an env var of the init) naming the
+	// job directory.
+	jobParam = "ember_lab_job"
+	// DefaultTimeout bounds a lab run.
+	DefaultTimeout = 30 * time.Minute
+	// qemuWaitDelay is how long to wait for QEMU's output after killing it.
+	qemuWaitDelay = 5 * time.Second
+	// jobMaxAge is the age after which a leftover job directory (from a
+	// killed ember-lab) is removed by the next run.
+	jobMaxAge = 24 * time.Hour
+)
+
+// RunOptions describe one lab run.
+type RunOptions struct {
+	// Argv is the command to run inside the lab.
+	Argv []string
+	// Dir is the working directory inside the lab (default: the current one).
+	Dir string
+	// Env is the host environment to select from (default: os.Environ()).
+	Env []string
+	// BinDir is put first on PATH (default: the directory of the running
+	// executable).
+	BinDir string
+	// Add lists host paths made writable inside the lab (see SharesFor).
+	Add []string
+	// Timeout kills QEMU after this long (default DefaultTimeout).
+	Timeout time.Duration
+	// Stdout receives the command's output (stdout and stderr, merged).
+	Stdout io.Writer
+	// Stderr receives diagnostics, and the raw console if Verbose.
+	Stderr io.Writer
+	// Verbose copies the whole console, kernel messages included, to Stderr.
+	Verbose bool
+}
+
+// Run boots the lab, runs opts.Argv inside and returns its exit status. An
+// error means the lab itself failed (the status is then ExitSetupFailed).
+func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
+	log := cfg.logger()
+	if len(opts.Argv) == 0 {
+		return ExitSetupFailed, fmt.Errorf("no command to run")
+	}
+	if err := checkVisible(cfg.cacheDir()); err != nil {
+		return ExitSetupFailed, fmt.Errorf("cache directory: %w", err)
+	}
+	assets, err := Prepare(ctx, cfg)
+	if err != nil {
+		return ExitSetupFailed, fmt.Errorf("preparing the lab: %w", err)
+	}
+	job, err := defaultJob(opts)
+	if err != nil {
+		return ExitSetupFailed, err
+	}
+	add := opts.Add
+	if p := opts.Argv[0]; filepath.IsAbs(p) && shadowedInLab(p) {
+		// A program under the lab's fresh /tmp (a test binary of go test
+		// -exec without GOTMPDIR, say) would not exist inside: share its
+		// directory.
+		add = append(append([]string(nil), add...), filepath.Dir(p))
+	}
+	shares, err := SharesFor(add, func(p string) (bool, error) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return false, err
+		}
+		return st.IsDir(), nil
+	})
+	if err != nil {
+		return ExitSetupFailed, err
+	}
+	markers, err := NewMarkers()
+	if err != nil {
+		return ExitSetupFailed, err
+	}
+	jobDir, err := writeJobDir(cfg.cacheDir(), job, markers, shares)
+	if err != nil {
+		return ExitSetupFailed, err
+	}
+	defer os.RemoveAll(jobDir)
+
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	stdout, stderr := opts.Stdout, opts.Stderr
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	filter := NewOutputFilter(stdout, markers)
+	if opts.Verbose {
+		filter.Raw = stderr
+	}
+	var qemuStderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, qemuBinary, QEMUArgs(assets, jobDir, shares)...)
+	cmd.Stdin = nil // /dev/null: the lab is not interactive
+	cmd.Stdout = filter
+	cmd.Stderr = &qemuStderr
+	cmd.WaitDelay = qemuWaitDelay
+	// QEMU must not outlive ember-lab, even if ember-lab is SIGKILLed (go
+	// test does that to a test binary that overruns its timeout).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	log.Debug("starting the lab", "qemu", cmd.Args)
+	start := time.Now()
+	runErr := cmd.Run()
+	log.Debug("lab finished", "took", time.Since(start).Round(time.Millisecond))
+	if err := filter.Flush(); err != nil {
+		return ExitSetupFailed, err
+	}
+
+	code, ended := filter.Result()
+	if ended {
+		return code, nil
+	}
+	var why string
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		why = fmt.Sprintf("timed out after %v", timeout)
+	case ctx.Err() != nil:
+		why = "interrupted"
+	case runErr != nil:
+		why = fmt.Sprintf("QEMU failed (%v)", runErr)
+	case !filter.Started():
+		why = "the lab VM stopped before the command started"
+	default:
+		why = "the lab VM stopped before the command finished"
+	}
+	if msg := strings.TrimSpace(qemuStderr.String()); msg != "" && runErr != nil {
+		why += ": " + lastLine(msg)
+	}
+	if tail := filter.NoiseTail(); len(tail) > 0 && !filter.Started() {
+		why += "; last console line: " + strings.TrimSpace(tail[len(tail)-1])
+	}
+	return ExitSetupFailed, errors.New(why)
+}
+
+// labShadowedDirs are mounted afresh inside the lab, hiding the host's.
+const labShadowedDirs = "/tmp /run /dev /proc /sys"
+
+// shadowedInLab reports whether host path p is hidden inside the lab by one
+// of its own mounts (unless shared with --add).
+func shadowedInLab(p string) bool {
+	p = filepath.Clean(p)
+	for _, d := range strings.Fields(labShadowedDirs) {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkVisible fails if the lab cannot see dir through the host root.
+func checkVisible(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("resolving %s: %w", dir, err)
+	}
+	if shadowedInLab(abs) {
+		return fmt.Errorf("%s is not visible inside the lab (%s are the lab's own); set EMBER_CACHE elsewhere", abs, labShadowedDirs)
+	}
+	return checkCmdlineSafe(abs)
+}
+
+// defaultJob fills in the job from opts and the process's own state.
+func defaultJob(opts RunOptions) (Job, error) {
+	dir := opts.Dir
+	if dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return Job{}, fmt.Errorf("getting the working directory: %w", err)
+		}
+		dir = wd
+	}
+	env := opts.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	binDir := opts.BinDir
+	if binDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return Job{}, fmt.Errorf("locating ember-lab: %w", err)
+		}
+		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+			exe = resolved
+		}
+		binDir = filepath.Dir(exe)
+	}
+	return Job{Dir: dir, Argv: opts.Argv, Env: SelectEnv(env, binDir)}, nil
+}
+
+// writeJobDir creates a job directory under the cache with job.sh and
+// mounts.sh; the lab sees it through the read-only host root.
+func writeJobDir(cache string, job Job, m Markers, shares []Share) (string, error) {
+	jobs := filepath.Join(cache, "lab", "jobs")
+	if err := os.MkdirAll(jobs, 0o755); err != nil {
+		return "", fmt.Errorf("creating %s: %w", jobs, err)
+	}
+	removeStaleJobs(jobs)
+	dir, err := os.MkdirTemp(jobs, "job-")
+	if err != nil {
+		return "", fmt.Errorf("creating a job directory: %w", err)
+	}
+	if err := checkCmdlineSafe(dir); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	script, err := job.Script(m)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "job.sh"), []byte(script), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("writing the job script: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "mounts.sh"), []byte(MountScript(shares, m)), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("writing the mount script: %w", err)
+	}
+	return dir, nil
+}
+
+// removeStaleJobs removes job directories left behind by killed runs.
+func removeStaleJobs(jobs string) {
+	ents, err := os.ReadDir(jobs)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		info, err := e.Info()
+		if err == nil && e.IsDir() && time.Since(info.ModTime()) > jobMaxAge {
+			_ = os.RemoveAll(filepath.Join(jobs, e.Name()))
+		}
+	}
+}
+
+// QEMUArgs returns the arguments of qemu-system-x86_64 for a lab run.
+func QEMUArgs(a Assets, jobDir string, shares []Share) []string {
+	args := []string{
+		"-accel", "tcg", "-cpu", "max", "-smp", labCPUs, "-m", labMemory,
+		"-nodefaults", "-no-user-config", "-display", "none",
+		"-serial", "stdio", "-no-reboot",
+		"-kernel", a.Kernel, "-initrd", a.Initrd,
+		"-append", labCmdline + " " + jobParam + "=" + jobDir,
+		"-virtfs", "local,path=/,mount_tag=" + hostRootTag + ",security_model=none,readonly=on,multidevs=remap",
+		"-device", "virtio-rng-pci",
+	}
+	for _, s := range shares {
+		args = append(args, "-virtfs", "local,path="+s.Path+",mount_tag="+s.Tag+",security_model=none,multidevs=remap")
+	}
+	return args
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
