@@ -485,3 +485,19 @@ func TestValidEnvName(t *testing.T) {
 		}
 	}
 }
+
+func TestOutputFilterReportsLabFault(t *testing.T) {
+	m := Markers{Start: "@@s@@", End: "@@e@@"}
+	var out strings.Builder
+	f := NewOutputFilter(&out, m)
+	var faults []string
+	f.OnLabFault = func(line string) { faults = append(faults, line) }
+	f.Write([]byte("boot noise\n@@s@@\nhello\n[  104.6] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [ember:273]\n"))
+	f.Write([]byte("[  105.1] rcu: INFO: rcu_sched self-detected stall on CPU\n"))
+	if len(faults) != 2 || !strings.Contains(faults[0], "soft lockup") {
+		t.Fatalf("faults = %q", faults)
+	}
+	if !strings.Contains(out.String(), "hello") {
+		t.Fatalf("output = %q", out.String())
+	}
+}

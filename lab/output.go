@@ -18,6 +18,9 @@ type OutputFilter struct {
 	Out io.Writer
 	// Raw, if not nil, receives the whole console stream unfiltered.
 	Raw io.Writer
+	// OnLabFault, if set, is called with each console line in which the
+	// lab's kernel reports a hung CPU (see labFaultPatterns).
+	OnLabFault func(line string)
 
 	markers Markers
 	partial []byte // an incomplete line
@@ -72,8 +75,26 @@ func (f *OutputFilter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// labFaultPatterns are the lab kernel's reports of a CPU that stopped
+// making progress. Under TCG's nested SVM an L1 CPU occasionally hangs
+// inside KVM_RUN (seen with QEMU's microvm guests as well as Ember's); the
+// lab never recovers from it.
+var labFaultPatterns = []string{
+	"watchdog: BUG: soft lockup",
+	"self-detected stall on CPU",
+	"detected stalls on CPUs/tasks",
+}
+
 // line handles one complete console line.
 func (f *OutputFilter) line(line string) error {
+	if f.OnLabFault != nil {
+		for _, p := range labFaultPatterns {
+			if strings.Contains(line, p) {
+				f.OnLabFault(line)
+				break
+			}
+		}
+	}
 	switch {
 	case f.ended:
 		f.noise(line)

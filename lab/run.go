@@ -30,6 +30,9 @@ const (
 	// jobParam is the kernel parameter (an env var of the init) naming the
 	// job directory.
 	jobParam = "ember_lab_job"
+	// DefaultRetries is how often ember-lab run repeats a command whose lab
+	// VM hung (RunOptions.Retries).
+	DefaultRetries = 2
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
 	// qemuWaitDelay is how long to wait for QEMU's output after killing it.
@@ -60,12 +63,16 @@ type RunOptions struct {
 	Stderr io.Writer
 	// Verbose copies the whole console, kernel messages included, to Stderr.
 	Verbose bool
+	// Retries is how many times the command is run again when the lab VM
+	// itself hangs (its kernel reports a soft lockup or an RCU stall: a
+	// fault of TCG's nested SVM, seen with QEMU's own guests too). The
+	// command must be safe to run again. Negative means never.
+	Retries int
 }
 
 // Run boots the lab, runs opts.Argv inside and returns its exit status. An
 // error means the lab itself failed (the status is then ExitSetupFailed).
 func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
-	log := cfg.logger()
 	if len(opts.Argv) == 0 {
 		return ExitSetupFailed, fmt.Errorf("no command to run")
 	}
@@ -97,13 +104,38 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	if err != nil {
 		return ExitSetupFailed, err
 	}
+	attempts := 1 + opts.Retries
+	if opts.Retries < 0 {
+		attempts = 1
+	}
+	for attempt := 1; ; attempt++ {
+		code, fault, err := runOnce(ctx, cfg, opts, assets, job, shares)
+		if fault == "" || attempt >= attempts || ctx.Err() != nil {
+			if fault != "" && err == nil {
+				err = fmt.Errorf("the lab VM hung (%s)", fault)
+			}
+			return code, err
+		}
+		stderr := opts.Stderr
+		if stderr == nil {
+			stderr = os.Stderr
+		}
+		fmt.Fprintf(stderr, "ember-lab: the lab VM hung (%s), a fault of QEMU's emulated nested virtualization rather than of the command; running the command again (attempt %d of %d)\n",
+			fault, attempt+1, attempts)
+	}
+}
+
+// runOnce boots the lab once and runs the job. fault is non-empty when the
+// lab's kernel reported a hung CPU, in which case QEMU was stopped early.
+func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, job Job, shares []Share) (code int, fault string, err error) {
+	log := cfg.logger()
 	markers, err := NewMarkers()
 	if err != nil {
-		return ExitSetupFailed, err
+		return ExitSetupFailed, "", err
 	}
 	jobDir, err := writeJobDir(cfg.cacheDir(), job, markers, shares)
 	if err != nil {
-		return ExitSetupFailed, err
+		return ExitSetupFailed, "", err
 	}
 	defer os.RemoveAll(jobDir)
 
@@ -113,6 +145,9 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var faultLine string
+	faultCtx, stopForFault := context.WithCancel(ctx)
+	defer stopForFault()
 
 	stdout, stderr := opts.Stdout, opts.Stderr
 	if stdout == nil {
@@ -122,11 +157,17 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 		stderr = os.Stderr
 	}
 	filter := NewOutputFilter(stdout, markers)
+	filter.OnLabFault = func(line string) {
+		if faultLine == "" {
+			faultLine = strings.TrimSpace(line)
+			stopForFault()
+		}
+	}
 	if opts.Verbose {
 		filter.Raw = stderr
 	}
 	var qemuStderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, qemuBinary, QEMUArgs(assets, jobDir, shares)...)
+	cmd := exec.CommandContext(faultCtx, qemuBinary, QEMUArgs(assets, jobDir, shares)...)
 	cmd.Stdin = nil // /dev/null: the lab is not interactive
 	cmd.Stdout = filter
 	cmd.Stderr = &qemuStderr
@@ -139,12 +180,15 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	runErr := cmd.Run()
 	log.Debug("lab finished", "took", time.Since(start).Round(time.Millisecond))
 	if err := filter.Flush(); err != nil {
-		return ExitSetupFailed, err
+		return ExitSetupFailed, "", err
 	}
 
 	code, ended := filter.Result()
 	if ended {
-		return code, nil
+		return code, "", nil
+	}
+	if faultLine != "" && ctx.Err() == nil {
+		return ExitSetupFailed, faultLine, nil
 	}
 	var why string
 	switch {
@@ -165,7 +209,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	if tail := filter.NoiseTail(); len(tail) > 0 && !filter.Started() {
 		why += "; last console line: " + strings.TrimSpace(tail[len(tail)-1])
 	}
-	return ExitSetupFailed, errors.New(why)
+	return ExitSetupFailed, "", errors.New(why)
 }
 
 // labShadowedDirs are mounted afresh inside the lab, hiding the host's.
@@ -271,12 +315,16 @@ func removeStaleJobs(jobs string) {
 
 // QEMUArgs returns the arguments of qemu-system-x86_64 for a lab run.
 func QEMUArgs(a Assets, jobDir string, shares []Share) []string {
+	cpu := "max"
+	if c := os.Getenv("EMBER_LAB_CPU"); c != "" {
+		cpu = c
+	}
 	args := []string{
-		"-accel", "tcg", "-cpu", "max", "-smp", labCPUs, "-m", labMemory,
+		"-accel", "tcg", "-cpu", cpu, "-smp", labCPUs, "-m", labMemory,
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-serial", "stdio", "-no-reboot",
 		"-kernel", a.Kernel, "-initrd", a.Initrd,
-		"-append", labCmdline + " " + jobParam + "=" + jobDir,
+		"-append", labCmdline + " " + os.Getenv("EMBER_LAB_APPEND") + " " + jobParam + "=" + jobDir,
 		"-virtfs", "local,path=/,mount_tag=" + hostRootTag + ",security_model=none,readonly=on,multidevs=remap",
 		"-device", "virtio-rng-pci",
 	}

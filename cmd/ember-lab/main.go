@@ -96,6 +96,7 @@ func cmdRun(ctx context.Context, cfg lab.Config, args []string, stdout, stderr i
 	fs.Var(&add, "add", "host `PATH` made writable inside the lab at the same path (repeatable; a file shares its parent directory)")
 	timeout := fs.Duration("timeout", lab.DefaultTimeout, "kill the lab after this long")
 	verbose := fs.Bool("v", false, "copy the whole lab console to stderr")
+	retries := fs.Int("retries", lab.DefaultRetries, "run the command again up to `N` times if the lab VM itself hangs (the command must be safe to repeat)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -112,6 +113,7 @@ func cmdRun(ctx context.Context, cfg lab.Config, args []string, stdout, stderr i
 		Stdout:  stdout,
 		Stderr:  stderr,
 		Verbose: *verbose,
+		Retries: *retries,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "ember-lab: %v\n", err)

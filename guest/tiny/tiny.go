@@ -61,8 +61,25 @@ var code = []byte{
 	0xeb, 0xfd, // jmp back to hlt
 }
 
-// Image returns the guest as an ELF64 executable for x86-64 with a PVH entry note.
-func Image() []byte {
+// spinCode loops forever: a guest that never exits on its own.
+var spinCode = []byte{0xeb, 0xfe} // jmp $
+
+// tripleFaultCode raises #UD with no usable IDT: the exception cannot be
+// delivered, which escalates to a double fault and then a triple fault.
+var tripleFaultCode = []byte{0x0f, 0x0b} // ud2
+
+// Image returns the guest as an ELF64 executable for x86-64 with a PVH entry
+// note: boot timer, isa-debug-exit, i8042 reset.
+func Image() []byte { return elfImage(code) }
+
+// Spin returns a guest that loops forever (for stop and kick tests).
+func Spin() []byte { return elfImage(spinCode) }
+
+// TripleFault returns a guest that triple-faults at once.
+func TripleFault() []byte { return elfImage(tripleFaultCode) }
+
+// elfImage wraps 32-bit code in a PVH-bootable ELF64 image.
+func elfImage(code []byte) []byte {
 	const phnum = 2
 	note := new(bytes.Buffer)
 	le := binary.LittleEndian

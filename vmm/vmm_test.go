@@ -1,0 +1,129 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/embervm/ember/guest/tiny"
+)
+
+func needKVM(t *testing.T) {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no usable /dev/kvm: %v", err)
+	}
+	f.Close()
+}
+
+func tinyConfig(t *testing.T, image []byte) (Config, *bytes.Buffer) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "guest.elf")
+	if err := os.WriteFile(p, image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	return Config{
+		KernelPath: p,
+		VCPUs:      1,
+		MemMiB:     DefaultMemMiB,
+		Cmdline:    DefaultCmdline,
+		Logger:     slog.New(slog.NewTextHandler(&log, nil)),
+	}, &log
+}
+
+func runGuest(t *testing.T, cfg Config) Fate {
+	t.Helper()
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	return vm.Run()
+}
+
+func TestTinyGuestResetIsNormalEnd(t *testing.T) {
+	needKVM(t)
+	cfg, log := tinyConfig(t, tiny.Image())
+	cfg.BootTimer = true
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if f := vm.Run(); f.Kind != FateReset {
+		t.Fatalf("fate %v (%v), want reset", f.Kind, f.Err)
+	}
+	if _, ok := vm.BootTimer().Result(); !ok {
+		t.Errorf("boot timer saw no 123; log:\n%s", log)
+	}
+}
+
+func TestTripleFaultIsReported(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.TripleFault())
+	f := runGuest(t, cfg)
+	if f.Kind != FateShutdown || f.Err == nil || !strings.Contains(f.Err.Error(), "rip=") {
+		t.Fatalf("fate %v (%v), want a shutdown with a register dump", f.Kind, f.Err)
+	}
+}
+
+// TestStopKicksSpinningVCPUs: Stop interrupts vCPUs that are running guest
+// code and never exit on their own (immediate_exit plus a signal).
+func TestStopKicksSpinningVCPUs(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Spin())
+	cfg.VCPUs = 2
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	done := make(chan Fate, 1)
+	go func() { done <- vm.Run() }()
+	time.Sleep(50 * time.Millisecond)
+	vm.Stop()
+	select {
+	case f := <-done:
+		if f.Kind != FateStopped {
+			t.Fatalf("fate %v (%v), want stopped", f.Kind, f.Err)
+		}
+	case <-time.After(30 * time.Second): // a hang, not a speed figure
+		t.Fatal("Run did not return after Stop")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	good := Config{KernelPath: "k", VCPUs: 1, MemMiB: 128}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(*Config){
+		"no kernel":   func(c *Config) { c.KernelPath = "" },
+		"0 vcpus":     func(c *Config) { c.VCPUs = 0 },
+		"33 vcpus":    func(c *Config) { c.VCPUs = 33 },
+		"0 memory":    func(c *Config) { c.MemMiB = 0 },
+		"bad proto":   func(c *Config) { c.BootProtocol = "bios" },
+		"huge memory": func(c *Config) { c.MemMiB = MaxMemMiB + 1 },
+	} {
+		c := good
+		mod(&c)
+		if err := c.Validate(); !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("%s: err = %v, want ErrInvalidConfig", name, err)
+		}
+	}
+}
+
+// TestBadKernelIsInvalidConfig: a file that is not a kernel is the user's error.
+func TestBadKernelIsInvalidConfig(t *testing.T) {
+	cfg, _ := tinyConfig(t, []byte("#!/bin/sh\necho not a kernel\n"))
+	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("err = %v, want ErrInvalidConfig", err)
+	}
+}
