@@ -32,10 +32,6 @@ func (v *VM) createVCPUs() error {
 	if err != nil {
 		return err
 	}
-	pvh, err := v.usePVH()
-	if err != nil {
-		return err
-	}
 	for i := 0; i < v.cfg.VCPUs; i++ {
 		fd, err := v.vm.CreateVCPU(i)
 		if err != nil {
@@ -43,7 +39,7 @@ func (v *VM) createVCPUs() error {
 		}
 		c := &vcpu{vm: v, id: i, fd: fd}
 		v.cpus = append(v.cpus, c)
-		if err := c.configure(supported, pvh); err != nil {
+		if err := c.configure(supported); err != nil {
 			return fmt.Errorf("configure vCPU %d: %w", i, err)
 		}
 	}
@@ -51,7 +47,7 @@ func (v *VM) createVCPUs() error {
 }
 
 // configure sets a vCPU's CPUID, MSRs, LAPIC and boot registers.
-func (c *vcpu) configure(supported []kvm.CPUIDEntry, pvh bool) error {
+func (c *vcpu) configure(supported []kvm.CPUIDEntry) error {
 	v := c.vm
 	if err := c.fd.SetCPUID2(x86.NormalizeCPUID(supported, c.id, v.cfg.VCPUs)); err != nil {
 		return err
@@ -79,7 +75,7 @@ func (c *vcpu) configure(supported []kvm.CPUIDEntry, pvh bool) error {
 		return err
 	}
 	var regs kvm.Regs
-	if pvh {
+	if v.pvh {
 		err = x86.SetupProtectedMode(v.mem, &sregs)
 		regs = x86.PVHBootRegs(v.kernel.PVHEntry)
 	} else {

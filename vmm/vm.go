@@ -62,6 +62,7 @@ type VM struct {
 	bootTimer *devices.BootTimer
 
 	kernel *loader.Kernel
+	pvh    bool // enter the kernel through PVH rather than the 64-bit Linux entry
 
 	fateOnce sync.Once
 	fate     chan Fate
@@ -106,6 +107,9 @@ func New(cfg Config) (_ *VM, err error) {
 	}
 	if v.kernel, err = loader.Load(v.mem, cfg.KernelPath); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if v.pvh, err = v.usePVH(); err != nil {
+		return nil, err
 	}
 	if !cfg.AllowEmulatedKVM && v.kernel.End-v.kernel.Start >= linuxKernelMinSize {
 		if p := HostProblem(); p != "" {
@@ -204,15 +208,11 @@ func (v *VM) loadBootData() error {
 			return err
 		}
 	}
-	pvh, err := v.usePVH()
-	if err != nil {
-		return err
-	}
 	e820 := x86.E820Map(v.mem)
 	if err := x86.WriteMPTable(v.mem, v.cfg.VCPUs); err != nil {
 		return err
 	}
-	if pvh {
+	if v.pvh {
 		return x86.WritePVHStartInfo(v.mem, x86.PVHConfig{
 			CmdlineAddr: x86.CmdlineAddr,
 			InitrdAddr:  initrdAddr,
@@ -327,6 +327,12 @@ func (v *VM) Run() Fate {
 	}
 	f := <-v.fate
 	wg.Wait()
+	if f.Kind == FateStopped {
+		// Where a guest that had to be stopped was: the first clue to a hang.
+		for _, c := range v.cpus {
+			v.log.Info("vCPU state at stop", "vcpu", c.id, "regs", c.dump())
+		}
+	}
 	v.log.Debug("guest ended", "fate", f.Kind,
 		"unhandled_pio_reads", v.pio.Unhandled.Reads.Load(), "unhandled_pio_writes", v.pio.Unhandled.Writes.Load(),
 		"unhandled_mmio_reads", v.mmio.Unhandled.Reads.Load(), "unhandled_mmio_writes", v.mmio.Unhandled.Writes.Load())
