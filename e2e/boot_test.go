@@ -188,3 +188,10 @@ func TestInteractiveConsole(t *testing.T) {
 		t.Fatalf("ember after guest reboot: %v\nstderr:\n%s", err, stderr.String())
 	}
 }
+
+// TestBootWithPIT boots with the optional in-kernel i8254 PIT (--pit).
+func TestBootWithPIT(t *testing.T) {
+	r := mustBoot(t, "--kernel", guestFile(t, "minimal-bzImage"), "--pit",
+		"--initrd", guestFile(t, "initramfs.cpio.gz"), "--cmdline", cmdline("ember_mode=uname"))
+	checkUname(t, r)
+}

@@ -74,6 +74,9 @@ const (
 	kvmIRQFD = iocWrite<<iocDirShift | unsafe.Sizeof(IRQFDConfig{})<<iocSizeShift | kvmio<<iocTypeShift | 0x76<<iocNRShift
 	// KVM_CREATE_PIT2 = _IOW(KVMIO, 0x77, struct kvm_pit_config)
 	kvmCreatePIT2 = iocWrite<<iocDirShift | unsafe.Sizeof(PITConfig{})<<iocSizeShift | kvmio<<iocTypeShift | 0x77<<iocNRShift
+	// KVM_REINJECT_CONTROL = _IO(KVMIO, 0x71), taking a struct
+	// kvm_reinject_control pointer despite its _IO declaration.
+	kvmReinjectControl = iocNone<<iocDirShift | kvmio<<iocTypeShift | 0x71<<iocNRShift
 	// KVM_IOEVENTFD = _IOW(KVMIO, 0x79, struct kvm_ioeventfd)
 	kvmIOEventFD = iocWrite<<iocDirShift | unsafe.Sizeof(IOEventFDConfig{})<<iocSizeShift | kvmio<<iocTypeShift | 0x79<<iocNRShift
 	// KVM_SET_CLOCK = _IOW(KVMIO, 0x7b, struct kvm_clock_data)

@@ -110,6 +110,12 @@ type PITConfig struct {
 	_     [15]uint32
 }
 
+// reinjectControl is struct kvm_reinject_control.
+type reinjectControl struct {
+	PITReinject uint8
+	_           [31]uint8
+}
+
 // PITSpeakerDummy is KVM_PIT_SPEAKER_DUMMY: emulate the PC speaker port (0x61)
 // in the kernel so guests that probe it do not exit to user space.
 const PITSpeakerDummy = 1

@@ -114,6 +114,21 @@ func (vm *VM) CreatePIT2(cfg PITConfig) error {
 	return nil
 }
 
+// SetPITReinject turns the PIT's catch-up of lost ticks on or off
+// (KVM_REINJECT_CONTROL; on after KVM_CREATE_PIT2). Off, the kernel holds no
+// interrupt-ack and mask notifiers for the PIT, each of which costs an SRCU
+// grace period to remove when the VM is destroyed.
+func (vm *VM) SetPITReinject(on bool) error {
+	var c reinjectControl
+	if on {
+		c.PITReinject = 1
+	}
+	if _, err := ioctlPtr(vm.fd, kvmReinjectControl, unsafe.Pointer(&c)); err != nil {
+		return fmt.Errorf("KVM_REINJECT_CONTROL: %w", err)
+	}
+	return nil
+}
+
 // IRQLine sets the level of an input pin of the in-kernel irqchip
 // (KVM_IRQ_LINE): GSIs 0-15 reach the PICs and the IOAPIC, 16-23 the IOAPIC.
 // An edge-triggered interrupt is level 1 then level 0. IRQLine does not

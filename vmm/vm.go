@@ -157,6 +157,9 @@ func (v *VM) openKVM() error {
 	if err := v.vm.CreateIRQChip(); err != nil {
 		return err
 	}
+	if !v.cfg.PIT {
+		return nil
+	}
 	return v.vm.CreatePIT2(kvm.PITConfig{Flags: kvm.PITSpeakerDummy})
 }
 

@@ -1,6 +1,6 @@
 // Command ember is the Ember virtual machine monitor.
 //
-//	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer]
+//	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember version
 //
@@ -45,7 +45,7 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer]
+  ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
   ember extract-vmlinux BZIMAGE OUT
   ember version
 `)
@@ -90,6 +90,7 @@ func runVM(args []string, start time.Time) int {
 	fs.StringVar(&cfg.Cmdline, "cmdline", vmm.DefaultCmdline, "kernel command line")
 	fs.IntVar(&cfg.VCPUs, "vcpus", vmm.DefaultVCPUs, "number of vCPUs (1-32)")
 	fs.IntVar(&cfg.MemMiB, "mem-mib", vmm.DefaultMemMiB, "guest memory in MiB")
+	fs.BoolVar(&cfg.PIT, "pit", false, "add the in-kernel i8254 PIT, for guests without kvm-clock that tick or calibrate with it")
 	fs.BoolVar(&cfg.BootTimer, "boot-timer", false, "attach the boot-timer device (guest writes 123 at 0xC0000000)")
 	fs.StringVar(&cfg.BootProtocol, "boot-protocol", "", "entry for ELF kernels: pvh or linux64 (default: pvh when the kernel has a PVH note)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
