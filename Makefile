@@ -39,15 +39,15 @@ APT_UPDATE_DAYS := 7
 
 # Debian packages: QEMU for the lab; busybox, cpio, kmod (depmod) for the
 # initramfs images; the kernel source and its build dependencies; e2fsprogs
-# for disk images in tests.
+# for disk images in tests; acpica-tools (iasl) to check the ACPI tables.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates
+	e2fsprogs ca-certificates acpica-tools
 
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
-.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs \
+.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs \
 	lab demo test unit-test e2e bench-boot clean
 
 all: build
@@ -74,13 +74,21 @@ build:
 lab-bin:
 	$(GO) build -o bin/ ./cmd/ember-lab
 
-guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux
+guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs
 
 guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
 
 guest-initramfs: setup lab-bin
 	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+
+# The cloud kernel's virtio drivers are modules: its test initramfs carries
+# and loads them (and finds the devices through ACPI alone).
+CLOUD_MODULES := virtio_mmio,virtio_blk,virtio_net,virtio_rng,virtio_balloon,vmw_vsock_virtio_transport,ext4
+
+guest-cloud-initramfs: guest-cloud lab-bin
+	$(LAB) guest-initramfs --init guest/init/init --modules $(GUEST_DIR)/cloud-modules \
+		--module $(CLOUD_MODULES) -o $(GUEST_DIR)/cloud-initramfs.cpio.gz
 
 guest-cloud: setup
 	scripts/fetch-cloud-kernel.sh $(GUEST_DIR)

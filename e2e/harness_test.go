@@ -25,7 +25,7 @@ import (
 // triple fault or a KVM internal error before it reaches init is retried
 // too. A real fault in Ember repeats and still fails the test.
 const (
-	bootTimeout  = 100 * time.Second
+	bootTimeout  = 75 * time.Second
 	bootAttempts = 3
 )
 
@@ -151,4 +151,17 @@ func tailString(s string) string {
 		return "..." + s[len(s)-max:]
 	}
 	return s
+}
+
+// scratchDir is a temporary directory in the lab's own /tmp (t.TempDir
+// would use the shared, read-only test binary directory), removed after
+// the test.
+func scratchDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "ember-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

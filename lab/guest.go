@@ -21,6 +21,12 @@ type GuestInitramfsOptions struct {
 	Busybox string
 	// Out is where the archive is copied (build/guest/initramfs.cpio.gz).
 	Out string
+	// ModuleDir, if set, is a kernel's lib/modules/VERSION directory (with
+	// modules.dep); Modules and their dependencies are copied from it to
+	// /lib/modules/NAME.ko and listed, in load order, in
+	// /etc/ember-guest/modules, which the test init insmods.
+	ModuleDir string
+	Modules   []string
 }
 
 // BuildGuestInitramfs builds (or takes from the cache) a gzip-compressed
@@ -40,7 +46,29 @@ func BuildGuestInitramfs(ctx context.Context, cfg Config, opts GuestInitramfsOpt
 	if err != nil {
 		return "", fmt.Errorf("busybox-static (run make setup?): %w", err)
 	}
-	key := CacheKey([]byte(guestInitramfsFormat), initData, []byte(bbHash))
+	keyParts := [][]byte{[]byte(guestInitramfsFormat), initData, []byte(bbHash)}
+	var modEntries []Entry
+	if opts.ModuleDir != "" {
+		db, err := loadModuleDB(opts.ModuleDir)
+		if err != nil {
+			return "", err
+		}
+		order, err := db.Resolve(opts.Modules)
+		if err != nil {
+			return "", fmt.Errorf("guest modules: %w", err)
+		}
+		for _, name := range order {
+			src := filepath.Join(opts.ModuleDir, db.Path[name])
+			h, err := fileHash(src)
+			if err != nil {
+				return "", fmt.Errorf("guest module %s: %w", name, err)
+			}
+			keyParts = append(keyParts, []byte(name+" "+h))
+			modEntries = append(modEntries, Entry{Name: "lib/modules/" + name + ".ko", Mode: modeFile, Source: src})
+		}
+		modEntries = append(modEntries, Entry{Name: "etc/ember-guest/modules", Mode: modeFile, Data: []byte(strings.Join(order, "\n") + "\n")})
+	}
+	key := CacheKey(keyParts...)
 	cached := filepath.Join(cfg.cacheDir(), "guest", "initramfs-"+key+".cpio.gz")
 	if _, err := os.Stat(cached); err != nil {
 		applets, err := busyboxApplets(ctx, busybox)
@@ -56,6 +84,7 @@ func BuildGuestInitramfs(ctx context.Context, cfg Config, opts GuestInitramfsOpt
 			{Name: "tmp", Dir: true, Mode: 0o1777},
 			{Name: "root", Dir: true, Mode: 0o700},
 		}
+		entries = append(entries, modEntries...)
 		for _, a := range applets {
 			if a != "busybox" {
 				entries = append(entries, Entry{Name: "bin/" + a, Target: "busybox"})

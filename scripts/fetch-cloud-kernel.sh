@@ -7,7 +7,7 @@
 #
 # Cache layout (EMBER_CACHE, default /var/cache/ember):
 #   debs/<pkg>_<version>_amd64.deb      the downloaded package
-#   cloud/<pkg>_<version>/              the unpacked package (boot/, lib/modules/)
+#   cloud/<pkg>_<version>/              the unpacked package (boot/, lib/modules/ with modules.dep)
 set -euo pipefail
 
 readonly META=linux-image-cloud-amd64
@@ -50,6 +50,12 @@ fi
 vmlinuz=$(find "$unpacked/boot" -name 'vmlinuz-*' | head -n1)
 [[ -n $vmlinuz ]] || die "no vmlinuz in $unpacked/boot"
 kver=${vmlinuz##*/vmlinuz-}
+# The package ships no modules.dep (its postinst makes it); guest
+# initramfs builds resolve module dependencies from it.
+if [[ ! -f $unpacked/lib/modules/$kver/modules.dep ]]; then
+	log "depmod $kver"
+	depmod -b "$unpacked" "$kver"
+fi
 mkdir -p "$outdir"
 cmp -s "$vmlinuz" "$outdir/cloud-bzImage" || cp "$vmlinuz" "$outdir/cloud-bzImage"
 ln -sfn "$unpacked/lib/modules/$kver" "$outdir/cloud-modules"

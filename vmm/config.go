@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/embervm/ember/virtio/rng"
 )
 
 // Limits and defaults of the machine configuration (Firecracker's).
@@ -42,6 +44,14 @@ type Config struct {
 	// of them (about 10-15 ms of exec-to-exit measured on the PVM hosts). A
 	// guest that calibrates or ticks with the PIT needs it.
 	PIT bool
+
+	// Drives are the virtio-blk drives; the root drive is attached first.
+	Drives []DriveConfig
+	// NoVirtioCmdline announces the virtio-mmio devices in ACPI only, not
+	// also with virtio_mmio.device= words on the kernel command line.
+	NoVirtioCmdline bool
+	// RNG, if set, adds a virtio-rng entropy device.
+	RNG *rng.Config
 	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).
 	BootProtocol string
 
@@ -75,6 +85,9 @@ func (c *Config) Validate() error {
 		return invalid("vcpu count %d: must be between %d and %d", c.VCPUs, MinVCPUs, MaxVCPUs)
 	case c.MemMiB < MinMemMiB || c.MemMiB > MaxMemMiB:
 		return invalid("memory size %d MiB: must be between %d and %d MiB", c.MemMiB, MinMemMiB, MaxMemMiB)
+	}
+	if err := validateDrives(c.Drives); err != nil {
+		return err
 	}
 	switch c.BootProtocol {
 	case BootAuto, BootLinux64, BootPVH:

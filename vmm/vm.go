@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/embervm/ember/acpi"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +62,9 @@ type VM struct {
 	serial    *devices.Serial
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
+	virtio    []*virtioDev
+	// devCmdline announces the devices on the kernel command line.
+	devCmdline []string
 
 	kernel *loader.Kernel
 	pvh    bool // enter the kernel through PVH rather than the 64-bit Linux entry
@@ -119,15 +124,22 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.openKVM(); err != nil {
 		return nil, err
 	}
-	// Registering the first memory slot waits for an SRCU grace period in
-	// the host kernel (milliseconds, independent of memory size), so it runs
-	// while the boot data and vCPUs are prepared.
-	memDone := make(chan error, 1)
-	go func() { memDone <- v.setupMemory() }()
-	err = v.loadBootData()
-	if err == nil {
-		err = v.setupDevices()
+	if err := v.setupDevices(); err != nil {
+		return nil, err
 	}
+	// Registering the first memory slot, and each ioeventfd and irqfd,
+	// waits for an SRCU grace period in the host kernel (milliseconds,
+	// independent of memory size), so it runs while the boot data and
+	// vCPUs are prepared.
+	memDone := make(chan error, 1)
+	go func() {
+		err := v.setupMemory()
+		if err == nil {
+			err = v.bindVirtio()
+		}
+		memDone <- err
+	}()
+	err = v.loadBootData()
 	if err == nil {
 		err = v.createVCPUs()
 	}
@@ -197,7 +209,7 @@ func (v *VM) usePVH() (bool, error) {
 }
 
 func (v *VM) loadBootData() error {
-	cmdline := v.cfg.Cmdline
+	cmdline := strings.Join(append([]string{v.cfg.Cmdline}, v.devCmdline...), " ")
 	if err := x86.CheckCmdline(cmdline, int(v.kernel.CmdlineMax)); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
@@ -215,12 +227,17 @@ func (v *VM) loadBootData() error {
 	if err := x86.WriteMPTable(v.mem, v.cfg.VCPUs); err != nil {
 		return err
 	}
+	rsdp, err := v.writeACPI()
+	if err != nil {
+		return err
+	}
 	if v.pvh {
 		return x86.WritePVHStartInfo(v.mem, x86.PVHConfig{
 			CmdlineAddr: x86.CmdlineAddr,
 			InitrdAddr:  initrdAddr,
 			InitrdSize:  initrdSize,
 			E820:        e820,
+			RSDPAddr:    rsdp,
 		})
 	}
 	return x86.WriteZeroPage(v.mem, x86.ZeroPageConfig{
@@ -230,7 +247,26 @@ func (v *VM) loadBootData() error {
 		InitrdAddr:  initrdAddr,
 		InitrdSize:  initrdSize,
 		E820:        e820,
+		RSDPAddr:    rsdp,
 	})
+}
+
+// writeACPI writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT describing
+// the vCPUs, COM1, the i8042 and the virtio-mmio devices) at x86.RSDPAddr
+// and returns that address.
+func (v *VM) writeACPI() (uint64, error) {
+	cfg := acpi.Config{CPUs: v.cfg.VCPUs, Serial: true, I8042: true}
+	for _, d := range v.virtio {
+		cfg.VirtioMMIO = append(cfg.VirtioMMIO, acpi.MMIODevice{Addr: d.addr, Size: x86.VirtioMMIOSize, IRQ: d.gsi})
+	}
+	tables, err := acpi.Build(cfg, x86.RSDPAddr, x86.HighMemStart-x86.RSDPAddr)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := v.mem.WriteAt(tables, x86.RSDPAddr); err != nil {
+		return 0, fmt.Errorf("writing ACPI tables: %w", err)
+	}
+	return x86.RSDPAddr, nil
 }
 
 func (v *VM) loadInitrd() (addr, size uint64, err error) {
@@ -282,7 +318,9 @@ func (v *VM) setupDevices() error {
 			return err
 		}
 	}
-	return nil
+	var err error
+	v.devCmdline, err = v.setupVirtio()
+	return err
 }
 
 // SendCtrlAltDel injects Ctrl+Alt+Del through the i8042 (the API's
@@ -367,6 +405,7 @@ func (v *VM) Close() error {
 	for _, c := range v.cpus {
 		errs = append(errs, c.fd.Close())
 	}
+	errs = append(errs, v.closeVirtio())
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close())
 	}

@@ -143,6 +143,8 @@ func cmdGuestInitramfs(ctx context.Context, cfg lab.Config, args []string, stder
 	initPath := fs.String("init", "guest/init/init", "the guest init script")
 	busybox := fs.String("busybox", "/bin/busybox", "static busybox binary")
 	out := fs.String("o", "", "output `FILE` (gzip-compressed newc cpio)")
+	modDir := fs.String("modules", "", "kernel module `DIR` (lib/modules/VERSION with modules.dep) to take -module names from")
+	modNames := fs.String("module", "", "comma-separated modules to include and load at boot, with their dependencies")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -151,7 +153,8 @@ func cmdGuestInitramfs(ctx context.Context, cfg lab.Config, args []string, stder
 		return exitUsage
 	}
 	cfg.Log = newLogger(stderr, false)
-	if _, err := lab.BuildGuestInitramfs(ctx, cfg, lab.GuestInitramfsOptions{Init: *initPath, Busybox: *busybox, Out: *out}); err != nil {
+	if _, err := lab.BuildGuestInitramfs(ctx, cfg, lab.GuestInitramfsOptions{Init: *initPath, Busybox: *busybox, Out: *out,
+		ModuleDir: *modDir, Modules: strings.FieldsFunc(*modNames, func(r rune) bool { return r == ',' })}); err != nil {
 		if !errors.Is(err, context.Canceled) {
 			fmt.Fprintf(stderr, "ember-lab guest-initramfs: %v\n", err)
 		}

@@ -1,6 +1,7 @@
 // Command ember is the Ember virtual machine monitor.
 //
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
+//	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember version
 //
@@ -93,6 +94,9 @@ func runVM(args []string, start time.Time) int {
 	fs.BoolVar(&cfg.PIT, "pit", false, "add the in-kernel i8254 PIT, for guests without kvm-clock that tick or calibrate with it")
 	fs.BoolVar(&cfg.BootTimer, "boot-timer", false, "attach the boot-timer device (guest writes 123 at 0xC0000000)")
 	fs.StringVar(&cfg.BootProtocol, "boot-protocol", "", "entry for ELF kernels: pvh or linux64 (default: pvh when the kernel has a PVH note)")
+	fs.Var(driveFlag{&cfg.Drives}, "drive", "a virtio-blk drive: path=FILE[,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT] (repeatable)")
+	fs.Var(rngFlag{&cfg.RNG}, "rng", "add a virtio-rng entropy device (--rng=rate=LIMIT to limit it)")
+	fs.BoolVar(&cfg.NoVirtioCmdline, "no-virtio-cmdline", false, "announce virtio devices in ACPI only, not also with virtio_mmio.device= on the kernel command line")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

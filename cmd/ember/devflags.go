@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio/blk"
+	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/vmm"
+)
+
+// driveFlag collects repeated --drive flags:
+//
+//	--drive path=FILE[,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT]
+//
+// LIMIT is ratelimit.ParseFlag's form. Without id, drives are named
+// drive0, drive1, ... in flag order.
+type driveFlag struct{ drives *[]vmm.DriveConfig }
+
+func (f driveFlag) String() string { return "" }
+
+func (f driveFlag) Set(s string) error {
+	d := vmm.DriveConfig{Config: blk.Config{ID: fmt.Sprintf("drive%d", len(*f.drives))}}
+	for _, kv := range splitOptions(s) {
+		k, v, hasValue := strings.Cut(kv, "=")
+		switch {
+		case k == "path" && hasValue:
+			d.Path = v
+		case k == "id" && hasValue:
+			d.ID = v
+		case k == "cache" && hasValue:
+			d.CacheType = v
+		case k == "rate" && hasValue:
+			rl, err := ratelimit.ParseFlag(v)
+			if err != nil {
+				return fmt.Errorf("rate: %w", err)
+			}
+			d.RateLimit = &rl
+		case k == "ro" && !hasValue:
+			d.ReadOnly = true
+		case k == "root" && !hasValue:
+			d.Root = true
+		default:
+			return fmt.Errorf("unknown drive option %q (want path=, id=, ro, root, cache=, rate=)", kv)
+		}
+	}
+	if d.Path == "" {
+		return fmt.Errorf("%q: no path=", s)
+	}
+	*f.drives = append(*f.drives, d)
+	return nil
+}
+
+// rngFlag is --rng or --rng=rate=LIMIT.
+type rngFlag struct{ cfg **rng.Config }
+
+func (f rngFlag) String() string   { return "" }
+func (f rngFlag) IsBoolFlag() bool { return true }
+
+func (f rngFlag) Set(s string) error {
+	c := &rng.Config{}
+	switch {
+	case s == "true":
+	case s == "false":
+		*f.cfg = nil
+		return nil
+	case strings.HasPrefix(s, "rate="):
+		rl, err := ratelimit.ParseFlag(strings.TrimPrefix(s, "rate="))
+		if err != nil {
+			return fmt.Errorf("rate: %w", err)
+		}
+		c.RateLimit = &rl
+	default:
+		return fmt.Errorf("%q: want --rng or --rng=rate=LIMIT", s)
+	}
+	*f.cfg = c
+	return nil
+}
+
+// splitOptions splits "a=1,b,c=2" at commas that start a new key: a rate
+// limit's own commas ("rate=bw=1/2,ops=3/4") stay with it, because "ops=..."
+// is not a drive option.
+func splitOptions(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		k, _, _ := strings.Cut(p, "=")
+		if len(out) > 0 && strings.HasPrefix(out[len(out)-1], "rate=") && (k == "bw" || k == "bandwidth" || k == "ops") {
+			out[len(out)-1] += "," + p
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}

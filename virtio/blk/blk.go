@@ -1,0 +1,468 @@
+// Package blk is Ember's virtio-blk device (virtio 5.2) backed by a raw
+// file: reads, writes, flushes and GET_ID, read-only drives, Firecracker's
+// cache types, and an optional rate limiter.
+//
+// Requests are served on the device's worker goroutine straight between the
+// file and guest memory (pread/pwrite into the guest's buffers, no copy).
+// Every request field comes from the guest and is checked: the header and
+// status must be where the spec puts them, the sector range must lie inside
+// the disk, data lengths must be whole sectors. A bad request gets
+// VIRTIO_BLK_S_IOERR or UNSUPP, never a crash; a host I/O error reaches the
+// guest as IOERR.
+package blk
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio"
+)
+
+// virtio-blk constants (virtio 5.2).
+const (
+	SectorSize = 512 // the unit of capacity and of a request's sector
+
+	featSegMax = 1 << 2 // VIRTIO_BLK_F_SEG_MAX
+	featRO     = 1 << 5 // VIRTIO_BLK_F_RO
+	featFlush  = 1 << 9 // VIRTIO_BLK_F_FLUSH
+
+	typeIn    = 0 // VIRTIO_BLK_T_IN
+	typeOut   = 1 // VIRTIO_BLK_T_OUT
+	typeFlush = 4 // VIRTIO_BLK_T_FLUSH
+	typeGetID = 8 // VIRTIO_BLK_T_GET_ID
+
+	statusOK     = 0 // VIRTIO_BLK_S_OK
+	statusIOErr  = 1 // VIRTIO_BLK_S_IOERR
+	statusUnsupp = 2 // VIRTIO_BLK_S_UNSUPP
+
+	headerSize = 16 // struct virtio_blk_req header: type u32, reserved u32, sector u64
+	// IDBytes is VIRTIO_BLK_ID_BYTES, the length of the GET_ID answer.
+	IDBytes = 20
+
+	// Configuration space offsets (struct virtio_blk_config).
+	cfgCapacity = 0  // le64, in 512-byte sectors
+	cfgSegMax   = 12 // le32
+	cfgSize     = 24 // through blk_size; later fields read as zero
+
+	queueSize = virtio.MaxQueueSize
+	// segMax is the most data segments a request may carry: a chain of
+	// queueSize descriptors less the header and the status.
+	segMax = queueSize - 2
+)
+
+// Cache types, Firecracker's cache_type.
+const (
+	// CacheUnsafe (the default) does not offer FLUSH: writes reach the host
+	// page cache, which survives Ember but not the host.
+	CacheUnsafe = "Unsafe"
+	// CacheWriteback offers FLUSH and answers it with fsync.
+	CacheWriteback = "Writeback"
+)
+
+// Config describes one drive.
+type Config struct {
+	ID        string // drive_id; also the GET_ID serial (first 20 bytes)
+	Path      string
+	ReadOnly  bool
+	CacheType string // CacheUnsafe or CacheWriteback; empty means Unsafe
+	RateLimit *ratelimit.Config
+}
+
+// Metrics counts what the device did (Firecracker-style block metrics).
+type Metrics struct {
+	ReadBytes, WriteBytes   atomic.Uint64
+	ReadCount, WriteCount   atomic.Uint64
+	FlushCount              atomic.Uint64
+	IOErrors, InvalidReqs   atomic.Uint64
+	RateLimiterThrottled    atomic.Uint64
+	EventFails, QueueBroken atomic.Uint64
+}
+
+// Device is one virtio-blk drive.
+type Device struct {
+	cfg      Config
+	file     *os.File
+	fd       int
+	sectors  uint64
+	features uint64
+	id       [IDBytes]byte
+	log      *slog.Logger
+	limiter  *ratelimit.Limiter
+
+	Metrics Metrics
+
+	// Set by Activate, used on the worker goroutine only.
+	worker *virtio.Worker
+	act    *virtio.Activation
+	chain  *virtio.Chain
+	broken bool
+}
+
+// limiterToken is the worker token of the rate limiter's timer.
+const limiterToken = 1 << 16
+
+// New opens the drive's file. It fails, naming the file, if the file cannot
+// be opened with the access asked for or is not a regular file or block
+// device.
+func New(cfg Config, log *slog.Logger) (*Device, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	switch cfg.CacheType {
+	case "":
+		cfg.CacheType = CacheUnsafe
+	case CacheUnsafe, CacheWriteback:
+	default:
+		return nil, fmt.Errorf("drive %s: cache_type %q: want %q or %q", cfg.ID, cfg.CacheType, CacheUnsafe, CacheWriteback)
+	}
+	flags := os.O_RDWR
+	if cfg.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(cfg.Path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
+	}
+	size, err := fileSize(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
+	}
+	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), sectors: size / SectorSize, log: log, chain: virtio.NewChain()}
+	d.features = featSegMax
+	if cfg.ReadOnly {
+		d.features |= featRO
+	}
+	if cfg.CacheType == CacheWriteback {
+		d.features |= featFlush
+	}
+	copy(d.id[:], cfg.ID)
+	if cfg.RateLimit != nil {
+		if d.limiter, err = ratelimit.New(*cfg.RateLimit); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
+		}
+	}
+	if size%SectorSize != 0 {
+		log.Warn("drive size is not a whole number of sectors; the tail is not visible to the guest", "drive", cfg.ID, "bytes", size)
+	}
+	return d, nil
+}
+
+func fileSize(f *os.File) (uint64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case st.Mode().IsRegular():
+		return uint64(st.Size()), nil
+	case st.Mode()&os.ModeDevice != 0:
+		end, err := f.Seek(0, 2)
+		if err != nil {
+			return 0, fmt.Errorf("size of %s: %w", f.Name(), err)
+		}
+		return uint64(end), nil
+	}
+	return 0, fmt.Errorf("%s: not a regular file or block device", f.Name())
+}
+
+// Close resets the device and closes its file.
+func (d *Device) Close() error {
+	d.Reset()
+	d.limiter.Close()
+	return d.file.Close()
+}
+
+// Sectors is the capacity the guest sees.
+func (d *Device) Sectors() uint64 { return d.sectors }
+
+func (d *Device) Type() uint32         { return virtio.IDBlock }
+func (d *Device) Features() uint64     { return d.features }
+func (d *Device) QueueSizes() []uint16 { return []uint16{queueSize} }
+
+// ReadConfig serves struct virtio_blk_config: capacity and seg_max.
+func (d *Device) ReadConfig(offset uint64, data []byte) {
+	var cfg [cfgSize]byte
+	binary.LittleEndian.PutUint64(cfg[cfgCapacity:], d.sectors)
+	binary.LittleEndian.PutUint32(cfg[cfgSegMax:], segMax)
+	clear(data)
+	if offset < cfgSize {
+		copy(data, cfg[offset:])
+	}
+}
+
+// WriteConfig ignores writes: nothing in virtio-blk's configuration that
+// Ember offers is writable.
+func (d *Device) WriteConfig(offset uint64, data []byte) {}
+
+// Activate starts the worker.
+func (d *Device) Activate(a *virtio.Activation) error {
+	if !a.Queues[0].Active() {
+		return errors.New("virtio-blk: request queue not set up")
+	}
+	w, err := virtio.NewWorker(a, d.log, d.handle)
+	if err != nil {
+		return err
+	}
+	if fd := d.limiter.FD(); fd >= 0 {
+		if err := w.Watch(fd, limiterToken); err != nil {
+			w.Stop()
+			return err
+		}
+	}
+	d.act, d.worker, d.broken = a, w, false
+	w.Start()
+	return nil
+}
+
+// Reset stops the worker.
+func (d *Device) Reset() {
+	d.worker.Stop()
+	d.worker, d.act = nil, nil
+}
+
+func (d *Device) handle(token uint32) {
+	if token == limiterToken {
+		if err := d.limiter.Event(); err != nil {
+			d.log.Error("virtio-blk rate limiter", "drive", d.cfg.ID, "err", err)
+		}
+	}
+	if d.limiter.Blocked() || d.broken {
+		return
+	}
+	d.process()
+}
+
+// process serves every available request, interrupting the guest as the
+// queue's notification suppression asks.
+func (d *Device) process() {
+	q, c := d.act.Queues[0], d.chain
+	for {
+		for {
+			ok, err := q.Pop(c)
+			if !ok {
+				if err != nil {
+					d.Metrics.QueueBroken.Add(1)
+					d.log.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
+					d.broken = true
+					return
+				}
+				break
+			}
+			if err != nil {
+				d.Metrics.InvalidReqs.Add(1)
+				d.log.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
+				q.PushUsed(c.Head, 0)
+				continue
+			}
+			if !d.admit(c) {
+				q.Undo()
+				d.Metrics.RateLimiterThrottled.Add(1)
+				break
+			}
+			n := d.serve(c)
+			q.PushUsed(c.Head, n)
+		}
+		if q.NeedInterrupt() {
+			if err := d.act.Interrupt.Used(); err != nil {
+				d.Metrics.EventFails.Add(1)
+			}
+		}
+		if d.limiter.Blocked() || !q.EnableNotify() {
+			return
+		}
+	}
+}
+
+// admit charges the rate limiter for the request in c.
+func (d *Device) admit(c *virtio.Chain) bool {
+	if d.limiter == nil {
+		return true
+	}
+	var n uint64
+	for _, desc := range c.Descs {
+		n += uint64(len(desc.Buf))
+	}
+	if n >= headerSize+1 {
+		n -= headerSize + 1
+	}
+	return d.limiter.Consume(n)
+}
+
+// request is a parsed chain: the data lies in c.Descs between the header
+// (first headerSize bytes) and the status byte (the last byte).
+type request struct {
+	typ    uint32
+	sector uint64
+	status []byte // one byte
+	// data segments: descs[first:last+1], skipping skip bytes of the first
+	// and stopping before the status byte in the last.
+	first, last int
+	skip        int
+	dataLen     uint64
+	dataWrite   bool // all data descriptors device-writable
+	dataRead    bool // all data descriptors device-readable
+}
+
+// parse checks the chain's shape (virtio 5.2.6): a device-readable header,
+// data, a device-writable status byte at the very end.
+func parse(c *virtio.Chain, r *request) error {
+	if len(c.Descs) == 0 {
+		return errors.New("empty chain")
+	}
+	h := c.Descs[0]
+	if h.Write || len(h.Buf) < headerSize {
+		return fmt.Errorf("header descriptor: %d bytes, writable=%v; want %d readable bytes", len(h.Buf), h.Write, headerSize)
+	}
+	r.typ = binary.LittleEndian.Uint32(h.Buf[0:])
+	r.sector = binary.LittleEndian.Uint64(h.Buf[8:])
+	st := c.Descs[len(c.Descs)-1]
+	if !st.Write || len(st.Buf) == 0 {
+		return errors.New("status descriptor is missing or not writable")
+	}
+	r.status = st.Buf[len(st.Buf)-1:]
+	r.first, r.skip = 0, headerSize
+	if len(h.Buf) == headerSize {
+		r.first, r.skip = 1, 0
+	}
+	r.last = len(c.Descs) - 1
+	r.dataLen, r.dataWrite, r.dataRead = 0, true, true
+	for i := r.first; i <= r.last; i++ {
+		n := len(c.Descs[i].Buf)
+		if i == r.first {
+			n -= r.skip
+		}
+		if i == r.last {
+			n-- // the status byte
+		}
+		if n <= 0 {
+			continue
+		}
+		r.dataLen += uint64(n)
+		if c.Descs[i].Write {
+			r.dataRead = false
+		} else {
+			r.dataWrite = false
+		}
+	}
+	return nil
+}
+
+// segment returns data segment i of r (nil if it holds no data bytes).
+func (r *request) segment(c *virtio.Chain, i int) []byte {
+	b := c.Descs[i].Buf
+	if i == r.first {
+		b = b[r.skip:]
+	}
+	if i == r.last {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// serve executes one request and returns the bytes written into the
+// guest's buffers (data plus status).
+func (d *Device) serve(c *virtio.Chain) uint32 {
+	var r request
+	if err := parse(c, &r); err != nil {
+		d.Metrics.InvalidReqs.Add(1)
+		d.log.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
+		return 0
+	}
+	status, written := d.execute(c, &r)
+	if status == statusIOErr {
+		d.Metrics.IOErrors.Add(1)
+	}
+	r.status[0] = status
+	return written + 1
+}
+
+func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint32) {
+	switch r.typ {
+	case typeIn, typeOut:
+		if r.dataLen%SectorSize != 0 || !d.inDisk(r.sector, r.dataLen) {
+			d.Metrics.InvalidReqs.Add(1)
+			return statusIOErr, 0
+		}
+		off := int64(r.sector * SectorSize)
+		if r.typ == typeIn {
+			if !r.dataWrite {
+				return statusIOErr, 0
+			}
+			if err := d.io(c, r, off, unix.Pread); err != nil {
+				d.log.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+				return statusIOErr, 0
+			}
+			d.Metrics.ReadCount.Add(1)
+			d.Metrics.ReadBytes.Add(r.dataLen)
+			return statusOK, uint32(r.dataLen)
+		}
+		if d.cfg.ReadOnly || !r.dataRead {
+			return statusIOErr, 0
+		}
+		if err := d.io(c, r, off, unix.Pwrite); err != nil {
+			d.log.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+			return statusIOErr, 0
+		}
+		d.Metrics.WriteCount.Add(1)
+		d.Metrics.WriteBytes.Add(r.dataLen)
+		return statusOK, 0
+	case typeFlush:
+		d.Metrics.FlushCount.Add(1)
+		if d.cfg.CacheType == CacheWriteback && !d.cfg.ReadOnly {
+			if err := unix.Fsync(d.fd); err != nil {
+				d.log.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
+				return statusIOErr, 0
+			}
+		}
+		return statusOK, 0
+	case typeGetID:
+		if !r.dataWrite || r.dataLen == 0 {
+			return statusIOErr, 0
+		}
+		var n uint32
+		src := d.id[:]
+		for i := r.first; i <= r.last && len(src) > 0; i++ {
+			k := copy(r.segment(c, i), src)
+			src = src[k:]
+			n += uint32(k)
+		}
+		return statusOK, n
+	}
+	return statusUnsupp, 0
+}
+
+// inDisk reports whether [sector, sector+n bytes) lies inside the disk,
+// without overflow.
+func (d *Device) inDisk(sector, n uint64) bool {
+	return sector <= d.sectors && n/SectorSize <= d.sectors-sector
+}
+
+// io moves r's data between the file at off and the guest's buffers.
+func (d *Device) io(c *virtio.Chain, r *request, off int64, op func(int, []byte, int64) (int, error)) error {
+	for i := r.first; i <= r.last; i++ {
+		b := r.segment(c, i)
+		for len(b) > 0 {
+			n, err := op(d.fd, b, off)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("short transfer at offset %d (file truncated?)", off)
+			}
+			b, off = b[n:], off+int64(n)
+		}
+	}
+	return nil
+}

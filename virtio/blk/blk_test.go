@@ -1,0 +1,235 @@
+package blk
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio"
+	"github.com/embervm/ember/virtio/virtiotest"
+)
+
+const wait = 5 * time.Second
+
+func header(typ uint32, sector uint64) []byte {
+	b := make([]byte, headerSize)
+	binary.LittleEndian.PutUint32(b[0:], typ)
+	binary.LittleEndian.PutUint64(b[8:], sector)
+	return b
+}
+
+// disk makes a file of sectors sectors, sector i filled with byte i.
+func disk(t *testing.T, sectors int) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "disk.img")
+	b := make([]byte, sectors*SectorSize)
+	for i := range sectors {
+		for j := range SectorSize {
+			b[i*SectorSize+j] = byte(i)
+		}
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func start(t *testing.T, cfg Config) (*Device, *virtiotest.MMIODriver) {
+	t.Helper()
+	d, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := virtiotest.NewMMIOMemory()
+	tr, err := virtio.NewMMIO(d, mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close(); d.Close() })
+	m, err := virtiotest.SetupMMIO(tr, mem, ^uint64(0), 0x10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, m
+}
+
+// do sends one request and returns the status byte and the used length.
+func do(t *testing.T, m *virtiotest.MMIODriver, bufs ...virtiotest.Buf) (head uint16, status byte, n uint32) {
+	t.Helper()
+	bufs = append(bufs, virtiotest.Buf{WriteLen: 1})
+	head = m.Queues[0].Add(bufs...)
+	m.Notify(0)
+	h, n, err := m.WaitUsed(0, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != head {
+		t.Fatalf("used head %d, want %d", h, head)
+	}
+	nw := 0
+	for _, b := range bufs {
+		if b.WriteLen > 0 {
+			nw++
+		}
+	}
+	return head, m.Queues[0].Written(head, nw-1, 1)[0], n
+}
+
+func TestReadWriteFlushGetID(t *testing.T) {
+	path := disk(t, 16)
+	d, m := start(t, Config{ID: "rootfs", Path: path, CacheType: CacheWriteback})
+	if got := binary.LittleEndian.Uint64(m.Config(0, 8)); got != 16 {
+		t.Fatalf("capacity %d sectors, want 16", got)
+	}
+	if m.Features&featFlush == 0 || m.Features&featRO != 0 {
+		t.Fatalf("features %#x: want FLUSH and not RO", m.Features)
+	}
+	// Read sectors 3-4 into two buffers.
+	head, st, n := do(t, m, virtiotest.Buf{Data: header(typeIn, 3)}, virtiotest.Buf{WriteLen: 512}, virtiotest.Buf{WriteLen: 512})
+	if st != statusOK || n != 1025 {
+		t.Fatalf("read: status %d, used %d", st, n)
+	}
+	if b := m.Queues[0].Written(head, 1, 512); b[0] != 4 || b[511] != 4 {
+		t.Fatalf("read sector 4 = %d...", b[0])
+	}
+	// Write sector 5 and read the file.
+	data := bytes.Repeat([]byte{0xab}, 512)
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeOut, 5)}, virtiotest.Buf{Data: data}); st != statusOK {
+		t.Fatalf("write: status %d", st)
+	}
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeFlush, 0)}); st != statusOK {
+		t.Fatalf("flush: status %d", st)
+	}
+	f, _ := os.ReadFile(path)
+	if !bytes.Equal(f[5*512:6*512], data) || f[6*512] != 6 {
+		t.Fatal("the write did not reach the file (or spilled over)")
+	}
+	head, st, n = do(t, m, virtiotest.Buf{Data: header(typeGetID, 0)}, virtiotest.Buf{WriteLen: IDBytes})
+	if st != statusOK || string(bytes.TrimRight(m.Queues[0].Written(head, 0, IDBytes), "\x00")) != "rootfs" {
+		t.Fatalf("GET_ID: status %d, %q", st, m.Queues[0].Written(head, 0, IDBytes))
+	}
+	if d.Metrics.ReadBytes.Load() != 1024 || d.Metrics.WriteBytes.Load() != 512 || d.Metrics.FlushCount.Load() != 1 {
+		t.Fatalf("metrics: read %d write %d flush %d", d.Metrics.ReadBytes.Load(), d.Metrics.WriteBytes.Load(), d.Metrics.FlushCount.Load())
+	}
+}
+
+func TestReadOnlyRefusesWrites(t *testing.T) {
+	path := disk(t, 4)
+	_, m := start(t, Config{ID: "ro", Path: path, ReadOnly: true})
+	if m.Features&featRO == 0 {
+		t.Fatal("read-only drive does not offer VIRTIO_BLK_F_RO")
+	}
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeOut, 0)}, virtiotest.Buf{Data: make([]byte, 512)}); st != statusIOErr {
+		t.Fatalf("write to a read-only drive: status %d, want IOERR", st)
+	}
+	if f, _ := os.ReadFile(path); f[0] != 0 || f[511] != 0 || f[512] != 1 {
+		t.Fatal("read-only file changed")
+	}
+}
+
+// TestBadRequests: requests no honest driver sends get an error status, the
+// device keeps serving.
+func TestBadRequests(t *testing.T) {
+	_, m := start(t, Config{ID: "d", Path: disk(t, 4)})
+	for _, tc := range []struct {
+		name string
+		bufs []virtiotest.Buf
+		want byte
+	}{
+		{"read past the end", []virtiotest.Buf{{Data: header(typeIn, 4)}, {WriteLen: 512}}, statusIOErr},
+		{"read straddling the end", []virtiotest.Buf{{Data: header(typeIn, 3)}, {WriteLen: 1024}}, statusIOErr},
+		{"huge sector", []virtiotest.Buf{{Data: header(typeIn, ^uint64(0))}, {WriteLen: 512}}, statusIOErr},
+		{"partial sector", []virtiotest.Buf{{Data: header(typeIn, 0)}, {WriteLen: 100}}, statusIOErr},
+		{"read into readable buffer", []virtiotest.Buf{{Data: header(typeIn, 0)}, {Data: make([]byte, 512)}}, statusIOErr},
+		{"unknown type", []virtiotest.Buf{{Data: header(99, 0)}}, statusUnsupp},
+	} {
+		if _, st, _ := do(t, m, tc.bufs...); st != tc.want {
+			t.Errorf("%s: status %d, want %d", tc.name, st, tc.want)
+		}
+	}
+	// A chain without a writable status is returned untouched.
+	head := m.Queues[0].Add(virtiotest.Buf{Data: header(typeIn, 0)})
+	m.Notify(0)
+	if h, n, err := m.WaitUsed(0, wait); err != nil || h != head || n != 0 {
+		t.Fatalf("status-less chain: %d,%d,%v", h, n, err)
+	}
+	// Still serving.
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 1)}, virtiotest.Buf{WriteLen: 512}); st != statusOK {
+		t.Fatalf("after bad requests: status %d", st)
+	}
+}
+
+func TestHostIOErrorReachesGuest(t *testing.T) {
+	path := disk(t, 4)
+	d, m := start(t, Config{ID: "d", Path: path})
+	// The file shrinks under the device: reads of the lost sectors fail.
+	if err := os.Truncate(path, 512); err != nil {
+		t.Fatal(err)
+	}
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 2)}, virtiotest.Buf{WriteLen: 512}); st != statusIOErr {
+		t.Fatalf("read of a vanished sector: status %d, want IOERR", st)
+	}
+	if d.Metrics.IOErrors.Load() == 0 {
+		t.Fatal("IO error not counted")
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	dir := t.TempDir()
+	for name, cfg := range map[string]Config{
+		"missing file": {ID: "a", Path: filepath.Join(dir, "nope")},
+		"directory":    {ID: "a", Path: dir},
+		"cache type":   {ID: "a", Path: disk(t, 1), CacheType: "Sometimes"},
+		"rate limit":   {ID: "a", Path: disk(t, 1), RateLimit: &ratelimit.Config{Bandwidth: &ratelimit.TokenBucketConfig{Size: 1, RefillTime: 1 << 62}}},
+	} {
+		if d, err := New(cfg, nil); err == nil {
+			d.Close()
+			t.Errorf("%s: New accepted it", name)
+		}
+	}
+}
+
+// FuzzRequest parses arbitrary request headers and chain shapes.
+func FuzzRequest(f *testing.F) {
+	f.Add(uint32(typeIn), uint64(0), uint16(512), uint16(1), true)
+	f.Add(uint32(typeOut), uint64(3), uint16(512), uint16(2), false)
+	f.Add(uint32(typeGetID), uint64(0), uint16(20), uint16(1), true)
+	path := filepath.Join(f.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 8*SectorSize), 0o644); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, typ uint32, sector uint64, segLen, segs uint16, write bool) {
+		d, err := New(Config{ID: "f", Path: path}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		mem := virtiotest.NewMemory(1 << 20)
+		q := virtio.NewQueue(virtio.MaxQueueSize)
+		drv, err := virtiotest.New(mem, q, 0x1000, 16, false, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bufs := []virtiotest.Buf{{Data: header(typ, sector)}}
+		for i := 0; i < int(segs%8); i++ {
+			if write {
+				bufs = append(bufs, virtiotest.Buf{WriteLen: int(segLen%4096) + 1})
+			} else {
+				bufs = append(bufs, virtiotest.Buf{Data: make([]byte, int(segLen%4096)+1)})
+			}
+		}
+		bufs = append(bufs, virtiotest.Buf{WriteLen: 1})
+		drv.Add(bufs...)
+		c := virtio.NewChain()
+		if ok, err := q.Pop(c); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		if n := d.serve(c); n > 1+8*4096 {
+			t.Fatalf("serve reported %d bytes written", n)
+		}
+	})
+}

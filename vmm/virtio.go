@@ -1,0 +1,165 @@
+package vmm
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/embervm/ember/kvm"
+	"github.com/embervm/ember/virtio"
+	"github.com/embervm/ember/virtio/blk"
+	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/x86"
+)
+
+// virtio-mmio placement on x86 (Firecracker's, firecracker-facts.md section
+// 3): 4 KiB windows from x86.VirtioMMIOBase, one legacy GSI each from 5 up.
+const (
+	firstVirtioGSI = 5
+	lastVirtioGSI  = 23 // the IOAPIC's 24 pins
+	// MaxVirtioDevices is how many virtio-mmio devices fit the GSIs.
+	MaxVirtioDevices = lastVirtioGSI - firstVirtioGSI + 1
+)
+
+// virtioDev is one attached virtio-mmio device.
+type virtioDev struct {
+	name      string
+	transport *virtio.MMIO
+	addr      uint64
+	gsi       uint32
+	close     func() error
+}
+
+// DriveConfig is one virtio-blk drive of the machine.
+type DriveConfig struct {
+	blk.Config
+	// Root makes this drive the root file system (root=/dev/vda on the
+	// kernel command line); it is attached first.
+	Root bool
+}
+
+// validateDrives checks the drive list (the parts that need no files).
+func validateDrives(drives []DriveConfig) error {
+	seen := map[string]bool{}
+	roots := 0
+	for i, d := range drives {
+		switch {
+		case d.ID == "":
+			return invalid("drive %d: no drive_id", i)
+		case seen[d.ID]:
+			return invalid("drive %s: drive_id used twice", d.ID)
+		case d.Path == "":
+			return invalid("drive %s: no path_on_host", d.ID)
+		}
+		seen[d.ID] = true
+		if d.Root {
+			roots++
+		}
+	}
+	if roots > 1 {
+		return invalid("%d drives are marked root; at most one may be", roots)
+	}
+	return nil
+}
+
+// setupVirtio creates the virtio devices in Firecracker's attach order
+// (block with the root first, then rng), puts them on the MMIO bus and
+// returns the kernel command-line words that announce them.
+func (v *VM) setupVirtio() (cmdline []string, err error) {
+	drives := make([]DriveConfig, 0, len(v.cfg.Drives))
+	for _, d := range v.cfg.Drives {
+		if d.Root {
+			drives = append([]DriveConfig{d}, drives...)
+		} else {
+			drives = append(drives, d)
+		}
+	}
+	for _, d := range drives {
+		dev, err := blk.New(d.Config, v.log.With("drive", d.ID))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		if err := v.attachVirtio("block "+d.ID, dev, dev.Close); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		if d.Root {
+			mode := "rw"
+			if d.ReadOnly {
+				mode = "ro"
+			}
+			cmdline = append(cmdline, "root=/dev/vda", mode)
+		}
+	}
+	if v.cfg.RNG != nil {
+		dev, err := rng.New(*v.cfg.RNG, v.log)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		if err := v.attachVirtio("rng", dev, dev.Close); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	}
+	for _, d := range v.virtio {
+		if v.cfg.NoVirtioCmdline {
+			break
+		}
+		cmdline = append(cmdline, fmt.Sprintf("virtio_mmio.device=4K@%#x:%d", d.addr, d.gsi))
+	}
+	return cmdline, nil
+}
+
+func (v *VM) attachVirtio(name string, dev virtio.Device, closeDev func() error) error {
+	i := len(v.virtio)
+	if i >= MaxVirtioDevices {
+		return invalid("too many virtio devices: at most %d", MaxVirtioDevices)
+	}
+	t, err := virtio.NewMMIO(dev, v.mem, v.log.With("device", name))
+	if err != nil {
+		return err
+	}
+	addr := uint64(x86.VirtioMMIOBase + i*x86.VirtioMMIOSize)
+	if err := v.mmio.Insert(t, addr, x86.VirtioMMIOSize); err != nil {
+		t.Close()
+		return err
+	}
+	v.virtio = append(v.virtio, &virtioDev{name: name, transport: t, addr: addr, gsi: uint32(firstVirtioGSI + i),
+		close: func() error { t.Close(); return closeDev() }})
+	return nil
+}
+
+// bindVirtio binds each device's doorbells and interrupt to KVM. Each
+// binding waits for an SRCU grace period in the host kernel, so New runs
+// it beside the boot-data loading.
+func (v *VM) bindVirtio() error {
+	for _, d := range v.virtio {
+		for q, e := range d.transport.NotifyFDs() {
+			err := v.vm.IOEventFD(kvm.IOEventFDConfig{
+				Addr: d.addr + virtio.RegQueueNotify, Len: 4, FD: int32(e.FD()),
+				Datamatch: uint64(q), Flags: kvm.IOEventFDFlagDatamatch,
+			})
+			if err != nil {
+				return fmt.Errorf("%s queue %d: %w", d.name, q, err)
+			}
+		}
+		if err := v.vm.IRQFD(kvm.IRQFDConfig{FD: uint32(d.transport.IRQ().FD().FD()), GSI: d.gsi}); err != nil {
+			return fmt.Errorf("%s: %w", d.name, err)
+		}
+	}
+	return nil
+}
+
+// closeVirtio stops every device and closes its files.
+func (v *VM) closeVirtio() error {
+	var errs []string
+	for _, d := range v.virtio {
+		if err := d.close(); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", d.name, err))
+		}
+	}
+	v.virtio = nil
+	if errs != nil {
+		return fmt.Errorf("closing virtio devices: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
