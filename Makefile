@@ -42,7 +42,7 @@ APT_UPDATE_DAYS := 7
 # for disk images in tests; acpica-tools (iasl) to check the ACPI tables.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates acpica-tools
+	e2fsprogs ca-certificates acpica-tools iproute2
 
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname

@@ -137,3 +137,20 @@ func TestCloudKernelFindsDevicesThroughACPI(t *testing.T) {
 		}
 	}
 }
+
+// TestBalloonInflatesAtBoot gives a 256 MiB guest a balloon with a 64 MiB
+// target: the guest driver inflates it, and its MemTotal drops by as much.
+func TestBalloonInflatesAtBoot(t *testing.T) {
+	r := mustBoot(t, "--kernel", guestFile(t, "minimal-bzImage"), "--initrd", guestFile(t, "initramfs.cpio.gz"),
+		"--mem-mib", "256", "--balloon", "64",
+		"--cmdline", cmdline(`ember_mode=cmd ember_cmd="sleep 2; k=memtotal_kib; echo ember-guest: $k=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"`))
+	total, err := strconv.Atoi(field(t, r.stdout, "memtotal_kib"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without a balloon this kernel reports about 245 MiB of 256.
+	if total > (256-64+4)*1024 || total < (256-64-32)*1024 {
+		t.Fatalf("guest MemTotal %d KiB with a 64 MiB balloon in 256 MiB; want about %d KiB", total, (256-64-11)*1024)
+	}
+	t.Logf("MemTotal %d KiB", total)
+}

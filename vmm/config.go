@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/rng"
 )
 
@@ -50,6 +51,8 @@ type Config struct {
 	// NoVirtioCmdline announces the virtio-mmio devices in ACPI only, not
 	// also with virtio_mmio.device= words on the kernel command line.
 	NoVirtioCmdline bool
+	// Balloon, if set, adds a virtio-balloon device.
+	Balloon *balloon.Config
 	// RNG, if set, adds a virtio-rng entropy device.
 	RNG *rng.Config
 	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).

@@ -6,6 +6,7 @@ import (
 
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/virtio"
+	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/x86"
@@ -62,9 +63,21 @@ func validateDrives(drives []DriveConfig) error {
 }
 
 // setupVirtio creates the virtio devices in Firecracker's attach order
-// (block with the root first, then rng), puts them on the MMIO bus and
+// (balloon, block with the root first, then rng), puts them on the MMIO bus and
 // returns the kernel command-line words that announce them.
 func (v *VM) setupVirtio() (cmdline []string, err error) {
+	if v.cfg.Balloon != nil {
+		dev, err := balloon.New(*v.cfg.Balloon, v.mem, v.log.With("device", "balloon"))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		if err := v.attachVirtio("balloon", dev, dev.Close); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		dev.SetConfigNotifier(v.virtio[len(v.virtio)-1].transport.ConfigChanged)
+		v.balloon = dev
+	}
 	drives := make([]DriveConfig, 0, len(v.cfg.Drives))
 	for _, d := range v.cfg.Drives {
 		if d.Root {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/embervm/ember/acpi"
+	"github.com/embervm/ember/virtio/balloon"
 	"io"
 	"log/slog"
 	"os"
@@ -63,6 +64,7 @@ type VM struct {
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
 	virtio    []*virtioDev
+	balloon   *balloon.Device
 	// devCmdline announces the devices on the kernel command line.
 	devCmdline []string
 
@@ -326,6 +328,9 @@ func (v *VM) setupDevices() error {
 // SendCtrlAltDel injects Ctrl+Alt+Del through the i8042 (the API's
 // SendCtrlAltDel action).
 func (v *VM) SendCtrlAltDel() error { return v.i8042.SendCtrlAltDel() }
+
+// Balloon is the balloon device, or nil.
+func (v *VM) Balloon() *balloon.Device { return v.balloon }
 
 // Memory is the guest's RAM.
 func (v *VM) Memory() *memory.Guest { return v.mem }

@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/vmm"
@@ -92,4 +94,33 @@ func splitOptions(s string) []string {
 		out = append(out, p)
 	}
 	return out
+}
+
+// balloonFlag is --balloon MIB[,deflate-on-oom][,stats=SECONDS].
+type balloonFlag struct{ cfg **balloon.Config }
+
+func (f balloonFlag) String() string { return "" }
+
+func (f balloonFlag) Set(s string) error {
+	parts := strings.Split(s, ",")
+	mib, err := strconv.ParseUint(parts[0], 10, 32)
+	if err != nil {
+		return fmt.Errorf("%q: want MIB[,deflate-on-oom][,stats=SECONDS]", s)
+	}
+	c := &balloon.Config{AmountMiB: uint32(mib)}
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(p, "=")
+		switch {
+		case p == "deflate-on-oom":
+			c.DeflateOnOOM = true
+		case k == "stats":
+			if c.StatsPollingIntervalS, err = strconv.Atoi(v); err != nil {
+				return fmt.Errorf("stats=%q: want seconds", v)
+			}
+		default:
+			return fmt.Errorf("unknown balloon option %q (want deflate-on-oom, stats=SECONDS)", p)
+		}
+	}
+	*f.cfg = c
+	return nil
 }
