@@ -112,36 +112,32 @@ func New(cfg Config) (_ *VM, err error) {
 	if v.mem, err = memory.New(uint64(cfg.MemMiB) << 20); err != nil {
 		return nil, err
 	}
-	if v.kernel, err = loader.Load(v.mem, cfg.KernelPath); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if v.pvh, err = v.usePVH(); err != nil {
-		return nil, err
-	}
-	if !cfg.AllowEmulatedKVM && v.kernel.End-v.kernel.Start >= linuxKernelMinSize {
-		if p := HostProblem(); p != "" {
-			return nil, fmt.Errorf("%w: %s; a Linux kernel's code would be emulated instruction by instruction for minutes. Boot it in the lab instead: ember-lab run -- ember run --kernel %s ...", ErrEmulatedKVM, p, cfg.KernelPath)
-		}
-	}
 	if err := v.openKVM(); err != nil {
 		return nil, err
 	}
-	if err := v.setupDevices(); err != nil {
-		return nil, err
-	}
-	// Registering the first memory slot, and each ioeventfd and irqfd,
-	// waits for an SRCU grace period in the host kernel (milliseconds,
-	// independent of memory size), so it runs while the boot data and
-	// vCPUs are prepared.
+	// Registering a memory slot, and each ioeventfd and irqfd, waits for an
+	// SRCU grace period in the host kernel (about 5 ms on these hosts,
+	// independent of memory size): the critical path of a small VM's
+	// start. So it starts first and runs while the kernel is loaded and the
+	// boot data and vCPUs are prepared. The devices are bound once they
+	// exist (bind receives false if building failed before that).
+	bind := make(chan bool, 1)
 	memDone := make(chan error, 1)
 	go func() {
 		err := v.setupMemory()
-		if err == nil {
+		if <-bind && err == nil {
 			err = v.bindVirtio()
 		}
 		memDone <- err
 	}()
-	err = v.loadBootData()
+	err = v.loadKernel()
+	if err == nil {
+		err = v.setupDevices()
+	}
+	bind <- err == nil
+	if err == nil {
+		err = v.loadBootData()
+	}
 	if err == nil {
 		err = v.createVCPUs()
 	}
@@ -152,6 +148,24 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// loadKernel loads the kernel into guest memory, picks its entry and
+// refuses a Linux kernel where KVM would only emulate it.
+func (v *VM) loadKernel() error {
+	var err error
+	if v.kernel, err = loader.Load(v.mem, v.cfg.KernelPath); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if v.pvh, err = v.usePVH(); err != nil {
+		return err
+	}
+	if !v.cfg.AllowEmulatedKVM && v.kernel.End-v.kernel.Start >= linuxKernelMinSize {
+		if p := HostProblem(); p != "" {
+			return fmt.Errorf("%w: %s; a Linux kernel's code would be emulated instruction by instruction for minutes. Boot it in the lab instead: ember-lab run -- ember run --kernel %s ...", ErrEmulatedKVM, p, v.cfg.KernelPath)
+		}
+	}
+	return nil
 }
 
 func (v *VM) openKVM() error {
