@@ -47,7 +47,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
-.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs \
+.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
 	lab demo test unit-test e2e bench-boot clean
 
 all: build
@@ -74,13 +74,18 @@ build:
 lab-bin:
 	$(GO) build -o bin/ ./cmd/ember-lab
 
-guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs
+guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs guest-probe
 
 guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
 
 guest-initramfs: setup lab-bin
 	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+
+# The static test program the e2e tests put on a drive for the guest.
+guest-probe:
+	@mkdir -p $(GUEST_DIR)
+	CGO_ENABLED=0 $(GO) build -o $(GUEST_DIR)/probe ./guest/probe
 
 # The cloud kernel's virtio drivers are modules: its test initramfs carries
 # and loads them (and finds the devices through ACPI alone).

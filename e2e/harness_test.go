@@ -75,14 +75,21 @@ type result struct {
 // ember runs `ember run ARGS...` to completion with stdin from /dev/null.
 func ember(t *testing.T, args ...string) result {
 	t.Helper()
+	return emberWith(t, bootTimeout, nil, args...)
+}
+
+// emberWith runs ember under a prefix command (ip netns exec NS, say),
+// allowing it timeout per attempt.
+func emberWith(t *testing.T, timeout time.Duration, prefix []string, args ...string) result {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
-		r, hung := emberOnce(t, args...)
+		r, hung := emberOnce(t, timeout, prefix, args...)
 		died := !hung && r.code != 0 && !strings.Contains(r.stdout, initMarker) &&
 			(strings.Contains(r.stderr, "triple fault") || strings.Contains(r.stderr, "internal error"))
 		if !hung && !died {
 			return r
 		}
-		what := fmt.Sprintf("did not finish within %v", bootTimeout)
+		what := fmt.Sprintf("did not finish within %v", timeout)
 		if died {
 			what = "died before init"
 		}
@@ -93,11 +100,12 @@ func ember(t *testing.T, args ...string) result {
 	}
 }
 
-func emberOnce(t *testing.T, args ...string) (r result, hung bool) {
+func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...string) (r result, hung bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, emberBinary(t), append([]string{"run"}, args...)...)
+	argv := append(append(append([]string(nil), prefix...), emberBinary(t), "run"), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	// On a timeout ember is asked to stop (it then logs where the vCPUs were).
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
@@ -164,4 +172,58 @@ func scratchDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// probeDrive makes an ext4 image holding the static guest program
+// guest/probe and returns its path; attach it read-only and mount it in the
+// guest (mountProbe).
+func probeDrive(t *testing.T) string {
+	t.Helper()
+	dir := scratchDir(t)
+	src := filepath.Join(dir, "probe-root")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(guestFile(t, "probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "probe"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "probe.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", src, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	return img
+}
+
+// mountProbe is the guest shell snippet that mounts the probe drive dev.
+func mountProbe(dev string) string {
+	return "mkdir -p /probe; mount -t ext4 -o ro " + dev + " /probe"
+}
+
+// report returns the key=value pairs of the last "PREFIX: ..." line that
+// has key sel; prefix is "probe" (guest) or "helper" (host).
+func report(t *testing.T, out, prefix, sel string) map[string]string {
+	t.Helper()
+	lines := strings.Split(out, "\n")
+	for j := len(lines) - 1; j >= 0; j-- {
+		l := strings.TrimRight(lines[j], "\r")
+		i := strings.Index(l, prefix+": ")
+		if i < 0 {
+			continue
+		}
+		kv := map[string]string{}
+		for _, f := range strings.Fields(l[i+len(prefix)+2:]) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				kv[k] = v
+			}
+		}
+		if _, ok := kv[sel]; ok {
+			return kv
+		}
+	}
+	t.Fatalf("no %q line with %s= in output\n%s", prefix+":", sel, tailString(out))
+	return nil
 }

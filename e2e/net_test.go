@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// transferBytes is what the network and vsock tests move each way.
+const transferBytes = 100 << 20
+
+// transferTimeout allows for 200 MiB through the software-emulated lab.
+const transferTimeout = 6 * time.Minute
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// netns makes a network namespace holding a tap with addr (CIDR) and
+// returns its name; both go away after the test.
+func netns(t *testing.T, tap, addr string) string {
+	t.Helper()
+	ns := fmt.Sprintf("embt%d", os.Getpid())
+	sh(t, "ip netns add "+ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	in := "ip netns exec " + ns + " "
+	sh(t, in+"ip link set lo up && "+in+"ip tuntap add dev "+tap+" mode tap && "+
+		in+"ip addr add "+addr+" dev "+tap+" && "+in+"ip link set "+tap+" up")
+	return ns
+}
+
+// startHelper runs the test binary as a host-side helper in ns.
+func startHelper(t *testing.T, ns string, args ...string) *syncBuffer {
+	t.Helper()
+	out := &syncBuffer{}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args[1:]...)...)
+	cmd.Env = append(os.Environ(), helperEnv+"="+args[0])
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return out
+}
+
+// TestNetTap: the guest and a host network namespace holding the tap ping
+// each other, and 100 MiB cross TCP each way intact.
+func TestNetTap(t *testing.T) {
+	const (
+		hostIP  = "10.77.0.1"
+		guestIP = "10.77.0.2"
+	)
+	ns := netns(t, "tap0", hostIP+"/24")
+	sink := startHelper(t, ns, "tcp-sink", hostIP+":5001")
+	source := startHelper(t, ns, "tcp-source", hostIP+":5002", fmt.Sprint(transferBytes))
+
+	// The host pings the guest while it runs.
+	pinged := make(chan bool, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				pinged <- false
+				return
+			default:
+			}
+			if exec.Command("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", guestIP).Run() == nil {
+				pinged <- true
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+
+	guestCmd := strings.Join([]string{
+		"ip link set lo up", "ip addr add " + guestIP + "/24 dev eth0", "ip link set eth0 up",
+		"ping -c 3 " + hostIP, mountProbe("/dev/vda"),
+		fmt.Sprintf("/probe/probe tcp-send %s:5001 %d", hostIP, transferBytes),
+		"/probe/probe tcp-recv " + hostIP + ":5002", "sleep 2",
+	}, "; ")
+	r := emberWith(t, transferTimeout, []string{"ip", "netns", "exec", ns},
+		"--kernel", guestFile(t, "minimal-bzImage"), "--initrd", guestFile(t, "initramfs.cpio.gz"), "--mem-mib", "256",
+		"--net", "tap=tap0,mac=06:00:0a:4d:00:02", "--drive", "path="+probeDrive(t)+",ro",
+		"--cmdline", cmdline(`ember_mode=cmd ember_cmd="`+guestCmd+`"`))
+	if r.code != 0 || !strings.Contains(r.stdout, initMarker) {
+		t.Fatalf("guest failed (exit %d)\n%s\n%s", r.code, tailString(r.stdout), r.stderr)
+	}
+	if !strings.Contains(r.stdout, "3 packets received") {
+		t.Errorf("guest could not ping the host\n%s", tailString(r.stdout))
+	}
+	if !<-pinged {
+		t.Errorf("host could not ping the guest")
+	}
+	checkTransfer(t, "guest->host", report(t, r.stdout, "probe", "sent"), report(t, sink.String(), "helper", "received"))
+	checkTransfer(t, "host->guest", report(t, source.String(), "helper", "sent"), report(t, r.stdout, "probe", "received"))
+}
+
+// checkTransfer compares a sender's and a receiver's report.
+func checkTransfer(t *testing.T, what string, sent, received map[string]string) {
+	t.Helper()
+	if sent["sent"] != fmt.Sprint(transferBytes) || received["received"] != sent["sent"] {
+		t.Fatalf("%s: sent %s bytes, received %s, want %d", what, sent["sent"], received["received"], transferBytes)
+	}
+	if sent["sha256"] != received["sha256"] {
+		t.Fatalf("%s: data differs: sent sha256 %s, received %s", what, sent["sha256"], received["sha256"])
+	}
+	t.Logf("%s: %d bytes intact (sha256 %.16s...)", what, transferBytes, sent["sha256"])
+}
