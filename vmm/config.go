@@ -9,6 +9,7 @@ import (
 
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
 )
 
 // Limits and defaults of the machine configuration (Firecracker's).
@@ -53,6 +54,8 @@ type Config struct {
 	NoVirtioCmdline bool
 	// Balloon, if set, adds a virtio-balloon device.
 	Balloon *balloon.Config
+	// Vsock, if set, adds a virtio-vsock device bridged to host unix sockets.
+	Vsock *vsock.Config
 	// RNG, if set, adds a virtio-rng entropy device.
 	RNG *rng.Config
 	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).

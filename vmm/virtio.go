@@ -9,6 +9,7 @@ import (
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
 	"github.com/embervm/ember/x86"
 )
 
@@ -63,7 +64,7 @@ func validateDrives(drives []DriveConfig) error {
 }
 
 // setupVirtio creates the virtio devices in Firecracker's attach order
-// (balloon, block with the root first, then rng), puts them on the MMIO bus and
+// (balloon, block with the root first, net, vsock, rng), puts them on the MMIO bus and
 // returns the kernel command-line words that announce them.
 func (v *VM) setupVirtio() (cmdline []string, err error) {
 	if v.cfg.Balloon != nil {
@@ -102,6 +103,17 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 			}
 			cmdline = append(cmdline, "root=/dev/vda", mode)
 		}
+	}
+	if v.cfg.Vsock != nil {
+		dev, err := vsock.New(*v.cfg.Vsock, v.log.With("device", "vsock"))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		if err := v.attachVirtio("vsock", dev, dev.Close); err != nil {
+			dev.Close()
+			return nil, err
+		}
+		v.vsock = dev
 	}
 	if v.cfg.RNG != nil {
 		dev, err := rng.New(*v.cfg.RNG, v.log)

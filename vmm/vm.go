@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/embervm/ember/acpi"
 	"github.com/embervm/ember/virtio/balloon"
+	"github.com/embervm/ember/virtio/vsock"
 	"io"
 	"log/slog"
 	"os"
@@ -65,6 +66,7 @@ type VM struct {
 	bootTimer *devices.BootTimer
 	virtio    []*virtioDev
 	balloon   *balloon.Device
+	vsock     *vsock.Device
 	// devCmdline announces the devices on the kernel command line.
 	devCmdline []string
 

@@ -9,6 +9,7 @@ import (
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -120,6 +121,37 @@ func (f balloonFlag) Set(s string) error {
 		default:
 			return fmt.Errorf("unknown balloon option %q (want deflate-on-oom, stats=SECONDS)", p)
 		}
+	}
+	*f.cfg = c
+	return nil
+}
+
+// vsockFlag is --vsock cid=N,uds=PATH[,id=ID].
+type vsockFlag struct{ cfg **vsock.Config }
+
+func (f vsockFlag) String() string { return "" }
+
+func (f vsockFlag) Set(s string) error {
+	c := &vsock.Config{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "cid":
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return fmt.Errorf("cid=%q: want a number", v)
+			}
+			c.GuestCID = uint32(n)
+		case "uds":
+			c.UDSPath = v
+		case "id":
+			c.VsockID = v
+		default:
+			return fmt.Errorf("unknown vsock option %q (want cid=, uds=, id=)", kv)
+		}
+	}
+	if c.UDSPath == "" || c.GuestCID == 0 {
+		return fmt.Errorf("%q: want cid=N,uds=PATH", s)
 	}
 	*f.cfg = c
 	return nil
