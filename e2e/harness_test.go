@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +24,8 @@ import (
 // triple fault or a KVM internal error before it reaches init is retried
 // too. A real fault in Ember repeats and still fails the test.
 const (
+	// stallTimeout: no guest output for this long means a hang.
+	stallTimeout = 2 * time.Minute
 	bootTimeout  = 75 * time.Second
 	bootAttempts = 3
 )
@@ -109,9 +110,29 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	// On a timeout ember is asked to stop (it then logs where the vCPUs were).
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	var out, errb bytes.Buffer
+	var out, errb syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	t0 := time.Now()
+	// A guest that prints nothing for stallTimeout has hung (lab fault):
+	// stop it then rather than at the end of a long timeout.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		last, since := -1, time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Second):
+			}
+			if n := out.Len(); n != last {
+				last, since = n, time.Now()
+			} else if time.Since(since) > stallTimeout {
+				cancel()
+				return
+			}
+		}
+	}()
 	err := cmd.Run()
 	r = result{stdout: out.String(), stderr: errb.String(), wall: time.Since(t0)}
 	var ee *exec.ExitError

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/virtio/balloon"
+	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/virtio/vsock"
 )
@@ -54,6 +55,8 @@ type Config struct {
 	NoVirtioCmdline bool
 	// Balloon, if set, adds a virtio-balloon device.
 	Balloon *balloon.Config
+	// Nets are the virtio-net interfaces, each on a host tap.
+	Nets []vnet.Config
 	// Vsock, if set, adds a virtio-vsock device bridged to host unix sockets.
 	Vsock *vsock.Config
 	// RNG, if set, adds a virtio-rng entropy device.

@@ -8,6 +8,7 @@ import (
 	"github.com/embervm/ember/virtio"
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
+	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/virtio/vsock"
 	"github.com/embervm/ember/x86"
@@ -102,6 +103,19 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 				mode = "ro"
 			}
 			cmdline = append(cmdline, "root=/dev/vda", mode)
+		}
+	}
+	for i, n := range v.cfg.Nets {
+		if n.IfaceID == "" {
+			n.IfaceID = fmt.Sprintf("net%d", i)
+		}
+		dev, err := vnet.New(n, v.log.With("iface", n.IfaceID))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		if err := v.attachVirtio("net "+n.IfaceID, dev, dev.Close); err != nil {
+			dev.Close()
+			return nil, err
 		}
 	}
 	if v.cfg.Vsock != nil {

@@ -5,6 +5,11 @@
 //	    ends with NAME VALUE UNIT lines.
 //	ember-bench lab-boot --kernel K --initrd I [--runs N]
 //	    the in-lab half (ember-bench boot runs it through ember-lab).
+//	ember-bench io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
+//	    sequential block read and write and guest<->host TCP throughput in
+//	    the lab; ends with NAME VALUE UNIT lines.
+//	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
+//	    the in-lab half (ember-bench io runs it through ember-lab).
 package main
 
 import (
@@ -13,11 +18,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/embervm/ember/bench"
 )
@@ -26,7 +33,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -35,6 +42,10 @@ func main() {
 		err = boot(os.Args[2:])
 	case "lab-boot":
 		err = labBoot(os.Args[2:])
+	case "io":
+		err = ioBench(os.Args[2:])
+	case "lab-io":
+		err = labIO(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
 		os.Exit(exitUsage)
@@ -125,5 +136,86 @@ func labBoot(args []string) error {
 	}
 	bench.Line(os.Stdout, "lab_boot_ember_ms", r.EmberMS, "ms")
 	bench.Line(os.Stdout, "lab_boot_qemu_ms", r.QEMUMS, "ms")
+	return nil
+}
+
+// ioLabTime is the lab time allowed per run of both VMMs in ember-bench io
+// (a run of each takes about 2 minutes; hung ones are retried), on top of
+// ioLabBase for starting the lab and making the disks.
+const (
+	ioLabTime = 10 * time.Minute
+	ioLabBase = 10 * time.Minute
+)
+
+// ioFlags are the flags io and lab-io share.
+type ioFlags struct {
+	runs                  *int
+	net                   *bool
+	kernel, initrd, probe *string
+}
+
+func newIOFlags(fs *flag.FlagSet) ioFlags {
+	return ioFlags{
+		runs:   fs.Int("runs", 3, "runs per VMM"),
+		net:    fs.Bool("net", true, "measure TCP throughput too (the block devices are always measured)"),
+		kernel: fs.String("kernel", guestFile("minimal-bzImage"), "guest kernel"),
+		initrd: fs.String("initrd", guestFile("initramfs.cpio.gz"), "initramfs"),
+		probe:  fs.String("probe", guestFile("probe"), "the static guest program guest/probe"),
+	}
+}
+
+func (f ioFlags) args() []string {
+	return []string{"--runs", strconv.Itoa(*f.runs), "--net=" + strconv.FormatBool(*f.net),
+		"--kernel", *f.kernel, "--initrd", *f.initrd, "--probe", *f.probe}
+}
+
+// ioBench runs lab-io in the lab, streaming its progress, and ends with its
+// NAME VALUE UNIT lines.
+func ioBench(args []string) error {
+	fs := flag.NewFlagSet("io", flag.ExitOnError)
+	f := newIOFlags(fs)
+	fs.Parse(args)
+	fmt.Printf("== block and TCP throughput in the lab, Ember and QEMU microvm alternately, %d runs each\n", *f.runs)
+	timeout := ioLabBase + time.Duration(*f.runs)*ioLabTime
+	cmd := exec.Command(sibling("ember-lab"), append([]string{"run", "--timeout", timeout.String(), "--",
+		sibling("ember-bench"), "lab-io"}, f.args()...)...)
+	var out bytes.Buffer
+	cmd.Stdout = io.MultiWriter(os.Stdout, &out)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("lab I/O benchmark: %w", err)
+	}
+	vals := map[string]string{}
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 3 {
+			vals[f[0]] = sc.Text()
+		}
+	}
+	names := bench.IOLineNames(*f.net)
+	var lines []string
+	for _, n := range names {
+		l, ok := vals[n]
+		if !ok {
+			return fmt.Errorf("lab I/O benchmark printed no %s line", n)
+		}
+		lines = append(lines, l)
+	}
+	fmt.Printf("== medians of %d runs each (lab timings are software-emulated: only the ratios mean anything)\n", *f.runs)
+	for _, l := range lines {
+		fmt.Println(l)
+	}
+	return nil
+}
+
+func labIO(args []string) error {
+	fs := flag.NewFlagSet("lab-io", flag.ExitOnError)
+	f := newIOFlags(fs)
+	fs.Parse(args)
+	r, err := bench.LabIO(context.Background(), sibling("ember"), *f.kernel, *f.initrd, *f.probe, *f.runs, *f.net, os.Stdout)
+	if err != nil {
+		return err
+	}
+	r.Lines(os.Stdout)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
+	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/virtio/vsock"
 	"github.com/embervm/ember/vmm"
@@ -81,6 +82,10 @@ func (f rngFlag) Set(s string) error {
 	return nil
 }
 
+func isRateOption(s string) bool {
+	return strings.HasPrefix(s, "rate=") || strings.HasPrefix(s, "rx-rate=") || strings.HasPrefix(s, "tx-rate=")
+}
+
 // splitOptions splits "a=1,b,c=2" at commas that start a new key: a rate
 // limit's own commas ("rate=bw=1/2,ops=3/4") stay with it, because "ops=..."
 // is not a drive option.
@@ -88,7 +93,7 @@ func splitOptions(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		k, _, _ := strings.Cut(p, "=")
-		if len(out) > 0 && strings.HasPrefix(out[len(out)-1], "rate=") && (k == "bw" || k == "bandwidth" || k == "ops") {
+		if len(out) > 0 && isRateOption(out[len(out)-1]) && (k == "bw" || k == "bandwidth" || k == "ops") {
 			out[len(out)-1] += "," + p
 			continue
 		}
@@ -154,5 +159,53 @@ func (f vsockFlag) Set(s string) error {
 		return fmt.Errorf("%q: want cid=N,uds=PATH", s)
 	}
 	*f.cfg = c
+	return nil
+}
+
+// netFlag collects repeated --net flags:
+//
+//	--net tap=NAME[,id=ID][,mac=MAC][,mtu=N][,rx-rate=LIMIT][,tx-rate=LIMIT]
+type netFlag struct{ nets *[]vnet.Config }
+
+func (f netFlag) String() string { return "" }
+
+func (f netFlag) Set(s string) error {
+	var c vnet.Config
+	for _, kv := range splitOptions(s) {
+		k, v, hasValue := strings.Cut(kv, "=")
+		if !hasValue {
+			return fmt.Errorf("unknown net option %q (want tap=, id=, mac=, mtu=, rx-rate=, tx-rate=)", kv)
+		}
+		switch k {
+		case "tap":
+			c.HostDevName = v
+		case "id":
+			c.IfaceID = v
+		case "mac":
+			c.GuestMAC = v
+		case "mtu":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("mtu=%q: want a number", v)
+			}
+			c.MTU = n
+		case "rx-rate", "tx-rate":
+			rl, err := ratelimit.ParseFlag(v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+			if k == "rx-rate" {
+				c.RxRateLimit = &rl
+			} else {
+				c.TxRateLimit = &rl
+			}
+		default:
+			return fmt.Errorf("unknown net option %q (want tap=, id=, mac=, mtu=, rx-rate=, tx-rate=)", kv)
+		}
+	}
+	if c.HostDevName == "" {
+		return fmt.Errorf("%q: no tap=", s)
+	}
+	*f.nets = append(*f.nets, c)
 	return nil
 }

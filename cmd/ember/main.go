@@ -96,6 +96,7 @@ func runVM(args []string, start time.Time) int {
 	fs.StringVar(&cfg.BootProtocol, "boot-protocol", "", "entry for ELF kernels: pvh or linux64 (default: pvh when the kernel has a PVH note)")
 	fs.Var(driveFlag{&cfg.Drives}, "drive", "a virtio-blk drive: path=FILE[,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT] (repeatable)")
 	fs.Var(balloonFlag{&cfg.Balloon}, "balloon", "add a virtio-balloon device with a target of MIB: MIB[,deflate-on-oom][,stats=SECONDS]")
+	fs.Var(netFlag{&cfg.Nets}, "net", "a virtio-net interface on a tap: tap=NAME[,id=ID][,mac=MAC][,mtu=N][,rx-rate=LIMIT][,tx-rate=LIMIT] (repeatable)")
 	fs.Var(vsockFlag{&cfg.Vsock}, "vsock", "add a vsock device: cid=N,uds=PATH (Firecracker's hybrid vsock over host unix sockets)")
 	fs.Var(rngFlag{&cfg.RNG}, "rng", "add a virtio-rng entropy device (--rng=rate=LIMIT to limit it)")
 	fs.BoolVar(&cfg.NoVirtioCmdline, "no-virtio-cmdline", false, "announce virtio devices in ACPI only, not also with virtio_mmio.device= on the kernel command line")

@@ -77,6 +77,12 @@ func TestBadInputOneLineExit2(t *testing.T) {
 		{"missing initrd", []string{"run", "--kernel", kernel, "--initrd", "/nonexistent/initrd"}, "/nonexistent/initrd"},
 		{"cmdline too long", []string{"run", "--kernel", kernel, "--cmdline", strings.Repeat("x", 5000)}, "command line"},
 		{"unknown command", []string{"frob"}, "frob"},
+		{"missing drive file", []string{"run", "--kernel", kernel, "--drive", "path=/nonexistent/disk"}, "/nonexistent/disk"},
+		{"drive without path", []string{"run", "--kernel", kernel, "--drive", "ro"}, "path="},
+		{"two root drives", []string{"run", "--kernel", kernel, "--drive", "path=" + text + ",root", "--drive", "path=" + text + ",root"}, "root"},
+		{"reserved vsock cid", []string{"run", "--kernel", kernel, "--vsock", "cid=2,uds=/tmp/ember-test.sock"}, "guest_cid"},
+		{"balloon bigger than RAM", []string{"run", "--kernel", kernel, "--balloon", "4096"}, "amount_mib"},
+		{"tap name too long", []string{"run", "--kernel", kernel, "--net", "tap=averyveryverylongtapname0"}, "tap name"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

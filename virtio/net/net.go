@@ -344,8 +344,8 @@ func (d *Device) Activate(a *virtio.Activation) error {
 
 // start resets the worker-side state for activation a.
 func (d *Device) start(a *virtio.Activation) {
-	d.act, d.neg = a, a.Features
-	d.rx.reset(a.Features&FeatMrgRxBuf != 0)
+	d.act, d.neg = a, a.Features&d.features
+	d.rx.reset(d.neg&FeatMrgRxBuf != 0)
 	d.tx.reset()
 }
 
