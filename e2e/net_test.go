@@ -81,7 +81,9 @@ func TestNetTap(t *testing.T) {
 	// The host pings the guest while it runs.
 	pinged := make(chan bool, 1)
 	stop := make(chan struct{})
-	defer close(stop)
+	var stopOnce sync.Once
+	stopPing := func() { stopOnce.Do(func() { close(stop) }) }
+	defer stopPing()
 	go func() {
 		for {
 			select {
@@ -90,7 +92,7 @@ func TestNetTap(t *testing.T) {
 				return
 			default:
 			}
-			if exec.Command("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "1", guestIP).Run() == nil {
+			if exec.Command("ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1", guestIP).Run() == nil {
 				pinged <- true
 				return
 			}
@@ -114,6 +116,7 @@ func TestNetTap(t *testing.T) {
 	if !strings.Contains(r.stdout, "3 packets received") {
 		t.Errorf("guest could not ping the host\n%s", tailString(r.stdout))
 	}
+	stopPing()
 	if !<-pinged {
 		t.Errorf("host could not ping the guest")
 	}
