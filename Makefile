@@ -48,7 +48,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot clean
+	lab demo test unit-test e2e bench-boot bench-io clean
 
 all: build
 
@@ -127,6 +127,11 @@ e2e:
 # guests in the lab; bin/ is put first on PATH so it finds ember and ember-lab.
 bench-boot: setup build guest lab
 	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench boot
+
+# I/O benchmark: block read/write and guest<->host TCP throughput in the lab,
+# Ember against QEMU's microvm.
+bench-io: setup build guest lab
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench io
 
 clean:
 	rm -rf bin build
