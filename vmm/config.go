@@ -64,6 +64,19 @@ type Config struct {
 	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).
 	BootProtocol string
 
+	// SMT presents the vCPUs as pairs of hyperthreads (Firecracker's smt;
+	// VCPUs must then be 1 or even).
+	SMT bool
+	// TrackDirtyPages turns on KVM's dirty log for diff snapshots.
+	TrackDirtyPages bool
+	// HugePages is HugePagesNone (default) or HugePagesTransparent.
+	HugePages string
+	// CPU, if set, modifies the CPUID and MSRs the vCPUs see (PUT /cpu-config).
+	CPU *CPUConfig
+	// SerialOutPath, if set, receives the guest's serial output instead of
+	// Console (PUT /serial).
+	SerialOutPath string
+
 	// Console receives the guest's serial output; nil discards it.
 	Console io.Writer
 	// ConsoleIn, if set, is read and fed to the guest's serial port.
@@ -76,6 +89,43 @@ type Config struct {
 	// AllowEmulatedKVM skips the host check that refuses to boot a Linux
 	// kernel on a KVM that would emulate it (see CheckHost).
 	AllowEmulatedKVM bool
+}
+
+// Huge page modes of the guest memory (Firecracker's huge_pages).
+const (
+	HugePagesNone        = "None"
+	HugePagesTransparent = "Transparent"
+)
+
+// CPUConfig is a custom CPU template (Firecracker's PUT /cpu-config),
+// already parsed: every modifier sets the bits of Mask to those of Value.
+type CPUConfig struct {
+	// KVMCapabilities are KVM capability numbers to require ("121") or to
+	// ignore ("!121").
+	KVMCapabilities []string
+	CPUID           []CPUIDModifier
+	MSRs            []MSRModifier
+}
+
+// CPUIDModifier changes registers of one CPUID leaf and subleaf.
+type CPUIDModifier struct {
+	Leaf, Subleaf uint32
+	// Flags are KVM's kvm_cpuid_entry2 flags (1 = the subleaf matters).
+	Flags     uint32
+	Registers []RegisterModifier
+}
+
+// RegisterModifier sets Mask's bits of one CPUID register (eax, ebx, ecx,
+// edx) to Value's.
+type RegisterModifier struct {
+	Register    string
+	Mask, Value uint32
+}
+
+// MSRModifier sets Mask's bits of the MSR at Addr to Value's.
+type MSRModifier struct {
+	Addr        uint32
+	Mask, Value uint64
 }
 
 // ErrInvalidConfig marks configuration errors: the user's input is wrong.

@@ -38,6 +38,8 @@ type DriveConfig struct {
 	// Root makes this drive the root file system (root=/dev/vda on the
 	// kernel command line); it is attached first.
 	Root bool
+	// PartUUID, with Root, boots from root=PARTUUID=... instead of /dev/vda.
+	PartUUID string
 }
 
 // validateDrives checks the drive list (the parts that need no files).
