@@ -3,6 +3,7 @@ package virtio
 import (
 	"fmt"
 	"log/slog"
+	"sync"
 )
 
 // Worker is a device's queue-processing goroutine: it waits on the queues'
@@ -18,10 +19,18 @@ type Worker struct {
 	handler func(token uint32)
 	log     *slog.Logger
 	started bool
+
+	// call wakes the loop to run the functions queued by Do.
+	call    *EventFD
+	callMu  sync.Mutex
+	pending []func()
 }
 
-// stopToken marks the worker's own stop eventfd.
-const stopToken = ^uint32(0)
+// Tokens of the worker's own eventfds.
+const (
+	stopToken = ^uint32(0)
+	callToken = ^uint32(0) - 1
+)
 
 // NewWorker prepares a worker for the activation's notify eventfds; add
 // extra fds with Watch, then Start it.
@@ -39,6 +48,14 @@ func NewWorker(a *Activation, log *slog.Logger, handler func(token uint32)) (*Wo
 		return nil, err
 	}
 	if err := p.Add(w.stop.FD(), stopToken); err != nil {
+		w.close()
+		return nil, err
+	}
+	if w.call, err = NewEventFD(); err != nil {
+		w.close()
+		return nil, err
+	}
+	if err := p.Add(w.call.FD(), callToken); err != nil {
 		w.close()
 		return nil, err
 	}
@@ -75,8 +92,12 @@ func (w *Worker) Start() {
 			}
 			for _, ev := range evs {
 				tok := uint32(ev.Fd)
-				if tok == stopToken {
+				switch tok {
+				case stopToken:
 					return
+				case callToken:
+					w.runCalls()
+					continue
 				}
 				if tok < uint32(len(w.notify)) {
 					if _, err := w.notify[tok].Clear(); err != nil {
@@ -87,6 +108,45 @@ func (w *Worker) Start() {
 			}
 		}
 	}()
+}
+
+// Do runs fn on the worker's goroutine, between two handler calls, and
+// returns when it has run: the way to change state that the handler owns
+// (a rate limiter, a backing file) from another goroutine. On a worker that
+// is not running, fn runs on the caller's goroutine. Do is for rare control
+// operations, not the data path: it allocates.
+func (w *Worker) Do(fn func()) {
+	if w == nil || !w.started {
+		fn()
+		return
+	}
+	done := make(chan struct{})
+	w.callMu.Lock()
+	w.pending = append(w.pending, func() { fn(); close(done) })
+	w.callMu.Unlock()
+	if err := w.call.Signal(); err != nil {
+		w.log.Error("virtio worker: waking for a call", "err", err)
+	}
+	select {
+	case <-done:
+	case <-w.done: // the loop ended before it ran fn
+		w.runCalls()
+		<-done
+	}
+}
+
+// runCalls runs the functions queued by Do.
+func (w *Worker) runCalls() {
+	if _, err := w.call.Clear(); err != nil {
+		w.log.Error("virtio worker: call eventfd", "err", err)
+	}
+	w.callMu.Lock()
+	calls := w.pending
+	w.pending = nil
+	w.callMu.Unlock()
+	for _, fn := range calls {
+		fn()
+	}
 }
 
 // Stop ends the loop, waits for it, and releases the worker's own fds (not
@@ -105,4 +165,7 @@ func (w *Worker) Stop() {
 func (w *Worker) close() {
 	w.poller.Close()
 	w.stop.Close()
+	if w.call != nil {
+		w.call.Close()
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/embervm/ember/virtio/balloon"
@@ -154,4 +155,32 @@ func (c *Config) Validate() error {
 		return invalid("boot protocol %q: must be %q or %q", c.BootProtocol, BootLinux64, BootPVH)
 	}
 	return nil
+}
+
+// clone copies c deeply enough that editing the copy's slices and device
+// configurations leaves c as it was.
+func (c Config) clone() Config {
+	n := c
+	n.Drives = slices.Clone(c.Drives)
+	n.Nets = slices.Clone(c.Nets)
+	if c.Balloon != nil {
+		b := *c.Balloon
+		n.Balloon = &b
+	}
+	if c.Vsock != nil {
+		v := *c.Vsock
+		n.Vsock = &v
+	}
+	if c.RNG != nil {
+		r := *c.RNG
+		n.RNG = &r
+	}
+	if c.CPU != nil {
+		cpu := *c.CPU
+		cpu.KVMCapabilities = slices.Clone(c.CPU.KVMCapabilities)
+		cpu.CPUID = slices.Clone(c.CPU.CPUID)
+		cpu.MSRs = slices.Clone(c.CPU.MSRs)
+		n.CPU = &cpu
+	}
+	return n
 }

@@ -2,6 +2,11 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
@@ -78,3 +83,331 @@ type Backend interface {
 	// ("block_rootfs", "net_eth0", "vcpu", ...). It never blocks on a vCPU.
 	ReadMetrics(add func(group, name string, value uint64))
 }
+
+// Controller is the VMM behind the API: it owns the pending configuration,
+// builds the VM at Start and routes run-time requests to it. Every request
+// is a message run on the controller's own goroutine, one at a time, so the
+// API's goroutines never touch the VM; the vCPUs and devices run on theirs.
+type Controller struct {
+	log   *slog.Logger
+	calls chan func()
+	stop  chan struct{}
+
+	state atomic.Pointer[State]
+	vm    atomic.Pointer[VM] // set once Start succeeded
+
+	// Owned by the controller goroutine.
+	cfg Config
+
+	done     chan struct{} // closed when the run has ended
+	doneOnce sync.Once
+	fate     Fate
+}
+
+// NewController returns a controller whose pending configuration starts as
+// base (console, logger and defaults; the API fills in the rest).
+func NewController(base Config) *Controller {
+	c := &Controller{log: base.Logger, calls: make(chan func()), stop: make(chan struct{}),
+		cfg: base, done: make(chan struct{})}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	st := StateNotStarted
+	c.state.Store(&st)
+	go c.loop()
+	return c
+}
+
+func (c *Controller) loop() {
+	for {
+		select {
+		case fn := <-c.calls:
+			fn()
+		case <-c.stop:
+			return
+		}
+	}
+}
+
+// do runs fn on the controller goroutine and returns its error.
+func (c *Controller) do(fn func() error) error {
+	ch := make(chan error, 1)
+	select {
+	case c.calls <- func() { ch <- fn() }:
+		return <-ch
+	case <-c.stop:
+		return errors.New("the VMM is shutting down")
+	}
+}
+
+func (c *Controller) setState(s State) { c.state.Store(&s) }
+
+// State is the instance state; it never blocks.
+func (c *Controller) State() State { return *c.state.Load() }
+
+// Config is a copy of the pending or booted configuration.
+func (c *Controller) Config() Config {
+	var cfg Config
+	c.do(func() error { cfg = c.cfg.clone(); return nil })
+	return cfg
+}
+
+// Configure edits the pending configuration, all or nothing.
+func (c *Controller) Configure(edit func(*Config) error) error {
+	return c.do(func() error {
+		if c.vm.Load() != nil {
+			return ErrStarted
+		}
+		next := c.cfg.clone()
+		if err := edit(&next); err != nil {
+			return err
+		}
+		c.cfg = next
+		return nil
+	})
+}
+
+// Start builds the VM from the pending configuration and runs it. If
+// building fails nothing is left behind and the instance stays Not started.
+func (c *Controller) Start() error {
+	return c.do(func() error {
+		if c.vm.Load() != nil {
+			return ErrStarted
+		}
+		cfg := c.cfg.clone()
+		if cfg.StartTime.IsZero() {
+			// The boot timer counts from InstanceStart, as Firecracker's.
+			cfg.StartTime = time.Now()
+		}
+		vm, err := New(cfg)
+		if err != nil {
+			return err
+		}
+		c.cfg = cfg
+		c.vm.Store(vm)
+		c.setState(StateRunning)
+		go func() {
+			f := vm.Run()
+			c.finish(f)
+		}()
+		return nil
+	})
+}
+
+// finish records the run's fate once.
+func (c *Controller) finish(f Fate) {
+	c.doneOnce.Do(func() {
+		c.fate = f
+		close(c.done)
+	})
+}
+
+// Done is closed when the VM's run has ended (or Stop was called before
+// it started).
+func (c *Controller) Done() <-chan struct{} { return c.done }
+
+// Fate is how the run ended; valid once Done is closed.
+func (c *Controller) Fate() Fate {
+	<-c.done
+	return c.fate
+}
+
+// Stop ends the run from the host (a signal): a running VM is stopped, and
+// one never started ends at once.
+func (c *Controller) Stop() {
+	if vm := c.vm.Load(); vm != nil {
+		vm.Stop()
+		return
+	}
+	c.finish(Fate{Kind: FateStopped})
+}
+
+// Close ends the controller goroutine and releases the VM. Call it after
+// Done.
+func (c *Controller) Close() error {
+	select {
+	case <-c.stop:
+		return nil
+	default:
+	}
+	close(c.stop)
+	if vm := c.vm.Load(); vm != nil {
+		return vm.Close()
+	}
+	return nil
+}
+
+// running returns the VM, or ErrNotStarted.
+func (c *Controller) running() (*VM, error) {
+	vm := c.vm.Load()
+	if vm == nil {
+		return nil, ErrNotStarted
+	}
+	return vm, nil
+}
+
+// SendCtrlAltDel presses Ctrl+Alt+Del on the i8042.
+func (c *Controller) SendCtrlAltDel() error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		return vm.SendCtrlAltDel()
+	})
+}
+
+// UpdateDrive swaps a running drive's file or changes its rate limiter.
+func (c *Controller) UpdateDrive(id string, u DriveUpdate) error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		d := vm.drives[id]
+		if d == nil {
+			return fmt.Errorf("drive %q: %w", id, ErrNoDevice)
+		}
+		if u.RateLimit != nil {
+			if err := d.UpdateRateLimit(*u.RateLimit); err != nil {
+				return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+			}
+		}
+		if u.Path != nil {
+			if err := d.SetBackingFile(*u.Path); err != nil {
+				return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+			}
+		}
+		for i := range c.cfg.Drives {
+			if dc := &c.cfg.Drives[i]; dc.ID == id {
+				if u.Path != nil {
+					dc.Path = *u.Path
+				}
+				if u.RateLimit != nil {
+					dc.RateLimit = mergeLimit(dc.RateLimit, u.RateLimit)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// UpdateNet changes a running interface's rate limiters.
+func (c *Controller) UpdateNet(id string, u NetUpdate) error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		d := vm.nets[id]
+		if d == nil {
+			return fmt.Errorf("network interface %q: %w", id, ErrNoDevice)
+		}
+		if err := d.UpdateRateLimits(u.RxRateLimit, u.TxRateLimit); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		for i := range c.cfg.Nets {
+			if nc := &c.cfg.Nets[i]; nc.IfaceID == id {
+				nc.RxRateLimit = mergeLimit(nc.RxRateLimit, u.RxRateLimit)
+				nc.TxRateLimit = mergeLimit(nc.TxRateLimit, u.TxRateLimit)
+			}
+		}
+		return nil
+	})
+}
+
+// mergeLimit is the configuration after a limiter update: buckets given
+// replace the old ones, size 0 removes one.
+func mergeLimit(old, upd *ratelimit.Config) *ratelimit.Config {
+	if upd == nil {
+		return old
+	}
+	var m ratelimit.Config
+	if old != nil {
+		m = *old
+	}
+	if upd.Bandwidth != nil {
+		m.Bandwidth = upd.Bandwidth
+		if upd.Bandwidth.Size == 0 || upd.Bandwidth.RefillTime == 0 {
+			m.Bandwidth = nil
+		}
+	}
+	if upd.Ops != nil {
+		m.Ops = upd.Ops
+		if upd.Ops.Size == 0 || upd.Ops.RefillTime == 0 {
+			m.Ops = nil
+		}
+	}
+	if m.Bandwidth == nil && m.Ops == nil {
+		return nil
+	}
+	return &m
+}
+
+// balloonDev returns the running balloon, or an error naming why not.
+func (c *Controller) balloonDev() (*balloon.Device, error) {
+	vm, err := c.running()
+	if err != nil {
+		return nil, err
+	}
+	if vm.balloon == nil {
+		return nil, fmt.Errorf("balloon: %w", ErrNoDevice)
+	}
+	return vm.balloon, nil
+}
+
+// SetBalloonTarget sets the running balloon's target size.
+func (c *Controller) SetBalloonTarget(mib uint32) error {
+	return c.do(func() error {
+		b, err := c.balloonDev()
+		if err != nil {
+			return err
+		}
+		if err := b.SetTarget(mib); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		c.cfg.Balloon.AmountMiB = mib
+		return nil
+	})
+}
+
+// SetBalloonStatsInterval changes the statistics period.
+func (c *Controller) SetBalloonStatsInterval(seconds int) error {
+	return c.do(func() error {
+		b, err := c.balloonDev()
+		if err != nil {
+			return err
+		}
+		if err := b.UpdateStatsInterval(seconds); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		c.cfg.Balloon.StatsPollingIntervalS = seconds
+		return nil
+	})
+}
+
+// BalloonStats returns the latest balloon statistics.
+func (c *Controller) BalloonStats() (balloon.Stats, error) {
+	var st balloon.Stats
+	err := c.do(func() error {
+		b, err := c.balloonDev()
+		if err != nil {
+			return err
+		}
+		if !b.StatsEnabled() {
+			return fmt.Errorf("%w: %w", ErrInvalidConfig, balloon.ErrStatsDisabled)
+		}
+		st = b.Stats()
+		return nil
+	})
+	return st, err
+}
+
+// ReadMetrics reports the counters of the running VM's devices.
+func (c *Controller) ReadMetrics(add func(group, name string, value uint64)) {
+	if vm := c.vm.Load(); vm != nil {
+		vm.readMetrics(add)
+	}
+}
+
+var _ Backend = (*Controller)(nil)

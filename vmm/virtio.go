@@ -99,12 +99,21 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 			dev.Close()
 			return nil, err
 		}
+		dev.SetConfigNotifier(v.virtio[len(v.virtio)-1].transport.ConfigChanged)
+		if v.drives == nil {
+			v.drives = map[string]*blk.Device{}
+		}
+		v.drives[d.ID] = dev
 		if d.Root {
 			mode := "rw"
 			if d.ReadOnly {
 				mode = "ro"
 			}
-			cmdline = append(cmdline, "root=/dev/vda", mode)
+			root := "root=/dev/vda"
+			if d.PartUUID != "" {
+				root = "root=PARTUUID=" + d.PartUUID
+			}
+			cmdline = append(cmdline, root, mode)
 		}
 	}
 	for i, n := range v.cfg.Nets {
@@ -119,6 +128,10 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 			dev.Close()
 			return nil, err
 		}
+		if v.nets == nil {
+			v.nets = map[string]*vnet.Device{}
+		}
+		v.nets[n.IfaceID] = dev
 	}
 	if v.cfg.Vsock != nil {
 		dev, err := vsock.New(*v.cfg.Vsock, v.log.With("device", "vsock"))
@@ -140,6 +153,7 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 			dev.Close()
 			return nil, err
 		}
+		v.rng = dev
 	}
 	for _, d := range v.virtio {
 		if v.cfg.NoVirtioCmdline {

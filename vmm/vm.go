@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/embervm/ember/acpi"
-	"github.com/embervm/ember/virtio/balloon"
-	"github.com/embervm/ember/virtio/vsock"
 	"io"
 	"log/slog"
 	"os"
@@ -15,10 +12,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/embervm/ember/acpi"
 	"github.com/embervm/ember/devices"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/loader"
 	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/virtio/balloon"
+	"github.com/embervm/ember/virtio/blk"
+	vnet "github.com/embervm/ember/virtio/net"
+	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
 	"github.com/embervm/ember/x86"
 )
 
@@ -67,6 +70,9 @@ type VM struct {
 	virtio    []*virtioDev
 	balloon   *balloon.Device
 	vsock     *vsock.Device
+	rng       *rng.Device
+	drives    map[string]*blk.Device
+	nets      map[string]*vnet.Device
 	// devCmdline announces the devices on the kernel command line.
 	devCmdline []string
 

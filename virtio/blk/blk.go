@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -90,13 +91,20 @@ type Device struct {
 	cfg      Config
 	file     *os.File
 	fd       int
-	sectors  uint64
+	sectors  atomic.Uint64 // read by the vCPU serving config reads
 	features uint64
 	id       [IDBytes]byte
 	log      *slog.Logger
 	limiter  *ratelimit.Limiter
 
 	Metrics Metrics
+
+	// mu orders Activate and Reset (vCPU threads) against the host's
+	// run-time updates; the data path never takes it.
+	mu sync.Mutex
+	// configChanged, if set, tells the driver the configuration space
+	// changed (the capacity, after a new backing file).
+	configChanged func() error
 
 	// Set by Activate, used on the worker goroutine only.
 	worker *virtio.Worker
@@ -135,7 +143,8 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
 	}
-	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), sectors: size / SectorSize, log: log, chain: virtio.NewChain()}
+	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, chain: virtio.NewChain()}
+	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
 	if cfg.ReadOnly {
 		d.features |= featRO
@@ -182,7 +191,7 @@ func (d *Device) Close() error {
 }
 
 // Sectors is the capacity the guest sees.
-func (d *Device) Sectors() uint64 { return d.sectors }
+func (d *Device) Sectors() uint64 { return d.sectors.Load() }
 
 func (d *Device) Type() uint32         { return virtio.IDBlock }
 func (d *Device) Features() uint64     { return d.features }
@@ -191,7 +200,7 @@ func (d *Device) QueueSizes() []uint16 { return []uint16{queueSize} }
 // ReadConfig serves struct virtio_blk_config: capacity and seg_max.
 func (d *Device) ReadConfig(offset uint64, data []byte) {
 	var cfg [cfgSize]byte
-	binary.LittleEndian.PutUint64(cfg[cfgCapacity:], d.sectors)
+	binary.LittleEndian.PutUint64(cfg[cfgCapacity:], d.sectors.Load())
 	binary.LittleEndian.PutUint32(cfg[cfgSegMax:], segMax)
 	clear(data)
 	if offset < cfgSize {
@@ -203,8 +212,87 @@ func (d *Device) ReadConfig(offset uint64, data []byte) {
 // Ember offers is writable.
 func (d *Device) WriteConfig(offset uint64, data []byte) {}
 
+// SetConfigNotifier sets the function that tells the driver the
+// configuration space changed (the transport's ConfigChanged).
+func (d *Device) SetConfigNotifier(f func() error) {
+	d.mu.Lock()
+	d.configChanged = f
+	d.mu.Unlock()
+}
+
+// SetBackingFile swaps the drive's file for the one at path, opened with
+// the drive's access mode, and tells the driver its new capacity
+// (Firecracker's PATCH /drives path_on_host). Requests in flight finish on
+// the old file; later ones use the new one.
+func (d *Device) SetBackingFile(path string) error {
+	flags := os.O_RDWR
+	if d.cfg.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
+	}
+	size, err := fileSize(f)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var old *os.File
+	d.worker.Do(func() {
+		old = d.file
+		d.file, d.fd, d.cfg.Path = f, int(f.Fd()), path
+		d.sectors.Store(size / SectorSize)
+	})
+	old.Close()
+	if d.configChanged != nil {
+		if err := d.configChanged(); err != nil {
+			return fmt.Errorf("drive %s: config-change interrupt: %w", d.cfg.ID, err)
+		}
+	}
+	return nil
+}
+
+// UpdateRateLimit changes the drive's rate limiter with
+// [ratelimit.Limiter.Update]'s rules (nil buckets unchanged, size 0
+// removes one), creating it if the drive had none.
+func (d *Device) UpdateRateLimit(cfg ratelimit.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("drive %s: rate_limiter: %w", d.cfg.ID, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var err error
+	d.worker.Do(func() {
+		oldFD := d.limiter.FD()
+		if d.limiter == nil {
+			var l *ratelimit.Limiter
+			if l, err = ratelimit.New(cfg); err != nil {
+				return
+			}
+			d.limiter = l
+		} else if err = d.limiter.Update(cfg); err != nil {
+			return
+		}
+		if fd := d.limiter.FD(); fd != oldFD && fd >= 0 && d.worker != nil {
+			err = d.worker.Watch(fd, limiterToken)
+		}
+		if d.act != nil && !d.broken && !d.limiter.Blocked() {
+			d.process() // serve what waited for the old limits
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("drive %s: rate_limiter: %w", d.cfg.ID, err)
+	}
+	return nil
+}
+
 // Activate starts the worker.
 func (d *Device) Activate(a *virtio.Activation) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if !a.Queues[0].Active() {
 		return errors.New("virtio-blk: request queue not set up")
 	}
@@ -225,6 +313,8 @@ func (d *Device) Activate(a *virtio.Activation) error {
 
 // Reset stops the worker.
 func (d *Device) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.worker.Stop()
 	d.worker, d.act = nil, nil
 }
@@ -443,7 +533,8 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 // inDisk reports whether [sector, sector+n bytes) lies inside the disk,
 // without overflow.
 func (d *Device) inDisk(sector, n uint64) bool {
-	return sector <= d.sectors && n/SectorSize <= d.sectors-sector
+	sectors := d.sectors.Load()
+	return sector <= sectors && n/SectorSize <= sectors-sector
 }
 
 // io moves r's data between the file at off and the guest's buffers.

@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/embervm/ember/ratelimit"
@@ -154,6 +155,10 @@ type Device struct {
 	rxLimiter, txLimiter *ratelimit.Limiter
 
 	Metrics Metrics
+
+	// mu orders Activate and Reset (vCPU threads) against the host's
+	// run-time updates; the data path never takes it.
+	mu sync.Mutex
 
 	// Set by Activate, used on the worker goroutine only.
 	worker *virtio.Worker
@@ -310,6 +315,8 @@ func (d *Device) WriteConfig(offset uint64, data []byte) {}
 // Activate sets the tap's offloads to what the driver accepted and starts
 // the worker.
 func (d *Device) Activate(a *virtio.Activation) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(a.Queues) != 2 || !a.Queues[rxQueue].Active() || !a.Queues[txQueue].Active() {
 		return errors.New("virtio-net: receive and transmit queues not both set up")
 	}
@@ -374,6 +381,8 @@ func tapOffloads(f uint64) uint {
 // Reset stops the worker and turns the tap's offloads off again. Receive
 // buffers the device held are forgotten with the queues.
 func (d *Device) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.worker == nil {
 		return
 	}
@@ -408,6 +417,60 @@ func (d *Device) handle(token uint32) {
 		}
 		d.processTx()
 	}
+}
+
+// UpdateRateLimits changes the receive and transmit rate limiters with
+// [ratelimit.Limiter.Update]'s rules (nil buckets unchanged, size 0 removes
+// one), creating a limiter the interface had none of. A nil config leaves
+// that direction as it is.
+func (d *Device) UpdateRateLimits(rx, tx *ratelimit.Config) error {
+	for _, c := range []*ratelimit.Config{rx, tx} {
+		if c != nil {
+			if err := c.Validate(); err != nil {
+				return fmt.Errorf("network interface %s: rate limiter: %w", d.cfg.IfaceID, err)
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var err error
+	d.worker.Do(func() {
+		if err = d.updateLimiter(&d.rxLimiter, rx, rxLimiterToken); err != nil {
+			return
+		}
+		if err = d.updateLimiter(&d.txLimiter, tx, txLimiterToken); err != nil {
+			return
+		}
+		if d.act != nil { // serve what waited for the old limits
+			d.processRx()
+			d.processTx()
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("network interface %s: rate limiter: %w", d.cfg.IfaceID, err)
+	}
+	return nil
+}
+
+// updateLimiter applies cfg to *l on the worker goroutine.
+func (d *Device) updateLimiter(l **ratelimit.Limiter, cfg *ratelimit.Config, token uint32) error {
+	if cfg == nil {
+		return nil
+	}
+	oldFD := (*l).FD()
+	if *l == nil {
+		nl, err := ratelimit.New(*cfg)
+		if err != nil {
+			return err
+		}
+		*l = nl
+	} else if err := (*l).Update(*cfg); err != nil {
+		return err
+	}
+	if fd := (*l).FD(); fd != oldFD && fd >= 0 && d.worker != nil {
+		return d.worker.Watch(fd, token)
+	}
+	return nil
 }
 
 // interrupt signals the guest if the queue's notification suppression

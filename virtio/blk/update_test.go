@@ -1,0 +1,76 @@
+package blk
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio/virtiotest"
+)
+
+// TestSetBackingFile: after a swap the guest reads the new file, sees its
+// capacity in the configuration space and gets a config-change interrupt.
+func TestSetBackingFile(t *testing.T) {
+	d, m := start(t, Config{ID: "data", Path: disk(t, 4)})
+	changed := 0
+	d.SetConfigNotifier(func() error { changed++; return nil })
+
+	newPath := filepath.Join(t.TempDir(), "new.img")
+	b := make([]byte, 8*SectorSize)
+	for i := range b {
+		b[i] = 0x5a
+	}
+	if err := os.WriteFile(newPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetBackingFile(newPath); err != nil {
+		t.Fatal(err)
+	}
+	if changed != 1 {
+		t.Fatalf("config-change notifications: %d, want 1", changed)
+	}
+	if got := binary.LittleEndian.Uint64(m.Config(0, 8)); got != 8 {
+		t.Fatalf("capacity after swap %d sectors, want 8", got)
+	}
+	head, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 7)}, virtiotest.Buf{WriteLen: 512})
+	if st != statusOK || m.Queues[0].Written(head, 0, 512)[0] != 0x5a {
+		t.Fatalf("read after swap: status %d, data %#x", st, m.Queues[0].Written(head, 0, 512)[0])
+	}
+	if err := d.SetBackingFile(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Fatal("swap to a missing file succeeded")
+	}
+	// The failed swap left the drive on the good file.
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 7)}, virtiotest.Buf{WriteLen: 512}); st != statusOK {
+		t.Fatalf("read after a failed swap: status %d", st)
+	}
+}
+
+// TestUpdateRateLimit: a limiter added at run time throttles, and removing
+// it lets the waiting request through.
+func TestUpdateRateLimit(t *testing.T) {
+	d, m := start(t, Config{ID: "data", Path: disk(t, 64)})
+	one := &ratelimit.TokenBucketConfig{Size: 1, RefillTime: ratelimit.MaxRefillTime}
+	if err := d.UpdateRateLimit(ratelimit.Config{Ops: one}); err != nil {
+		t.Fatal(err)
+	}
+	// The first request takes the one token; the second waits.
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 0)}, virtiotest.Buf{WriteLen: 512}); st != statusOK {
+		t.Fatalf("first read: status %d", st)
+	}
+	m.Queues[0].Add(virtiotest.Buf{Data: header(typeIn, 1)}, virtiotest.Buf{WriteLen: 512}, virtiotest.Buf{WriteLen: 1})
+	m.Notify(0)
+	if _, _, err := m.WaitUsed(0, 200e6); err == nil {
+		t.Fatal("second read served despite an empty ops bucket")
+	}
+	if err := d.UpdateRateLimit(ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m.WaitUsed(0, wait); err != nil {
+		t.Fatalf("read still waiting after the limiter was removed: %v", err)
+	}
+	if err := d.UpdateRateLimit(ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{Size: 1, RefillTime: ratelimit.MaxRefillTime + 1}}); err == nil {
+		t.Fatal("an invalid limiter was accepted")
+	}
+}

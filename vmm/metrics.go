@@ -1,0 +1,99 @@
+package vmm
+
+import "sort"
+
+// Metric groups and names follow Firecracker's metrics (src/vmm/src/logger/
+// metrics.rs and the devices' metrics modules), so dashboards built for it
+// read Ember's; a counter Ember does not keep is simply not reported here
+// (the metrics writer still prints every group).
+
+// readMetrics reports the cumulative counters of the VM's devices: one
+// group per drive and interface ("block_ID", "net_ID") plus the aggregate
+// "block" and "net" groups, and "vsock", "entropy" and "balloon".
+func (v *VM) readMetrics(add func(group, name string, value uint64)) {
+	ids := make([]string, 0, len(v.drives))
+	for id := range v.drives {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	blockTotal := map[string]uint64{}
+	for _, id := range ids {
+		m := &v.drives[id].Metrics
+		for _, kv := range []struct {
+			name string
+			v    uint64
+		}{
+			{"read_bytes", m.ReadBytes.Load()}, {"write_bytes", m.WriteBytes.Load()},
+			{"read_count", m.ReadCount.Load()}, {"write_count", m.WriteCount.Load()},
+			{"flush_count", m.FlushCount.Load()}, {"execute_fails", m.IOErrors.Load()},
+			{"invalid_reqs_count", m.InvalidReqs.Load()},
+			{"rate_limiter_throttled_events", m.RateLimiterThrottled.Load()},
+			{"event_fails", m.EventFails.Load()}, {"queue_broken", m.QueueBroken.Load()},
+		} {
+			add("block_"+id, kv.name, kv.v)
+			blockTotal[kv.name] += kv.v
+		}
+	}
+	for name, val := range blockTotal {
+		add("block", name, val)
+	}
+
+	ids = ids[:0]
+	for id := range v.nets {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	netTotal := map[string]uint64{}
+	for _, id := range ids {
+		m := &v.nets[id].Metrics
+		for _, kv := range []struct {
+			name string
+			v    uint64
+		}{
+			{"rx_bytes_count", m.RxBytes.Load()}, {"rx_packets_count", m.RxPackets.Load()},
+			{"rx_fails", m.RxDrops.Load()}, {"tx_bytes_count", m.TxBytes.Load()},
+			{"tx_packets_count", m.TxPackets.Load()}, {"tx_fails", m.TxDrops.Load()},
+			{"rx_rate_limiter_throttled", m.RxThrottled.Load()},
+			{"tx_rate_limiter_throttled", m.TxThrottled.Load()},
+			{"tx_malformed_frames", m.BadChains.Load()},
+			{"tap_read_fails", m.TapReadErrors.Load()}, {"tap_write_fails", m.TapWriteErrors.Load()},
+			{"event_fails", m.EventFails.Load()}, {"queue_broken", m.QueueBroken.Load()},
+		} {
+			add("net_"+id, kv.name, kv.v)
+			netTotal[kv.name] += kv.v
+		}
+	}
+	for name, val := range netTotal {
+		add("net", name, val)
+	}
+
+	if v.vsock != nil {
+		m := &v.vsock.Metrics
+		add("vsock", "rx_bytes_count", m.RxBytes.Load())
+		add("vsock", "tx_bytes_count", m.TxBytes.Load())
+		add("vsock", "rx_packets_count", m.RxPackets.Load())
+		add("vsock", "tx_packets_count", m.TxPackets.Load())
+		add("vsock", "conns_added", m.ConnsAdded.Load())
+		add("vsock", "conns_removed", m.ConnsRemoved.Load())
+		add("vsock", "conns_refused", m.ConnsRefused.Load())
+		add("vsock", "rx_read_fails", m.HostErrors.Load())
+		add("vsock", "tx_malformed_packets", m.BadPackets.Load())
+		add("vsock", "conn_event_fails", m.EventFails.Load())
+	}
+	if v.rng != nil {
+		m := &v.rng.Metrics
+		add("entropy", "entropy_bytes", m.Bytes.Load())
+		add("entropy", "entropy_event_count", m.Requests.Load())
+		add("entropy", "entropy_rate_limiter_throttled", m.Throttled.Load())
+		add("entropy", "entropy_event_fails", m.BadRequests.Load())
+	}
+	if v.balloon != nil {
+		m := &v.balloon.Metrics
+		add("balloon", "inflate_count", m.InflateCount.Load())
+		add("balloon", "deflate_count", m.DeflateCount.Load())
+		add("balloon", "stats_updates_count", m.StatsUpdates.Load())
+		add("balloon", "stats_update_fails", m.StatsUpdateFails.Load())
+		add("balloon", "activate_fails", m.ActivateFails.Load())
+		add("balloon", "event_fails", m.EventFails.Load())
+	}
+}
