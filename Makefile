@@ -48,7 +48,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot bench-io clean
+	lab demo test unit-test e2e bench-boot bench-io bench-api clean
 
 all: build
 
@@ -132,6 +132,11 @@ bench-boot: setup build guest lab
 # Ember against QEMU's microvm.
 bench-io: setup build guest lab
 	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench io
+
+# API benchmark on this host: exec until the socket accepts, GET / and PUT
+# /drives latencies.
+bench-api: build
+	bin/ember-bench api
 
 clean:
 	rm -rf bin build

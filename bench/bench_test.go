@@ -12,3 +12,19 @@ func TestMedian(t *testing.T) {
 		}
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	xs := make([]float64, 100)
+	for i := range xs {
+		xs[i] = float64(100 - i) // 100..1
+	}
+	if p := percentile(xs, 50); p != 50 {
+		t.Errorf("p50 = %v, want 50", p)
+	}
+	if p := percentile(xs, 99); p != 99 {
+		t.Errorf("p99 = %v, want 99", p)
+	}
+	if p := percentile(nil, 50); p != 0 {
+		t.Errorf("p50 of nothing = %v", p)
+	}
+}

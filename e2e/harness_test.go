@@ -83,6 +83,12 @@ func ember(t *testing.T, args ...string) result {
 // allowing it timeout per attempt.
 func emberWith(t *testing.T, timeout time.Duration, prefix []string, args ...string) result {
 	t.Helper()
+	return emberArgv(t, timeout, prefix, append([]string{"run"}, args...)...)
+}
+
+// emberArgv runs ember with argv (after the binary's name), retrying lab faults.
+func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...string) result {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
 		r, hung := emberOnce(t, timeout, prefix, args...)
 		died := !hung && r.code != 0 && !strings.Contains(r.stdout, initMarker) &&
@@ -95,9 +101,9 @@ func emberWith(t *testing.T, timeout time.Duration, prefix []string, args ...str
 			what = "died before init"
 		}
 		if attempt == bootAttempts {
-			t.Fatalf("ember run %s, %d times\nstdout:\n%s\nstderr:\n%s", what, attempt, tailString(r.stdout), r.stderr)
+			t.Fatalf("ember %s, %d times\nstdout:\n%s\nstderr:\n%s", what, attempt, tailString(r.stdout), r.stderr)
 		}
-		t.Logf("ember run %s (a lab fault?); trying again. Last output:\n%s\nstderr:\n%s", what, tailString(r.stdout), r.stderr)
+		t.Logf("ember %s (a lab fault?); trying again. Last output:\n%s\nstderr:\n%s", what, tailString(r.stdout), r.stderr)
 	}
 }
 
@@ -105,7 +111,7 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	argv := append(append(append([]string(nil), prefix...), emberBinary(t), "run"), args...)
+	argv := append(append(append([]string(nil), prefix...), emberBinary(t)), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	// On a timeout ember is asked to stop (it then logs where the vCPUs were).
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
@@ -141,12 +147,12 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	default:
-		t.Fatalf("ember run: %v", err)
+		t.Fatalf("ember: %v", err)
 	}
 	if ctx.Err() != nil {
 		return r, true
 	}
-	t.Logf("ember run %s: %v after %v", strings.Join(args, " "), cmd.ProcessState, r.wall.Round(time.Millisecond))
+	t.Logf("ember %s: %v after %v", strings.Join(args, " "), cmd.ProcessState, r.wall.Round(time.Millisecond))
 	return r, false
 }
 

@@ -8,15 +8,14 @@ import "sort"
 // (the metrics writer still prints every group).
 
 // readMetrics reports the cumulative counters of the VM's devices: one
-// group per drive and interface ("block_ID", "net_ID") plus the aggregate
-// "block" and "net" groups, and "vsock", "entropy" and "balloon".
+// group per drive and interface ("block_ID", "net_ID"; the metrics writer
+// sums them into "block" and "net"), and "vsock", "entropy" and "balloon".
 func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 	ids := make([]string, 0, len(v.drives))
 	for id := range v.drives {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	blockTotal := map[string]uint64{}
 	for _, id := range ids {
 		m := &v.drives[id].Metrics
 		for _, kv := range []struct {
@@ -31,11 +30,7 @@ func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 			{"event_fails", m.EventFails.Load()}, {"queue_broken", m.QueueBroken.Load()},
 		} {
 			add("block_"+id, kv.name, kv.v)
-			blockTotal[kv.name] += kv.v
 		}
-	}
-	for name, val := range blockTotal {
-		add("block", name, val)
 	}
 
 	ids = ids[:0]
@@ -43,7 +38,6 @@ func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	netTotal := map[string]uint64{}
 	for _, id := range ids {
 		m := &v.nets[id].Metrics
 		for _, kv := range []struct {
@@ -60,11 +54,7 @@ func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 			{"event_fails", m.EventFails.Load()}, {"queue_broken", m.QueueBroken.Load()},
 		} {
 			add("net_"+id, kv.name, kv.v)
-			netTotal[kv.name] += kv.v
 		}
-	}
-	for name, val := range netTotal {
-		add("net", name, val)
 	}
 
 	if v.vsock != nil {

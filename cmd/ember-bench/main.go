@@ -8,6 +8,9 @@
 //	ember-bench io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    sequential block read and write and guest<->host TCP throughput in
 //	    the lab; ends with NAME VALUE UNIT lines.
+//	ember-bench api [--starts N] [--requests N]
+//	    API start-up (exec until the socket accepts) and request latencies
+//	    on this host; ends with NAME VALUE UNIT lines.
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
 package main
@@ -33,7 +36,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -46,6 +49,8 @@ func main() {
 		err = ioBench(os.Args[2:])
 	case "lab-io":
 		err = labIO(os.Args[2:])
+	case "api":
+		err = apiBench(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
 		os.Exit(exitUsage)
@@ -216,6 +221,21 @@ func labIO(args []string) error {
 	if err != nil {
 		return err
 	}
+	r.Lines(os.Stdout)
+	return nil
+}
+
+func apiBench(args []string) error {
+	fs := flag.NewFlagSet("api", flag.ExitOnError)
+	starts := fs.Int("starts", 20, "process starts for api_start_to_socket_ms")
+	requests := fs.Int("requests", 10000, "requests per latency figure")
+	fs.Parse(args)
+	fmt.Println("== Ember's API on this host")
+	r, err := bench.API(context.Background(), sibling("ember"), *starts, *requests, os.Stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("== medians of %d starts; latencies over %d requests each\n", r.StartRuns, r.Requests)
 	r.Lines(os.Stdout)
 	return nil
 }

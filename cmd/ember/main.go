@@ -1,5 +1,6 @@
 // Command ember is the Ember virtual machine monitor.
 //
+//	ember --api-sock PATH [--config-file FILE [--no-api]] ...   (Firecracker's flags and API)
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	ember extract-vmlinux BZIMAGE OUT
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,8 +46,14 @@ func main() {
 	os.Exit(run(os.Args[1:], start))
 }
 
+func isHelp(a string) bool    { return a == "-h" || a == "--help" || a == "-help" }
+func isVersion(a string) bool { return a == "--version" || a == "-version" }
+
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
+  ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
+        [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
+      Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
   ember extract-vmlinux BZIMAGE OUT
   ember version
@@ -56,6 +64,9 @@ func run(args []string, start time.Time) int {
 	if len(args) == 0 {
 		usage(os.Stderr)
 		return exitUsage
+	}
+	if strings.HasPrefix(args[0], "-") && !isHelp(args[0]) && !isVersion(args[0]) {
+		return runFirecracker(args, start)
 	}
 	switch args[0] {
 	case "run":

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/embervm/ember/api"
+	"github.com/embervm/ember/logger"
+	"github.com/embervm/ember/metrics"
+	"github.com/embervm/ember/vmm"
+)
+
+// Firecracker's process exit codes (src/firecracker/src/main.rs), for the
+// Firecracker-compatible mode.
+const (
+	exitBadConfig    = 152 // the --config-file is bad or the VM it describes does not build
+	exitBadArguments = 153 // bad command-line arguments
+)
+
+// Firecracker-mode defaults.
+const (
+	defaultAPISock    = "/run/ember.socket"
+	defaultInstanceID = "anonymous-instance"
+	defaultMaxPayload = 51200 // bytes, Firecracker's --http-api-max-payload-size
+	maxInstanceIDLen  = 64    // Firecracker's limit on --id
+)
+
+// instanceIDPattern is what Firecracker accepts as --id: alphanumerics and '-'.
+var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+
+// fcFlags are Firecracker's command-line flags.
+type fcFlags struct {
+	apiSock, id, configFile                  string
+	noAPI, bootTimer, version                bool
+	logPath, level, module                   string
+	showLevel, showOrigin                    bool
+	metricsPath                              string
+	maxPayload                               int
+	noSeccomp                                bool
+	seccompFilter, metadata                  string
+	startTimeUS, startTimeCPUUS, parentCPUUS uint64
+	mmdsSizeLimit                            int
+}
+
+func parseFCFlags(args []string) (*fcFlags, error) {
+	f := &fcFlags{}
+	fs := flag.NewFlagSet("ember", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.apiSock, "api-sock", defaultAPISock, "path of the API's unix socket")
+	fs.StringVar(&f.id, "id", defaultInstanceID, "microVM id (alphanumerics and '-', at most 64)")
+	fs.StringVar(&f.configFile, "config-file", "", "JSON configuration (the schema of GET /vm/config); boots at once")
+	fs.BoolVar(&f.noAPI, "no-api", false, "no API socket (needs --config-file)")
+	fs.BoolVar(&f.bootTimer, "boot-timer", false, "attach the boot-timer device")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.StringVar(&f.logPath, "log-path", "", "log to this file or FIFO")
+	fs.StringVar(&f.level, "level", "Info", "log level: Error, Warning, Info, Debug, Trace, Off")
+	fs.StringVar(&f.module, "module", "", "log only messages of this module")
+	fs.BoolVar(&f.showLevel, "show-level", false, "show the level in log lines")
+	fs.BoolVar(&f.showOrigin, "show-log-origin", false, "show file:line in log lines")
+	fs.StringVar(&f.metricsPath, "metrics-path", "", "write metrics to this file or FIFO")
+	fs.IntVar(&f.maxPayload, "http-api-max-payload-size", defaultMaxPayload, "largest API request body, in bytes")
+	fs.BoolVar(&f.noSeccomp, "no-seccomp", false, "accepted for compatibility; Ember installs no seccomp filter yet")
+	fs.StringVar(&f.seccompFilter, "seccomp-filter", "", "not supported yet")
+	fs.StringVar(&f.metadata, "metadata", "", "not supported yet (MMDS)")
+	fs.IntVar(&f.mmdsSizeLimit, "mmds-size-limit", 0, "accepted for compatibility (MMDS is not supported yet)")
+	fs.Uint64Var(&f.startTimeUS, "start-time-us", 0, "process start time from the jailer (accepted)")
+	fs.Uint64Var(&f.startTimeCPUUS, "start-time-cpu-us", 0, "process start CPU time from the jailer (accepted)")
+	fs.Uint64Var(&f.parentCPUUS, "parent-cpu-time-us", 0, "the jailer's CPU time (accepted)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	case f.noAPI && f.configFile == "":
+		return nil, errors.New("--no-api needs --config-file: without the API nothing could configure the microVM")
+	case len(f.id) > maxInstanceIDLen || !instanceIDPattern.MatchString(f.id):
+		return nil, fmt.Errorf("--id %q: want 1 to %d letters, digits or '-'", f.id, maxInstanceIDLen)
+	case f.maxPayload <= 0:
+		return nil, fmt.Errorf("--http-api-max-payload-size %d: must be positive", f.maxPayload)
+	case f.seccompFilter != "":
+		return nil, errors.New("--seccomp-filter: custom seccomp filters are not supported yet")
+	case f.metadata != "":
+		return nil, errors.New("--metadata: MMDS is not supported yet")
+	}
+	if _, err := logger.ParseLevel(f.level); err != nil {
+		return nil, fmt.Errorf("--level: %w", err)
+	}
+	return f, nil
+}
+
+// runFirecracker is Ember's Firecracker-compatible mode: `ember --api-sock
+// PATH ...` behaves as `firecracker --api-sock PATH ...` does.
+func runFirecracker(args []string, start time.Time) int {
+	f, err := parseFCFlags(args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(os.Stdout)
+			return exitOK
+		}
+		fmt.Fprintln(os.Stderr, "ember:", err)
+		return exitBadArguments
+	}
+	if f.version {
+		fmt.Println("Ember v" + version)
+		return exitOK
+	}
+
+	level, _ := logger.ParseLevel(f.level) // checked by parseFCFlags
+	logs := logger.New(logger.Options{ID: f.id, Level: level, ShowLevel: f.showLevel, ShowOrigin: f.showOrigin})
+	defer logs.Close()
+	log := slog.New(logs.Handler())
+	if f.logPath != "" {
+		err := logs.Configure(logger.Config{Path: f.logPath, Level: f.level, ShowLevel: f.showLevel, ShowOrigin: f.showOrigin, Module: f.module})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember: --log-path:", err)
+			return exitBadArguments
+		}
+	}
+
+	ctl := vmm.NewController(vmm.Config{
+		VCPUs: vmm.DefaultVCPUs, MemMiB: vmm.DefaultMemMiB, Cmdline: vmm.DefaultCmdline,
+		BootTimer: f.bootTimer, Console: os.Stdout, ConsoleIn: os.Stdin, Logger: log,
+		AllowEmulatedKVM: os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1",
+	})
+	defer ctl.Close()
+
+	mets := metrics.New(metrics.Options{ID: f.id, Start: start,
+		Collect: func(add func(group, name string, value uint64)) {
+			ctl.ReadMetrics(add)
+			add(metrics.LoggerGroup, metrics.MissedLogCount, logs.Lost())
+		}})
+	defer mets.Close()
+	if f.metricsPath != "" {
+		if err := mets.Configure(f.metricsPath); err != nil {
+			fmt.Fprintln(os.Stderr, "ember: --metrics-path:", err)
+			return exitBadArguments
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go mets.Run(ctx)
+	defer mets.Flush()
+
+	if f.configFile != "" {
+		data, err := os.ReadFile(f.configFile)
+		if err == nil {
+			err = api.ApplyConfigFile(ctl, data)
+		}
+		if err == nil {
+			err = ctl.Start()
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ember: --config-file %s: %v\n", f.configFile, err)
+			return exitBadConfig
+		}
+	}
+
+	if !f.noAPI {
+		ln, err := api.ListenUnix(f.apiSock)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ember: --api-sock %s: %v\n", f.apiSock, err)
+			ctl.Stop()
+			return exitFailure
+		}
+		defer os.Remove(f.apiSock)
+		srv := api.New(ctl, api.Options{
+			ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
+			ConfigureLogger: func(c api.Logger) error {
+				return logs.Configure(logger.Config{Path: deref(c.LogPath, ""), Level: deref(c.Level, "Info"),
+					ShowLevel: deref(c.ShowLevel, false), ShowOrigin: deref(c.ShowLogOrigin, false), Module: deref(c.Module, "")})
+			},
+			ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
+			FlushMetrics:     mets.Flush,
+			CountRequest:     requestCounter(mets.Registry()),
+		})
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, io.EOF) {
+				log.Debug("API server stopped", "err", err)
+			}
+		}()
+		mets.RecordStartup()
+		log.Info("API server listening", "socket", f.apiSock)
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
+	select {
+	case s := <-sigs:
+		log.Info("stopping the microVM", "signal", s)
+		ctl.Stop()
+	case <-ctl.Done():
+	}
+	fate := ctl.Fate()
+	switch fate.Kind {
+	case vmm.FateReset, vmm.FatePoweroff:
+		log.Info("guest ended", "fate", fate.Kind)
+		return exitOK
+	case vmm.FateStopped:
+		return exitOK
+	}
+	log.Error("guest failed", "fate", fate.Kind, "err", fate.Err)
+	fmt.Fprintf(os.Stderr, "ember: guest %s: %v\n", fate.Kind, fate.Err)
+	return exitFailure
+}
+
+func deref[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// requestCounter counts API requests in Firecracker's get/put/patch_api_requests
+// groups, under its counter names.
+func requestCounter(reg *metrics.Registry) func(method, path string) {
+	return func(method, path string) {
+		group := map[string]string{"GET": "get_api_requests", "PUT": "put_api_requests", "PATCH": "patch_api_requests"}[method]
+		if group == "" {
+			return
+		}
+		name := "other_count"
+		switch first := strings.SplitN(strings.TrimPrefix(path, "/"), "/", 2)[0]; first {
+		case "":
+			name = "instance_info_count"
+		case "version":
+			name = "vmm_version_count"
+		case "machine-config":
+			name = "machine_cfg_count"
+		case "cpu-config":
+			name = "cpu_cfg_count"
+		case "boot-source":
+			name = "boot_source_count"
+		case "drives":
+			name = "drive_count"
+		case "network-interfaces":
+			name = "network_count"
+		case "actions", "logger", "metrics", "mmds", "vsock", "balloon", "serial", "entropy", "snapshot", "vm":
+			name = first + "_count"
+		}
+		reg.Counter(group, name).Inc()
+	}
+}
