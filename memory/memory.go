@@ -73,6 +73,17 @@ func New(size uint64) (*Guest, error) {
 	return g, nil
 }
 
+// AdviseHugePages asks the kernel to back guest RAM with transparent huge
+// pages (madvise MADV_HUGEPAGE; Firecracker's huge_pages "Transparent").
+func (g *Guest) AdviseHugePages() error {
+	for _, r := range g.regions {
+		if err := unix.Madvise(r.Host, unix.MADV_HUGEPAGE); err != nil {
+			return fmt.Errorf("madvise(MADV_HUGEPAGE) on guest memory at %#x: %w", r.GuestAddr, err)
+		}
+	}
+	return nil
+}
+
 // FromRegions wraps existing host buffers as guest memory (unit tests, and
 // restored snapshots later). The regions must be sorted and must not overlap.
 func FromRegions(regions []Region) *Guest {

@@ -149,6 +149,25 @@ func (c *Config) Validate() error {
 	if err := validateDrives(c.Drives); err != nil {
 		return err
 	}
+	if c.SMT && c.VCPUs > 1 && c.VCPUs%2 != 0 {
+		return invalid("vcpu count %d: with smt it must be 1 or even", c.VCPUs)
+	}
+	switch c.HugePages {
+	case "", HugePagesNone, HugePagesTransparent:
+	default:
+		return invalid("huge_pages %q: want %q or %q", c.HugePages, HugePagesNone, HugePagesTransparent)
+	}
+	if c.CPU != nil {
+		for _, m := range c.CPU.CPUID {
+			for _, r := range m.Registers {
+				switch r.Register {
+				case "eax", "ebx", "ecx", "edx":
+				default:
+					return invalid("cpuid modifier of leaf %#x: register %q: want eax, ebx, ecx or edx", m.Leaf, r.Register)
+				}
+			}
+		}
+	}
 	switch c.BootProtocol {
 	case BootAuto, BootLinux64, BootPVH:
 	default:

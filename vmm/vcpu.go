@@ -46,13 +46,53 @@ func (v *VM) createVCPUs() error {
 	return nil
 }
 
+// cpuidBits converts a template's CPUID modifiers for the x86 package.
+func cpuidBits(mods []CPUIDModifier) []x86.CPUIDBits {
+	var out []x86.CPUIDBits
+	for _, m := range mods {
+		for _, r := range m.Registers {
+			out = append(out, x86.CPUIDBits{Leaf: m.Leaf, Subleaf: m.Subleaf, Flags: m.Flags,
+				Register: cpuidRegister(r.Register), Mask: r.Mask, Value: r.Value})
+		}
+	}
+	return out
+}
+
+// cpuidRegister maps a template register name (checked by Validate) to
+// its register.
+func cpuidRegister(name string) x86.CPUIDRegister {
+	switch name {
+	case "ebx":
+		return x86.EBX
+	case "ecx":
+		return x86.ECX
+	case "edx":
+		return x86.EDX
+	}
+	return x86.EAX
+}
+
+// msrBits converts a template's MSR modifiers for the x86 package.
+func msrBits(mods []MSRModifier) []x86.MSRBits {
+	out := make([]x86.MSRBits, len(mods))
+	for i, m := range mods {
+		out[i] = x86.MSRBits{Index: m.Addr, Mask: m.Mask, Value: m.Value}
+	}
+	return out
+}
+
 // configure sets a vCPU's CPUID, MSRs, LAPIC and boot registers.
 func (c *vcpu) configure(supported []kvm.CPUIDEntry) error {
 	v := c.vm
-	if err := c.fd.SetCPUID2(x86.NormalizeCPUID(supported, c.id, v.cfg.VCPUs)); err != nil {
-		return err
-	}
+	cpuid := x86.NormalizeCPUID(supported, c.id, v.cfg.VCPUs, v.cfg.SMT)
 	msrs := x86.BootMSRs()
+	if t := v.cfg.CPU; t != nil {
+		cpuid = x86.ApplyCPUIDTemplate(cpuid, cpuidBits(t.CPUID))
+		msrs = x86.ApplyMSRTemplate(msrs, msrBits(t.MSRs))
+	}
+	if err := c.fd.SetCPUID2(cpuid); err != nil {
+		return fmt.Errorf("set CPUID (with the CPU template, if any): %w", err)
+	}
 	if n, err := c.fd.SetMSRs(msrs); err != nil {
 		return err
 	} else if n != len(msrs) {

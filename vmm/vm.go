@@ -7,10 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/acpi"
 	"github.com/embervm/ember/devices"
@@ -65,6 +68,7 @@ type VM struct {
 	pio       *devices.Bus
 	mmio      *devices.Bus
 	serial    *devices.Serial
+	serialOut *os.File // the serial_out_path file, if any
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
 	virtio    []*virtioDev
@@ -120,7 +124,15 @@ func New(cfg Config) (_ *VM, err error) {
 	if v.mem, err = memory.New(uint64(cfg.MemMiB) << 20); err != nil {
 		return nil, err
 	}
+	if cfg.HugePages == HugePagesTransparent {
+		if err := v.mem.AdviseHugePages(); err != nil {
+			return nil, err
+		}
+	}
 	if err := v.openKVM(); err != nil {
+		return nil, err
+	}
+	if err := v.checkCapabilities(); err != nil {
 		return nil, err
 	}
 	// Registering a memory slot, and each ioeventfd and irqfd, waits for an
@@ -176,6 +188,27 @@ func (v *VM) loadKernel() error {
 	return nil
 }
 
+// checkCapabilities enforces a CPU template's kvm_capabilities: "N" must be
+// offered by the host's KVM; "!N" is a capability the template lets go.
+func (v *VM) checkCapabilities() error {
+	if v.cfg.CPU == nil {
+		return nil
+	}
+	for _, c := range v.cfg.CPU.KVMCapabilities {
+		if strings.HasPrefix(c, "!") {
+			continue
+		}
+		n, err := strconv.Atoi(c)
+		if err != nil {
+			return invalid("kvm_capabilities: %q is not a capability number", c)
+		}
+		if got, err := v.sys.CheckExtension(n); err != nil || got == 0 {
+			return invalid("kvm_capabilities: this host's KVM lacks capability %d", n)
+		}
+	}
+	return nil
+}
+
 func (v *VM) openKVM() error {
 	var err error
 	if v.sys, err = kvm.Open(); err != nil {
@@ -201,8 +234,13 @@ func (v *VM) openKVM() error {
 
 func (v *VM) setupMemory() error {
 	for i, r := range v.mem.Regions() {
+		var flags uint32
+		if v.cfg.TrackDirtyPages {
+			flags |= kvm.MemLogDirtyPages
+		}
 		err := v.vm.SetUserMemoryRegion(kvm.UserspaceMemoryRegion{
 			Slot:          uint32(i),
+			Flags:         flags,
 			GuestPhysAddr: r.GuestAddr,
 			MemorySize:    r.Size(),
 			UserspaceAddr: uint64(hostAddr(r.Host)),
@@ -328,6 +366,13 @@ func (v *VM) setupDevices() error {
 	if out == nil {
 		out = io.Discard
 	}
+	if v.cfg.SerialOutPath != "" {
+		f, err := os.OpenFile(v.cfg.SerialOutPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return fmt.Errorf("%w: serial_out_path: %w", ErrInvalidConfig, err)
+		}
+		v.serialOut, out = f, f
+	}
 	v.serial = devices.NewSerial(out, irqLine{v.vm, devices.COM1IRQ}, v.log)
 	if err := v.pio.Insert(v.serial, devices.COM1Base, devices.COM1Size); err != nil {
 		return err
@@ -433,6 +478,9 @@ func (v *VM) Close() error {
 		errs = append(errs, c.fd.Close())
 	}
 	errs = append(errs, v.closeVirtio())
+	if v.serialOut != nil {
+		errs = append(errs, v.serialOut.Close())
+	}
 	if v.vm != nil {
 		errs = append(errs, v.vm.Close())
 	}

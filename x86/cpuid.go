@@ -95,13 +95,16 @@ const (
 	// Leaf 0x8000001e (APM): EAX extended APIC ID; EBX[7:0] compute unit (core)
 	// ID, EBX[15:8] threads per compute unit minus 1; ECX[7:0] node ID,
 	// ECX[10:8] nodes per processor minus 1.
-	amdCoreIDMask = 0xff
+	amdCoreIDMask   = 0xff
+	amdThreadsShift = 8 // 0x8000001e EBX[15:8]: threads per compute unit - 1
 )
 
 // NormalizeCPUID returns the CPUID table for vCPU vcpuID of nvcpus, derived
 // from KVM_GET_SUPPORTED_CPUID's list. The input is not modified. The caller
 // ensures 0 <= vcpuID < nvcpus <= MaxVCPUs. The topology presented is one
-// package of nvcpus cores with one thread each, APIC ID = vCPU index.
+// package of nvcpus cores with one thread each, APIC ID = vCPU index; with
+// smt (and an even nvcpus) it is nvcpus/2 cores of two threads each
+// (Firecracker's smt), vCPUs 2k and 2k+1 being siblings.
 //
 // Changes (SDM = Intel SDM Vol. 2A CPUID; APM = AMD APM Vol. 3 Appendix E):
 //   - leaf 1: EBX initial APIC ID, logical processor count (next power of
@@ -121,9 +124,13 @@ const (
 //
 // KVM's paravirt leaves (0x40000000 signature "KVMKVMKVM\0\0\0",
 // 0x40000001 features) and everything else pass through as reported.
-func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int) []kvm.CPUIDEntry {
+func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int, smt bool) []kvm.CPUIDEntry {
 	id := uint32(vcpuID)
 	n := uint32(nvcpus)
+	threads := uint32(1)
+	if smt && n > 1 && n%2 == 0 {
+		threads = 2
+	}
 	vendor := cpuVendor(supported)
 	amd := vendor == vendorAMD || vendor == vendorHygon
 	out := make([]kvm.CPUIDEntry, 0, len(supported)+topoSubleafEnd+1)
@@ -146,12 +153,12 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int) []kvm.CPUIDE
 			if vendor != vendorIntel || e.EAX&leaf4CacheTypeMask == 0 {
 				break
 			}
-			sharing := uint32(0)
+			sharing := threads - 1 // L1 and L2 are private to a core
 			if (e.EAX>>leaf4LevelShift)&leaf4LevelMask >= leaf4SharedLevel {
 				sharing = min(n-1, leaf4SharingMask)
 			}
 			e.EAX = setField(e.EAX, leaf4SharingShift, leaf4SharingMask, sharing)
-			e.EAX = setField(e.EAX, leaf4CoresShift, leaf4CoresMask, min(n-1, leaf4CoresMask))
+			e.EAX = setField(e.EAX, leaf4CoresShift, leaf4CoresMask, min(n/threads-1, leaf4CoresMask))
 		case cpuidThermalPower:
 			e.EAX &^= leaf6EAXTurbo
 			e.ECX &^= leaf6ECXEPB
@@ -164,7 +171,7 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int) []kvm.CPUIDE
 		case cpuidTopology, cpuidTopologyV2:
 			if !rebuilt[e.Function] {
 				rebuilt[e.Function] = true
-				out = append(out, topologyLeaf(e.Function, id, n)...)
+				out = append(out, topologyLeaf(e.Function, id, n, threads)...)
 			}
 			continue
 		case cpuidAMDSizes:
@@ -178,8 +185,8 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int) []kvm.CPUIDE
 				break
 			}
 			e.EAX = id
-			e.EBX = id & amdCoreIDMask // one thread per compute unit: [15:8] = 0
-			e.ECX = 0                  // node 0 of one node per processor
+			e.EBX = (id/threads)&amdCoreIDMask | (threads-1)<<amdThreadsShift
+			e.ECX = 0 // node 0 of one node per processor
 			e.EDX = 0
 		}
 		out = append(out, e)
@@ -188,9 +195,9 @@ func NormalizeCPUID(supported []kvm.CPUIDEntry, vcpuID, nvcpus int) []kvm.CPUIDE
 }
 
 // topologyLeaf builds leaf 0xb or 0x1f (SDM "Extended Topology Enumeration
-// Leaf" / "V2 Extended Topology Enumeration Leaf"): one thread per core,
-// nvcpus cores per package.
-func topologyLeaf(fn, x2apicID, nvcpus uint32) []kvm.CPUIDEntry {
+// Leaf" / "V2 Extended Topology Enumeration Leaf"): threads threads per
+// core, nvcpus logical processors per package.
+func topologyLeaf(fn, x2apicID, nvcpus, threads uint32) []kvm.CPUIDEntry {
 	level := func(sub, shift, count, typ uint32) kvm.CPUIDEntry {
 		return kvm.CPUIDEntry{
 			Function: fn,
@@ -203,7 +210,7 @@ func topologyLeaf(fn, x2apicID, nvcpus uint32) []kvm.CPUIDEntry {
 		}
 	}
 	return []kvm.CPUIDEntry{
-		level(topoSubleafSMT, 0, 1, topoLevelSMT),
+		level(topoSubleafSMT, uint32(bits.Len32(threads-1)), threads, topoLevelSMT),
 		level(topoSubleafCore, uint32(bits.Len32(nvcpus-1)), nvcpus, topoLevelCore),
 		level(topoSubleafEnd, 0, 0, topoLevelInvalid),
 	}

@@ -115,7 +115,7 @@ func TestNormalizeCPUIDIntel(t *testing.T) {
 	for _, c := range topoCases() {
 		in := intelSupported()
 		orig := slices.Clone(in)
-		out := NormalizeCPUID(in, c.id, c.n)
+		out := NormalizeCPUID(in, c.id, c.n, false)
 		if !reflect.DeepEqual(in, orig) {
 			t.Fatalf("vcpu %d/%d: input mutated", c.id, c.n)
 		}
@@ -197,7 +197,7 @@ func TestNormalizeCPUIDAMD(t *testing.T) {
 	for _, c := range topoCases() {
 		in := amdSupported()
 		orig := slices.Clone(in)
-		out := NormalizeCPUID(in, c.id, c.n)
+		out := NormalizeCPUID(in, c.id, c.n, false)
 		if !reflect.DeepEqual(in, orig) {
 			t.Fatalf("vcpu %d/%d: input mutated", c.id, c.n)
 		}
@@ -227,7 +227,7 @@ func TestNormalizeCPUIDAMD(t *testing.T) {
 }
 
 func TestNormalizeCPUIDKeepsKVMSignature(t *testing.T) {
-	out := NormalizeCPUID(intelSupported(), 0, 1)
+	out := NormalizeCPUID(intelSupported(), 0, 1, false)
 	sig := find(t, out, 0x40000000, 0)
 	var b [12]byte
 	binary.LittleEndian.PutUint32(b[0:], sig.EBX)
@@ -241,11 +241,11 @@ func TestNormalizeCPUIDKeepsKVMSignature(t *testing.T) {
 func TestNormalizeCPUIDVendorSpecific(t *testing.T) {
 	// Intel's 0x80000008 ECX (reserved) and AMD's leaf 4 are left alone.
 	in := intelSupported()
-	if got := find(t, NormalizeCPUID(in, 1, 2), 0x80000008, 0); got.ECX != 0 {
+	if got := find(t, NormalizeCPUID(in, 1, 2, false), 0x80000008, 0); got.ECX != 0 {
 		t.Errorf("Intel leaf 0x80000008 ECX = %#x", got.ECX)
 	}
 	amd := append(amdSupported(), subleaf(4, 0, 0x121, 0, 0, 0))
-	if got := find(t, NormalizeCPUID(amd, 1, 2), 4, 0); got.EAX != 0x121 {
+	if got := find(t, NormalizeCPUID(amd, 1, 2, false), 4, 0); got.EAX != 0x121 {
 		t.Errorf("AMD leaf 4 EAX = %#x", got.EAX)
 	}
 	// No topology leaf is invented when KVM reports none.
@@ -255,7 +255,23 @@ func TestNormalizeCPUIDVendorSpecific(t *testing.T) {
 			noTopo = append(noTopo, e)
 		}
 	}
-	if out := NormalizeCPUID(noTopo, 0, 2); len(subleaves(out, 0xb))+len(subleaves(out, 0x1f)) != 0 {
+	if out := NormalizeCPUID(noTopo, 0, 2, false); len(subleaves(out, 0xb))+len(subleaves(out, 0x1f)) != 0 {
 		t.Error("topology leaves added")
+	}
+}
+
+// TestNormalizeCPUIDSMT: with smt, vCPUs pair up as the two threads of a
+// core in the topology leaves and AMD's compute-unit leaf.
+func TestNormalizeCPUIDSMT(t *testing.T) {
+	out := NormalizeCPUID(intelSupported(), 3, 4, true)
+	if smt := find(t, out, 0xb, 0); smt.EBX != 2 || smt.EAX != 1 {
+		t.Errorf("leaf 0xb SMT level: EAX %d EBX %d, want shift 1 and 2 threads", smt.EAX, smt.EBX)
+	}
+	if core := find(t, out, 0xb, 1); core.EBX != 4 || core.EAX != 2 {
+		t.Errorf("leaf 0xb core level: EAX %d EBX %d, want shift 2 and 4 logical CPUs", core.EAX, core.EBX)
+	}
+	amd := NormalizeCPUID(amdSupported(), 3, 4, true)
+	if e := find(t, amd, 0x8000001e, 0); e.EBX != 1|1<<8 {
+		t.Errorf("AMD 0x8000001e EBX %#x, want core 1 with 2 threads", e.EBX)
 	}
 }
