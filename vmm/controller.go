@@ -56,7 +56,8 @@ type Backend interface {
 	// State is the instance state; it never blocks.
 	State() State
 	// Config is a copy of the configuration: the pending one before
-	// Start, the one booted after.
+	// Start, the one booted after, including the run-time changes made
+	// since (drive paths, rate limiters, balloon target and interval).
 	Config() Config
 	// Configure applies edit to the pending configuration, atomically: if
 	// edit returns an error, nothing changes. After Start it returns

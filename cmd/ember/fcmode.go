@@ -153,10 +153,20 @@ func runFirecracker(args []string, start time.Time) int {
 	go mets.Run(ctx)
 	defer mets.Flush()
 
+	srv := api.New(ctl, api.Options{
+		ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
+		ConfigureLogger: func(c api.Logger) error {
+			return logs.Configure(logger.Config{Path: deref(c.LogPath, ""), Level: deref(c.Level, "Info"),
+				ShowLevel: deref(c.ShowLevel, false), ShowOrigin: deref(c.ShowLogOrigin, false), Module: deref(c.Module, "")})
+		},
+		ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
+		FlushMetrics:     mets.Flush,
+		CountRequest:     requestCounter(mets.Registry()),
+	})
 	if f.configFile != "" {
 		data, err := os.ReadFile(f.configFile)
 		if err == nil {
-			err = api.ApplyConfigFile(ctl, data)
+			err = srv.ApplyConfigFile(data)
 		}
 		if err == nil {
 			err = ctl.Start()
@@ -175,18 +185,8 @@ func runFirecracker(args []string, start time.Time) int {
 			return exitFailure
 		}
 		defer os.Remove(f.apiSock)
-		srv := api.New(ctl, api.Options{
-			ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
-			ConfigureLogger: func(c api.Logger) error {
-				return logs.Configure(logger.Config{Path: deref(c.LogPath, ""), Level: deref(c.Level, "Info"),
-					ShowLevel: deref(c.ShowLevel, false), ShowOrigin: deref(c.ShowLogOrigin, false), Module: deref(c.Module, "")})
-			},
-			ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
-			FlushMetrics:     mets.Flush,
-			CountRequest:     requestCounter(mets.Registry()),
-		})
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, io.EOF) {
+			if err := srv.Serve(ln); err != nil {
 				log.Debug("API server stopped", "err", err)
 			}
 		}()
