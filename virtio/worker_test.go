@@ -1,0 +1,38 @@
+package virtio
+
+import (
+	"testing"
+	"time"
+)
+
+// TestWorkerDo: Do runs a function on the worker's goroutine, between
+// handler calls, and on the caller's when the worker is not running.
+func TestWorkerDo(t *testing.T) {
+	n, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	state := 0 // owned by the worker goroutine once it runs
+	handled := make(chan int, 1)
+	w, err := NewWorker(&Activation{Notify: []*EventFD{n}}, nil, func(uint32) { state++; handled <- state })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Do(func() { state = 10 }) // not started: runs here
+	if state != 10 {
+		t.Fatalf("Do on a stopped worker: state %d", state)
+	}
+	w.Start()
+	defer w.Stop()
+	w.Do(func() { state = 100 })
+	n.Signal()
+	select {
+	case got := <-handled:
+		if got != 101 {
+			t.Fatalf("handler saw %d, want 101 (Do's write before it)", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("handler not called")
+	}
+}
