@@ -24,6 +24,12 @@
 // value; SetX(*X) takes a pointer (the kernel only reads it), so large
 // structs such as XSave and LAPICState are not copied on the way in.
 //
+// Snapshots: VCPU.SaveState/RestoreState and VM.SaveState/RestoreState
+// capture and load everything KVM holds for a vCPU (VCPUState) and for the
+// VM (VMState), in Firecracker's order; System.MSRsToSave and
+// VCPU.ReadableMSRs pick the MSRs to save; VM.DirtyBitmap reads a slot's
+// dirty log. Package snapshot stores them in files.
+//
 // The structures in types.go are byte-for-byte copies of the kernel's; their
 // sizes and the offsets that matter are pinned by uapi_test.go, and so are
 // the ioctl request numbers.

@@ -303,12 +303,12 @@ func (v *VCPU) GetXSave() (XSave, error) {
 	return x, nil
 }
 
-// SetXSave writes the XSAVE area (KVM_SET_XSAVE).
+// SetXSave writes the XSAVE area (KVM_SET_XSAVE). Since Linux 5.17 the
+// kernel reads the vCPU's whole uabi XSAVE size, which exceeds 4 KiB once
+// the process has AMX guest permission, so x is passed through SetXSave2's
+// zero-padded, guarded buffer rather than directly.
 func (v *VCPU) SetXSave(x *XSave) error {
-	if _, err := ioctlPtr(v.fd, kvmSetXSave, unsafe.Pointer(x)); err != nil {
-		return fmt.Errorf("KVM_SET_XSAVE: %w", err)
-	}
-	return nil
+	return v.SetXSave2(unsafe.Slice((*byte)(unsafe.Pointer(x)), XSaveMinSize))
 }
 
 // GetXCRS reads the extended control registers (KVM_GET_XCRS).
