@@ -121,7 +121,7 @@ test: setup build guest lab
 e2e:
 	@mkdir -p $(GOTMP)
 	EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) GOTMPDIR=$(GOTMP) \
-		$(GO) test -count=1 -timeout 60m -exec "$(LAB) run --" ./e2e/
+		$(GO) test -v -count=1 -timeout 60m -exec "$(LAB) run --" ./e2e/
 
 # Boot benchmark (cmd/ember-bench, the lead's): tiny guests natively, Linux
 # guests in the lab; bin/ is put first on PATH so it finds ember and ember-lab.
