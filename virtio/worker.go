@@ -24,6 +24,10 @@ type Worker struct {
 	call    *EventFD
 	callMu  sync.Mutex
 	pending []func()
+
+	// resume, while the worker is parked by Pause, is closed by Resume.
+	pauseMu sync.Mutex
+	resume  chan struct{}
 }
 
 // Tokens of the worker's own eventfds.
@@ -149,12 +153,55 @@ func (w *Worker) runCalls() {
 	}
 }
 
+// Pause parks the worker's goroutine between two handler calls and returns
+// once it is parked: from then until Resume the device touches neither
+// guest memory nor its queues (a VM pause, a snapshot). Notifications that
+// arrive meanwhile are handled after Resume. Pausing a paused, stopped or
+// nil worker does nothing.
+func (w *Worker) Pause() {
+	if w == nil || !w.started {
+		return
+	}
+	w.pauseMu.Lock()
+	defer w.pauseMu.Unlock()
+	if w.resume != nil {
+		return
+	}
+	resume, parked := make(chan struct{}), make(chan struct{})
+	w.resume = resume
+	w.callMu.Lock()
+	w.pending = append(w.pending, func() { close(parked); <-resume })
+	w.callMu.Unlock()
+	if err := w.call.Signal(); err != nil {
+		w.log.Error("virtio worker: waking to pause", "err", err)
+	}
+	select {
+	case <-parked:
+	case <-w.done:
+	}
+}
+
+// Resume releases a worker parked by Pause.
+func (w *Worker) Resume() {
+	if w == nil {
+		return
+	}
+	w.pauseMu.Lock()
+	defer w.pauseMu.Unlock()
+	if w.resume != nil {
+		close(w.resume)
+		w.resume = nil
+	}
+}
+
 // Stop ends the loop, waits for it, and releases the worker's own fds (not
-// the notify eventfds, which belong to the transport).
+// the notify eventfds, which belong to the transport). A paused worker is
+// resumed first.
 func (w *Worker) Stop() {
 	if w == nil {
 		return
 	}
+	w.Resume()
 	if w.started {
 		w.stop.Signal()
 		<-w.done

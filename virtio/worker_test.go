@@ -36,3 +36,41 @@ func TestWorkerDo(t *testing.T) {
 		t.Fatal("handler not called")
 	}
 }
+
+// TestWorkerPause: a paused worker handles no notification until Resume,
+// then handles the one that arrived meanwhile; Stop ends a paused worker.
+func TestWorkerPause(t *testing.T) {
+	n, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	handled := make(chan struct{}, 4)
+	w, err := NewWorker(&Activation{Notify: []*EventFD{n}}, nil, func(uint32) { handled <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Start()
+	w.Pause()
+	w.Pause() // a second pause is a no-op
+	n.Signal()
+	select {
+	case <-handled:
+		t.Fatal("a paused worker ran its handler")
+	case <-time.After(100 * time.Millisecond):
+	}
+	w.Resume()
+	select {
+	case <-handled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the notification sent while paused was not handled after Resume")
+	}
+	w.Pause()
+	stopped := make(chan struct{})
+	go func() { w.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop hung on a paused worker")
+	}
+}

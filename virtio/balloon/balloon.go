@@ -756,3 +756,20 @@ func readable(c *virtio.Chain) uint64 {
 	}
 	return n
 }
+
+// Pause parks the device's worker: until Resume it touches neither guest
+// memory nor its queues (a VM pause or snapshot).
+func (d *Device) Pause() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Pause()
+}
+
+// Resume releases the worker parked by Pause.
+func (d *Device) Resume() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Resume()
+}

@@ -557,3 +557,20 @@ func (d *Device) io(c *virtio.Chain, r *request, off int64, op func(int, []byte,
 	}
 	return nil
 }
+
+// Pause parks the device's worker: until Resume it touches neither guest
+// memory nor its queues (a VM pause or snapshot).
+func (d *Device) Pause() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Pause()
+}
+
+// Resume releases the worker parked by Pause.
+func (d *Device) Resume() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Resume()
+}

@@ -488,3 +488,20 @@ func (d *Device) queueBroken(name string, err error) {
 	d.Metrics.QueueBroken.Add(1)
 	d.log.Warn("virtio-net: queue broken; waiting for a device reset", "queue", name, "err", err)
 }
+
+// Pause parks the device's worker: until Resume it touches neither guest
+// memory nor its queues (a VM pause or snapshot).
+func (d *Device) Pause() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Pause()
+}
+
+// Resume releases the worker parked by Pause.
+func (d *Device) Resume() {
+	d.mu.Lock()
+	w := d.worker
+	d.mu.Unlock()
+	w.Resume()
+}

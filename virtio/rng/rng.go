@@ -174,3 +174,11 @@ func (d *Device) fill(c *virtio.Chain, n int) uint32 {
 	d.Metrics.Bytes.Add(uint64(written))
 	return uint32(written)
 }
+
+// Pause parks the device's worker: until Resume it touches neither guest
+// memory nor its queue (a VM pause or snapshot). Activate and Reset run on
+// vCPU threads, which are paused first.
+func (d *Device) Pause() { d.worker.Pause() }
+
+// Resume releases the worker parked by Pause.
+func (d *Device) Resume() { d.worker.Resume() }
