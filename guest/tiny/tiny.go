@@ -68,6 +68,31 @@ var spinCode = []byte{0xeb, 0xfe} // jmp $
 // delivered, which escalates to a double fault and then a triple fault.
 var tripleFaultCode = []byte{0x0f, 0x0b} // ud2
 
+// Counter guest addresses: CounterAddr holds a 32-bit count the guest
+// increments in a loop; a non-zero byte at ExitFlagAddr makes it reset the
+// machine through the i8042 at once. Both lie in RAM just past the code.
+const (
+	CounterAddr  = LoadAddr + 0x804
+	ExitFlagAddr = LoadAddr + 0x800
+)
+
+// counterCode counts at CounterAddr until the byte at ExitFlagAddr is
+// non-zero, then resets the machine. A snapshot taken while it counts,
+// with the flag set in its memory file, gives a guest that exits as soon
+// as it runs again (the restore benchmark).
+var counterCode = []byte{
+	0xff, 0x05, 0x04, 0x08, 0x10, 0x00, // loop: inc dword [CounterAddr]
+	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
+	0x74, 0xf1, // je loop
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Counter returns the counting guest (see counterCode).
+func Counter() []byte { return elfImage(counterCode) }
+
 // Image returns the guest as an ELF64 executable for x86-64 with a PVH entry
 // note: boot timer, isa-debug-exit, i8042 reset.
 func Image() []byte { return elfImage(code) }
