@@ -148,6 +148,10 @@ func (c *vcpu) loop() {
 	c.tid.Store(int32(unix.Gettid()))
 	v := c.vm
 	for !v.stopping.Load() {
+		if r := v.pauseReq.Load(); r != nil {
+			c.park(r)
+			continue
+		}
 		if err := c.fd.Run(); err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
 				continue

@@ -86,7 +86,13 @@ type VM struct {
 	fateOnce sync.Once
 	fate     chan Fate
 	stopping atomic.Bool
+	stopped  chan struct{} // closed with the first fate
 	closed   bool
+
+	// Pause and resume (pause.go).
+	pauseMu  sync.Mutex
+	pauseReq atomic.Pointer[pauseRound] // non-nil while the vCPUs must park
+	paused   bool
 }
 
 // irqLine pulses a GSI on the in-kernel irqchip: the devices' view of an interrupt.
@@ -108,7 +114,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1)}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{})}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -410,6 +416,7 @@ func (v *VM) setFate(f Fate) {
 	v.fateOnce.Do(func() {
 		v.fate <- f
 		v.stopping.Store(true)
+		close(v.stopped)
 		for _, c := range v.cpus {
 			c.kick()
 		}

@@ -1,0 +1,95 @@
+package vmm
+
+import (
+	"encoding/binary"
+	"testing"
+	"time"
+
+	"github.com/embervm/ember/guest/tiny"
+)
+
+// counter reads the Counter guest's count.
+func counter(t *testing.T, vm *VM) uint32 {
+	t.Helper()
+	b, err := vm.Memory().Slice(tiny.CounterAddr, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
+// waitCount waits until the Counter guest's count passes above.
+func waitCount(t *testing.T, vm *VM, above uint32) uint32 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if n := counter(t, vm); n > above {
+			return n
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("the guest's count stayed at %d", counter(t, vm))
+	return 0
+}
+
+// TestPauseResume: a paused guest does not run (its count and RIP stay
+// put), and runs again after Resume.
+func TestPauseResume(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	cfg.VCPUs = 2
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	done := make(chan Fate, 1)
+	go func() { done <- vm.Run() }()
+	waitCount(t, vm, 0)
+	for round := 0; round < 3; round++ {
+		if err := vm.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		if !vm.Paused() {
+			t.Fatal("Paused() false after Pause")
+		}
+		n := counter(t, vm)
+		rip := make([]uint64, len(vm.cpus))
+		for i, c := range vm.cpus {
+			r, err := c.fd.GetRegs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rip[i] = r.RIP
+		}
+		time.Sleep(50 * time.Millisecond)
+		if m := counter(t, vm); m != n {
+			t.Fatalf("round %d: count went from %d to %d while paused", round, n, m)
+		}
+		for i, c := range vm.cpus {
+			if r, _ := c.fd.GetRegs(); r.RIP != rip[i] {
+				t.Fatalf("round %d: vCPU %d RIP moved from %#x to %#x while paused", round, i, rip[i], r.RIP)
+			}
+		}
+		if err := vm.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		waitCount(t, vm, n)
+	}
+	// Stop works on a paused VM too.
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	vm.Stop()
+	select {
+	case f := <-done:
+		if f.Kind != FateStopped {
+			t.Fatalf("fate %v (%v), want stopped", f.Kind, f.Err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after Stop on a paused VM")
+	}
+	if err := vm.Resume(); err == nil {
+		t.Error("Resume of a stopped VM succeeded")
+	}
+}
