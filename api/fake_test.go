@@ -34,6 +34,8 @@ type fakeBackend struct {
 	netUpdates   []string
 	target       uint32
 	stats        balloon.Stats
+	snapshots    []vmm.SnapshotCreate
+	loads        []vmm.SnapshotLoad
 }
 
 func newFake() *fakeBackend {
@@ -179,3 +181,44 @@ func (f *fakeBackend) BalloonStats() (balloon.Stats, error) {
 }
 
 func (f *fakeBackend) ReadMetrics(func(group, name string, value uint64)) {}
+
+func (f *fakeBackend) Pause() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.running(); err != nil {
+		return err
+	}
+	f.state.Store(vmm.StatePaused)
+	return nil
+}
+
+func (f *fakeBackend) Resume() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.running(); err != nil {
+		return err
+	}
+	f.state.Store(vmm.StateRunning)
+	return nil
+}
+
+func (f *fakeBackend) CreateSnapshot(p vmm.SnapshotCreate) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.snapshots = append(f.snapshots, p)
+	return nil
+}
+
+func (f *fakeBackend) LoadSnapshot(p vmm.SnapshotLoad) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.State() != vmm.StateNotStarted {
+		return vmm.ErrLoadAfterStart
+	}
+	f.loads = append(f.loads, p)
+	f.state.Store(vmm.StatePaused)
+	if p.ResumeVM {
+		f.state.Store(vmm.StateRunning)
+	}
+	return nil
+}

@@ -36,13 +36,15 @@ func (s *Server) routes() {
 	s.handle("GET /balloon/statistics", s.getBalloonStats)
 	s.handle("PATCH /balloon/statistics", s.patchBalloonStats)
 
+	s.handle("PATCH /vm", s.patchVM)
+	s.handle("PUT /snapshot/create", s.putSnapshotCreate)
+	s.handle("PUT /snapshot/load", s.putSnapshotLoad)
+
 	s.handle("PUT /logger", s.putLogger)
 	s.handle("PUT /metrics", s.putMetrics)
 
 	s.unsupported("the MMDS (microVM metadata service)",
 		"PUT /mmds", "PATCH /mmds", "GET /mmds", "PUT /mmds/config")
-	s.unsupported("snapshots", "PUT /snapshot/create", "PUT /snapshot/load")
-	s.unsupported("pausing and resuming the microVM", "PATCH /vm")
 	s.unsupported("virtio-pmem devices", "PUT /pmem/{id}", "PATCH /pmem/{id}")
 	s.unsupported("memory hot-plug (virtio-mem)",
 		"PUT /hotplug/memory", "PATCH /hotplug/memory", "GET /hotplug/memory")

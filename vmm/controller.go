@@ -79,6 +79,16 @@ type Backend interface {
 	SetBalloonStatsInterval(seconds int) error
 	// BalloonStats returns the latest balloon statistics.
 	BalloonStats() (balloon.Stats, error)
+	// Pause stops the vCPUs and the device workers (PATCH /vm Paused).
+	Pause() error
+	// Resume runs a paused VM again (PATCH /vm Resumed).
+	Resume() error
+	// CreateSnapshot writes a snapshot of the paused VM.
+	CreateSnapshot(p SnapshotCreate) error
+	// LoadSnapshot builds the VM from a snapshot instead of from the
+	// configuration; only before Start, and only if nothing but the logger
+	// and metrics was configured.
+	LoadSnapshot(p SnapshotLoad) error
 	// ReadMetrics calls add with the cumulative value of every counter of
 	// the VMM and its devices, grouped as Firecracker's metrics are
 	// ("block_rootfs", "net_eth0", "vcpu", ...). It never blocks on a vCPU.
@@ -98,7 +108,8 @@ type Controller struct {
 	vm    atomic.Pointer[VM] // set once Start succeeded
 
 	// Owned by the controller goroutine.
-	cfg Config
+	cfg        Config
+	configured bool // Configure succeeded at least once
 
 	done     chan struct{} // closed when the run has ended
 	doneOnce sync.Once
@@ -164,6 +175,7 @@ func (c *Controller) Configure(edit func(*Config) error) error {
 			return err
 		}
 		c.cfg = next
+		c.configured = true
 		return nil
 	})
 }
@@ -402,6 +414,87 @@ func (c *Controller) BalloonStats() (balloon.Stats, error) {
 		return nil
 	})
 	return st, err
+}
+
+// Pause pauses the running VM.
+func (c *Controller) Pause() error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		if err := vm.Pause(); err != nil {
+			return err
+		}
+		c.setState(StatePaused)
+		return nil
+	})
+}
+
+// Resume resumes the paused VM.
+func (c *Controller) Resume() error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		if err := vm.Resume(); err != nil {
+			return err
+		}
+		c.setState(StateRunning)
+		return nil
+	})
+}
+
+// Errors of LoadSnapshot in the wrong state (Firecracker's messages).
+var (
+	ErrLoadAfterConfig = errors.New("Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+	ErrLoadAfterStart  = errors.New("Loading a microVM snapshot not allowed after starting the microVM.")
+)
+
+// CreateSnapshot snapshots the paused VM.
+func (c *Controller) CreateSnapshot(p SnapshotCreate) error {
+	return c.do(func() error {
+		vm, err := c.running()
+		if err != nil {
+			return err
+		}
+		return vm.CreateSnapshot(p)
+	})
+}
+
+// LoadSnapshot builds the VM from a snapshot (a fresh controller only) and
+// runs it, paused unless p.ResumeVM. If the snapshot cannot be loaded the
+// run ends at once with FateInternalError: a process whose load failed
+// exits, as Firecracker's does.
+func (c *Controller) LoadSnapshot(p SnapshotLoad) error {
+	return c.do(func() error {
+		if c.vm.Load() != nil {
+			return ErrLoadAfterStart
+		}
+		if c.configured {
+			return ErrLoadAfterConfig
+		}
+		vm, cfg, err := LoadSnapshot(c.cfg, p)
+		if err != nil {
+			c.finish(Fate{Kind: FateInternalError, Err: err})
+			return err
+		}
+		c.cfg = cfg
+		c.vm.Store(vm)
+		c.setState(StatePaused)
+		go func() {
+			f := vm.Run()
+			c.finish(f)
+		}()
+		if p.ResumeVM {
+			if err := vm.Resume(); err != nil {
+				return err
+			}
+			c.setState(StateRunning)
+		}
+		return nil
+	})
 }
 
 // ReadMetrics reports the counters of the running VM's devices.

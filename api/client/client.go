@@ -275,3 +275,24 @@ func (c *Client) PutMetrics(ctx context.Context, m api.Metrics) error {
 func (c *Client) PutSerial(ctx context.Context, s api.SerialConfig) error {
 	return c.do(ctx, http.MethodPut, "/serial", s, nil)
 }
+
+// PatchVM is PATCH /vm: state api.VMStatePaused or api.VMStateResumed.
+func (c *Client) PatchVM(ctx context.Context, state string) error {
+	return c.do(ctx, http.MethodPatch, "/vm", api.Vm{State: state}, nil)
+}
+
+// Pause is PATCH /vm {"state": "Paused"}.
+func (c *Client) Pause(ctx context.Context) error { return c.PatchVM(ctx, api.VMStatePaused) }
+
+// Resume is PATCH /vm {"state": "Resumed"}.
+func (c *Client) Resume(ctx context.Context) error { return c.PatchVM(ctx, api.VMStateResumed) }
+
+// CreateSnapshot is PUT /snapshot/create.
+func (c *Client) CreateSnapshot(ctx context.Context, p api.SnapshotCreateParams) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/create", p, nil)
+}
+
+// LoadSnapshot is PUT /snapshot/load.
+func (c *Client) LoadSnapshot(ctx context.Context, p api.SnapshotLoadParams) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/load", p, nil)
+}

@@ -29,6 +29,35 @@ type backend struct {
 	balloon balloon.Stats
 }
 
+func (b *backend) Pause() error {
+	if err := b.record("pause"); err != nil {
+		return err
+	}
+	return b.setState(vmm.StatePaused)
+}
+func (b *backend) Resume() error {
+	if err := b.record("resume"); err != nil {
+		return err
+	}
+	return b.setState(vmm.StateRunning)
+}
+func (b *backend) CreateSnapshot(p vmm.SnapshotCreate) error {
+	return b.record("snapshot " + p.Type + " " + p.SnapshotPath + " " + p.MemFilePath)
+}
+func (b *backend) LoadSnapshot(p vmm.SnapshotLoad) error {
+	b.mu.Lock()
+	b.calls = append(b.calls, "load "+p.SnapshotPath+" "+p.MemFilePath)
+	b.mu.Unlock()
+	return b.setState(vmm.StatePaused)
+}
+
+func (b *backend) setState(s vmm.State) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.state = s
+	return nil
+}
+
 func (b *backend) State() vmm.State {
 	b.mu.Lock()
 	defer b.mu.Unlock()

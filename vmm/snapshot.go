@@ -1,0 +1,484 @@
+package vmm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/embervm/ember/devices"
+	"github.com/embervm/ember/kvm"
+	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/snapshot"
+	"github.com/embervm/ember/virtio"
+	"github.com/embervm/ember/virtio/balloon"
+	vnet "github.com/embervm/ember/virtio/net"
+	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
+)
+
+// EmberVersion is written into snapshot headers; cmd/ember sets it.
+var EmberVersion = "dev"
+
+// Snapshot types (Firecracker's snapshot_type).
+const (
+	SnapshotFull = "Full"
+	SnapshotDiff = "Diff"
+)
+
+// Errors of the snapshot operations.
+var (
+	// ErrNotPaused: a snapshot is taken of a paused VM only.
+	ErrNotPaused = errors.New("the microVM must be paused to create a snapshot")
+	// ErrBadSnapshot: the snapshot cannot be loaded (bad or corrupt files,
+	// another CPU vendor, ...). A process whose load failed must exit.
+	ErrBadSnapshot = errors.New("cannot load the snapshot")
+)
+
+// SnapshotCreate is PUT /snapshot/create.
+type SnapshotCreate struct {
+	SnapshotPath string
+	MemFilePath  string
+	Type         string // SnapshotFull (default) or SnapshotDiff
+}
+
+// SnapshotLoad is PUT /snapshot/load.
+type SnapshotLoad struct {
+	SnapshotPath    string
+	MemFilePath     string
+	TrackDirtyPages bool
+	ResumeVM        bool
+	ClockRealtime   bool
+	// NetOverrides maps an interface id to the tap to attach it to instead
+	// of the snapshotted one.
+	NetOverrides map[string]string
+	// VsockUDSPath, if set, replaces the vsock device's uds_path.
+	VsockUDSPath string
+}
+
+// Device section names in the state file.
+const (
+	sectionConfig = "config"
+	sectionSerial = "serial"
+	sectionI8042  = "i8042"
+)
+
+// savedConfig is the part of Config a restore rebuilds the machine from
+// (the kernel is not needed: it is in guest memory).
+type savedConfig struct {
+	KernelPath      string          `json:"kernel_path,omitempty"` // for information
+	Cmdline         string          `json:"cmdline,omitempty"`     // for information
+	VCPUs           int             `json:"vcpu_count"`
+	MemMiB          int             `json:"mem_size_mib"`
+	SMT             bool            `json:"smt,omitempty"`
+	PIT             bool            `json:"pit,omitempty"`
+	BootTimer       bool            `json:"boot_timer,omitempty"`
+	HugePages       string          `json:"huge_pages,omitempty"`
+	NoVirtioCmdline bool            `json:"no_virtio_cmdline,omitempty"`
+	Drives          []DriveConfig   `json:"drives,omitempty"`
+	Nets            []vnet.Config   `json:"network_interfaces,omitempty"`
+	Vsock           *vsock.Config   `json:"vsock,omitempty"`
+	Balloon         *balloon.Config `json:"balloon,omitempty"`
+	RNG             *rng.Config     `json:"entropy,omitempty"`
+}
+
+func saveConfig(c *Config) savedConfig {
+	c2 := c.clone()
+	return savedConfig{KernelPath: c2.KernelPath, Cmdline: c2.Cmdline, VCPUs: c2.VCPUs, MemMiB: c2.MemMiB,
+		SMT: c2.SMT, PIT: c2.PIT, BootTimer: c2.BootTimer, HugePages: c2.HugePages,
+		NoVirtioCmdline: c2.NoVirtioCmdline, Drives: c2.Drives, Nets: c2.Nets, Vsock: c2.Vsock,
+		Balloon: c2.Balloon, RNG: c2.RNG}
+}
+
+// apply fills c's machine fields from the snapshot's.
+func (s savedConfig) apply(c *Config) {
+	c.KernelPath, c.Cmdline, c.VCPUs, c.MemMiB = s.KernelPath, s.Cmdline, s.VCPUs, s.MemMiB
+	c.SMT, c.PIT, c.BootTimer, c.HugePages, c.NoVirtioCmdline = s.SMT, s.PIT, s.BootTimer, s.HugePages, s.NoVirtioCmdline
+	c.Drives, c.Nets, c.Vsock, c.Balloon, c.RNG = s.Drives, s.Nets, s.Vsock, s.Balloon, s.RNG
+}
+
+// deviceInfos lists the devices for the snapshot header.
+func (v *VM) deviceInfos() []snapshot.DeviceInfo {
+	out := []snapshot.DeviceInfo{{Name: sectionSerial, Kind: "serial"}, {Name: sectionI8042, Kind: "i8042"}}
+	if v.bootTimer != nil {
+		out = append(out, snapshot.DeviceInfo{Name: "boot-timer", Kind: "boot-timer"})
+	}
+	for _, d := range v.virtio {
+		info := snapshot.DeviceInfo{Name: d.name}
+		switch dev := d.transport.Device().(type) {
+		case *balloon.Device:
+			info.Kind = "virtio-balloon"
+		case *vsock.Device:
+			info.Kind, info.Backend = "virtio-vsock", v.cfg.Vsock.UDSPath
+		case *rng.Device:
+			info.Kind = "virtio-rng"
+		case *vnet.Device:
+			info.Kind = "virtio-net"
+			for id, n := range v.nets {
+				if n == dev {
+					for _, nc := range v.cfg.Nets {
+						if nc.IfaceID == id {
+							info.Backend = nc.HostDevName
+						}
+					}
+				}
+			}
+		default:
+			info.Kind = "virtio-block"
+			for _, dc := range v.cfg.Drives {
+				if "block "+dc.ID == d.name {
+					info.Backend = dc.Path
+				}
+			}
+		}
+		out = append(out, info)
+	}
+	return out
+}
+
+// saveState collects the state file's content. The VM must be paused.
+func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
+	cpuid, err := v.cpus[0].fd.GetCPUID2()
+	if err != nil {
+		return nil, err
+	}
+	msrs, err := v.sys.MSRsToSave(cpuid)
+	if err != nil {
+		return nil, err
+	}
+	if msrs, err = v.cpus[0].fd.ReadableMSRs(msrs); err != nil {
+		return nil, err
+	}
+	st := &snapshot.State{Header: snapshot.Header{
+		EmberVersion: EmberVersion,
+		Created:      time.Now().UTC(),
+		HostKernel:   hostKernel(),
+		CPUVendor:    snapshot.VendorFromCPUID(cpuid),
+		VCPUCount:    len(v.cpus),
+		MemorySize:   v.mem.Size(),
+		MemoryKind:   kind,
+		Devices:      v.deviceInfos(),
+	}}
+	for _, r := range v.mem.Regions() {
+		st.Header.Regions = append(st.Header.Regions, snapshot.Region{GuestAddr: r.GuestAddr, Size: r.Size()})
+	}
+	for _, c := range v.cpus {
+		s, err := c.fd.SaveState(msrs)
+		if err != nil {
+			return nil, fmt.Errorf("vCPU %d: %w", c.id, err)
+		}
+		st.VCPUs = append(st.VCPUs, *s)
+	}
+	vms, err := v.vm.SaveState()
+	if err != nil {
+		return nil, err
+	}
+	st.VM = *vms
+	add := func(name string, x any) error {
+		b, err := json.Marshal(x)
+		if err != nil {
+			return fmt.Errorf("device %s: %w", name, err)
+		}
+		st.Devices = append(st.Devices, snapshot.Device{Name: name, Data: b})
+		return nil
+	}
+	if err := add(sectionConfig, saveConfig(&v.cfg)); err != nil {
+		return nil, err
+	}
+	if err := add(sectionSerial, v.serial.SaveState()); err != nil {
+		return nil, err
+	}
+	if err := add(sectionI8042, v.i8042.SaveState()); err != nil {
+		return nil, err
+	}
+	for _, d := range v.virtio {
+		if err := add(d.name, d.transport.SaveState()); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+func hostKernel() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// dirtyBitmaps reads (and clears) every memory slot's dirty log.
+func (v *VM) dirtyBitmaps() ([][]uint64, error) {
+	var out [][]uint64
+	for i, r := range v.mem.Regions() {
+		b, err := v.vm.DirtyBitmap(uint32(i), r.Size()/snapshot.PageSize)
+		if err != nil {
+			return nil, fmt.Errorf("dirty log of memory slot %d: %w", i, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// CreateSnapshot writes the paused VM's state file and memory file. Full
+// writes all of RAM; Diff the pages the guest dirtied since the previous
+// snapshot (or boot), which needs TrackDirtyPages. Each file appears
+// whole or not at all: on error existing files are untouched.
+//
+// Pages written by the VMM's own device emulation (a block read, a
+// received packet) are not in KVM's dirty log: a Diff misses them.
+func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
+	v.pauseMu.Lock()
+	defer v.pauseMu.Unlock()
+	if !v.paused {
+		return ErrNotPaused
+	}
+	typ := p.Type
+	if typ == "" {
+		typ = SnapshotFull
+	}
+	if typ != SnapshotFull && typ != SnapshotDiff {
+		return invalid("snapshot_type %q: want %s or %s", typ, SnapshotFull, SnapshotDiff)
+	}
+	if typ == SnapshotDiff && !v.cfg.TrackDirtyPages {
+		return invalid("a Diff snapshot needs track_dirty_pages set in the machine configuration")
+	}
+	if p.SnapshotPath == "" || p.MemFilePath == "" {
+		return invalid("snapshot_path and mem_file_path are required")
+	}
+	// Firecracker resets vsock connections when it takes a snapshot: the
+	// guest finds the reset event in the snapshot and drops them. The
+	// worker posts it, so it runs for that moment (the vCPUs stay parked).
+	if v.vsock != nil {
+		v.vsock.Resume()
+		if err := v.vsock.TransportReset(); err != nil && !errors.Is(err, vsock.ErrNotActive) {
+			v.log.Warn("snapshot: vsock transport reset", "err", err)
+		}
+		v.vsock.Pause()
+	}
+	st, err := v.saveState(snapshot.MemoryKind(typ))
+	if err != nil {
+		return fmt.Errorf("saving the microVM state: %w", err)
+	}
+	regions := make([][]byte, 0, len(v.mem.Regions()))
+	for _, r := range v.mem.Regions() {
+		regions = append(regions, r.Host)
+	}
+	var dirty [][]uint64
+	if v.cfg.TrackDirtyPages {
+		// Read even for Full: it clears the log, so the next Diff is
+		// relative to this snapshot.
+		if dirty, err = v.dirtyBitmaps(); err != nil {
+			return err
+		}
+	}
+	memTmp, err := tempPath(p.MemFilePath)
+	if err != nil {
+		return err
+	}
+	stateTmp, err := tempPath(p.SnapshotPath)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(memTmp)
+			os.Remove(stateTmp)
+		}
+	}()
+	if typ == SnapshotFull {
+		err = snapshot.WriteFull(memTmp, regions)
+	} else {
+		err = snapshot.WriteDiff(memTmp, regions, dirty)
+	}
+	if err != nil {
+		return fmt.Errorf("writing the memory file: %w", err)
+	}
+	if err = snapshot.Write(stateTmp, st); err != nil {
+		return fmt.Errorf("writing the snapshot file: %w", err)
+	}
+	if err = os.Rename(memTmp, p.MemFilePath); err != nil {
+		return err
+	}
+	if err = os.Rename(stateTmp, p.SnapshotPath); err != nil {
+		return err
+	}
+	v.log.Info("snapshot created", "type", typ, "snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath)
+	return nil
+}
+
+// tempPath reserves a fresh name beside path for a file renamed onto it.
+func tempPath(path string) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	name := f.Name()
+	f.Close()
+	return name, nil
+}
+
+// LoadSnapshot builds a VM from a snapshot: guest memory maps the memory
+// file privately (pages load on first touch; the file must not change
+// while the VM lives), the KVM VM and vCPUs get the saved state, the
+// devices are rebuilt from the saved configuration (with base's console and
+// logger and p's overrides) and their state restored. The VM comes back
+// paused: Run it, then Resume (or call Run after StartResumed). It returns
+// the configuration the VM was built from. Errors wrap ErrBadSnapshot.
+func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
+	bad := func(err error) error { return fmt.Errorf("%w: %w", ErrBadSnapshot, err) }
+	st, err := snapshot.Read(p.SnapshotPath)
+	if err != nil {
+		return nil, Config{}, bad(err)
+	}
+	if err := st.Header.Validate(); err != nil {
+		return nil, Config{}, bad(err)
+	}
+	if len(st.VCPUs) != st.Header.VCPUCount {
+		return nil, Config{}, bad(fmt.Errorf("%d vCPU states for %d vCPUs", len(st.VCPUs), st.Header.VCPUCount))
+	}
+	secs := map[string][]byte{}
+	for _, d := range st.Devices {
+		secs[d.Name] = d.Data
+	}
+	var sc savedConfig
+	if err := json.Unmarshal(secs[sectionConfig], &sc); err != nil {
+		return nil, Config{}, bad(fmt.Errorf("machine configuration section: %w", err))
+	}
+	cfg := base.clone()
+	sc.apply(&cfg)
+	cfg.TrackDirtyPages = p.TrackDirtyPages
+	cfg.PIT = st.VM.PIT != nil
+	for i := range cfg.Nets {
+		if tap, ok := p.NetOverrides[cfg.Nets[i].IfaceID]; ok {
+			cfg.Nets[i].HostDevName = tap
+		}
+	}
+	for id := range p.NetOverrides {
+		found := false
+		for _, n := range cfg.Nets {
+			found = found || n.IfaceID == id
+		}
+		if !found {
+			return nil, Config{}, bad(fmt.Errorf("network_overrides: the snapshot has no interface %q", id))
+		}
+	}
+	if p.VsockUDSPath != "" {
+		if cfg.Vsock == nil {
+			return nil, Config{}, bad(errors.New("vsock_override: the snapshot has no vsock device"))
+		}
+		cfg.Vsock.UDSPath = p.VsockUDSPath
+	}
+	if uint64(cfg.MemMiB)<<20 != st.Header.MemorySize || cfg.VCPUs != st.Header.VCPUCount {
+		return nil, Config{}, bad(errors.New("the machine configuration does not match the header"))
+	}
+
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{})}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
+	if v.cfg.StartTime.IsZero() {
+		v.cfg.StartTime = time.Now()
+	}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	maps, err := snapshot.MapPrivate(p.MemFilePath, st.Header.RegionSizes())
+	if err != nil {
+		return nil, Config{}, bad(err)
+	}
+	regions := make([]memory.Region, len(maps))
+	for i, m := range maps {
+		regions[i] = memory.Region{GuestAddr: st.Header.Regions[i].GuestAddr, Host: m}
+	}
+	v.mem = memory.FromRegions(regions)
+	if cfg.HugePages == HugePagesTransparent {
+		_ = v.mem.AdviseHugePages() // file-backed: advisory only
+	}
+	if err := v.openKVM(); err != nil {
+		return nil, Config{}, err
+	}
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return nil, Config{}, err
+	}
+	if host := snapshot.VendorFromCPUID(supported); host != st.Header.CPUVendor {
+		return nil, Config{}, bad(fmt.Errorf("the snapshot was taken on a %s CPU; this host's is %s", st.Header.CPUVendor, host))
+	}
+	if err := v.setupMemory(); err != nil {
+		return nil, Config{}, err
+	}
+	if err := v.setupDevices(); err != nil {
+		return nil, Config{}, err
+	}
+	if err := v.bindVirtio(); err != nil {
+		return nil, Config{}, err
+	}
+	if err := v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime}); err != nil {
+		return nil, Config{}, bad(fmt.Errorf("restoring the VM state: %w", err))
+	}
+	for i := range st.VCPUs {
+		fd, err := v.vm.CreateVCPU(i)
+		if err != nil {
+			return nil, Config{}, err
+		}
+		c := &vcpu{vm: v, id: i, fd: fd}
+		v.cpus = append(v.cpus, c)
+		if err := fd.RestoreState(&st.VCPUs[i]); err != nil {
+			return nil, Config{}, bad(fmt.Errorf("restoring vCPU %d: %w", i, err))
+		}
+	}
+	if err := v.restoreDevices(secs); err != nil {
+		return nil, Config{}, bad(err)
+	}
+	// Paused until Resume: the vCPUs park on their first iteration.
+	v.pauseReq.Store(&pauseRound{parked: make(chan int, len(v.cpus)), resume: make(chan struct{})})
+	v.paused = true
+	for _, d := range v.virtio {
+		if pd, ok := d.transport.Device().(pauser); ok {
+			pd.Pause()
+		}
+	}
+	v.log.Info("snapshot loaded", "snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath,
+		"vcpus", len(v.cpus), "mem_mib", cfg.MemMiB, "devices", len(st.Header.Devices))
+	return v, cfg, nil
+}
+
+// restoreDevices loads the saved device states.
+func (v *VM) restoreDevices(secs map[string][]byte) error {
+	var ss devices.SerialState
+	if err := json.Unmarshal(secs[sectionSerial], &ss); err != nil {
+		return fmt.Errorf("serial state: %w", err)
+	}
+	if err := v.serial.RestoreState(ss); err != nil {
+		return err
+	}
+	var ks devices.I8042State
+	if err := json.Unmarshal(secs[sectionI8042], &ks); err != nil {
+		return fmt.Errorf("i8042 state: %w", err)
+	}
+	if err := v.i8042.RestoreState(ks); err != nil {
+		return err
+	}
+	for _, d := range v.virtio {
+		b, ok := secs[d.name]
+		if !ok {
+			return fmt.Errorf("no state for device %q", d.name)
+		}
+		var ms virtio.MMIOState
+		if err := json.Unmarshal(b, &ms); err != nil {
+			return fmt.Errorf("device %s: %w", d.name, err)
+		}
+		if err := d.transport.RestoreState(ms); err != nil {
+			return fmt.Errorf("device %s: %w", d.name, err)
+		}
+	}
+	return nil
+}

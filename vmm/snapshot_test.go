@@ -1,0 +1,241 @@
+package vmm
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/snapshot"
+)
+
+// runAsync runs vm and returns its fate channel.
+func runAsync(vm *VM) <-chan Fate {
+	done := make(chan Fate, 1)
+	go func() { done <- vm.Run() }()
+	return done
+}
+
+func waitFate(t *testing.T, done <-chan Fate, want FateKind) {
+	t.Helper()
+	select {
+	case f := <-done:
+		if f.Kind != want {
+			t.Fatalf("fate %v (%v), want %v", f.Kind, f.Err, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the guest did not end (want %v)", want)
+	}
+}
+
+// setExitFlag makes the Counter guest reset the machine.
+func setExitFlag(t *testing.T, vm *VM) {
+	t.Helper()
+	b, err := vm.Memory().Slice(tiny.ExitFlagAddr, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[0] = 1
+}
+
+// TestSnapshotFullRestore: a counting guest paused and snapshotted (Full)
+// is loaded into a new VM that resumes counting from where it stopped; the
+// original carries on independently.
+func TestSnapshotFullRestore(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	cfg.VCPUs = 2
+	cfg.BootTimer = true
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	doneA := runAsync(a)
+	waitCount(t, a, 1000)
+	dir := t.TempDir()
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); !errors.Is(err, ErrNotPaused) {
+		t.Fatalf("snapshot of a running VM: %v, want ErrNotPaused", err)
+	}
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	saved := counter(t, a)
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem, Type: SnapshotFull}); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Errorf("snapshot directory holds %d entries, want the 2 files", len(ents))
+	}
+	if err := a.Resume(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := snapshot.Read(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Header.VCPUCount != 2 || st.Header.MemorySize != uint64(cfg.MemMiB)<<20 || st.Header.CPUVendor == "" {
+		t.Errorf("header %+v", st.Header)
+	}
+
+	base, _ := tinyConfig(t, tiny.Image())
+	b, bcfg, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, MemFilePath: mem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if bcfg.VCPUs != 2 || !bcfg.BootTimer {
+		t.Errorf("restored config %+v", bcfg)
+	}
+	if n := counter(t, b); n != saved {
+		t.Fatalf("restored count %d, saved %d", n, saved)
+	}
+	doneB := runAsync(b)
+	time.Sleep(20 * time.Millisecond)
+	if n := counter(t, b); n != saved {
+		t.Fatalf("a VM loaded paused ran: count %d, saved %d", n, saved)
+	}
+	if err := b.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, b, saved+1000)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
+
+	setExitFlag(t, a)
+	waitFate(t, doneA, FateReset)
+	if f, _ := os.ReadFile(mem); f[tiny.ExitFlagAddr] != 0 {
+		t.Error("the restored guest's memory writes reached the memory file")
+	}
+}
+
+// TestSnapshotDiff: with dirty-page tracking, a Diff snapshot applied onto
+// the Full one before it gives a guest at the Diff's point.
+func TestSnapshotDiff(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	cfg.TrackDirtyPages = true
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	doneA := runAsync(a)
+	defer func() { a.Stop(); <-doneA }()
+	waitCount(t, a, 100)
+	dir := t.TempDir()
+	full, fullMem := filepath.Join(dir, "full.snap"), filepath.Join(dir, "full.mem")
+	diff, diffMem := filepath.Join(dir, "diff.snap"), filepath.Join(dir, "diff.mem")
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: full, MemFilePath: fullMem, Type: SnapshotFull}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := counter(t, a)
+	a.Resume()
+	waitCount(t, a, n1+1000)
+	a.Pause()
+	n2 := counter(t, a)
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: diff, MemFilePath: diffMem, Type: SnapshotDiff}); err != nil {
+		if errors.Is(err, snapshot.ErrMemoryFile) {
+			t.Skipf("sparse diffs unsupported here: %v", err)
+		}
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(diffMem); fi == nil {
+		t.Fatal("no diff memory file")
+	}
+	if err := snapshot.ApplyDiff(fullMem, diffMem); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := tinyConfig(t, tiny.Image())
+	b, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: diff, MemFilePath: fullMem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if n := counter(t, b); n != n2 {
+		t.Fatalf("count after base+diff restore %d, want %d (full snapshot had %d)", n, n2, n1)
+	}
+	doneB := runAsync(b)
+	b.Resume()
+	waitCount(t, b, n2)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
+
+	// A Diff without dirty tracking is refused.
+	cfg.TrackDirtyPages = false
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	doneC := runAsync(c)
+	c.Pause()
+	if err := c.CreateSnapshot(SnapshotCreate{SnapshotPath: diff, MemFilePath: diffMem, Type: SnapshotDiff}); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("Diff without tracking: %v", err)
+	}
+	c.Stop()
+	<-doneC
+}
+
+// TestLoadBadSnapshot: corrupt or mismatched files fail with ErrBadSnapshot.
+func TestLoadBadSnapshot(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	done := runAsync(a)
+	waitCount(t, a, 0)
+	a.Pause()
+	dir := t.TempDir()
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	<-done
+	good, _ := os.ReadFile(snap)
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flipped := append([]byte(nil), good...)
+	flipped[len(flipped)/2] ^= 1
+	badMagic := append([]byte("NOTEMBER"), good[8:]...)
+	truncMem := filepath.Join(dir, "short.mem")
+	if err := os.WriteFile(truncMem, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]SnapshotLoad{
+		"crc":          {SnapshotPath: write("crc.snap", flipped), MemFilePath: mem},
+		"magic":        {SnapshotPath: write("magic.snap", badMagic), MemFilePath: mem},
+		"truncated":    {SnapshotPath: write("trunc.snap", good[:len(good)-100]), MemFilePath: mem},
+		"no file":      {SnapshotPath: filepath.Join(dir, "none"), MemFilePath: mem},
+		"short mem":    {SnapshotPath: snap, MemFilePath: truncMem},
+		"net override": {SnapshotPath: snap, MemFilePath: mem, NetOverrides: map[string]string{"eth9": "tap9"}},
+	} {
+		base, _ := tinyConfig(t, tiny.Image())
+		vm, _, err := LoadSnapshot(base, p)
+		if err == nil {
+			vm.Close()
+			t.Errorf("%s: loaded", name)
+			continue
+		}
+		if !errors.Is(err, ErrBadSnapshot) {
+			t.Errorf("%s: %v, want ErrBadSnapshot", name, err)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}
