@@ -203,6 +203,13 @@ func runFirecracker(args []string, start time.Time) int {
 	case <-ctl.Done():
 	}
 	fate := ctl.Fate()
+	if errors.Is(fate.Err, vmm.ErrBadSnapshot) && !f.noAPI {
+		// The failed PUT /snapshot/load is still answering: let its 400
+		// out before the process exits, as Firecracker does.
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		srv.Shutdown(sctx)
+		scancel()
+	}
 	switch fate.Kind {
 	case vmm.FateReset, vmm.FatePoweroff:
 		log.Info("guest ended", "fate", fate.Kind)

@@ -43,6 +43,7 @@ const consoleEscape = 0x01
 
 func main() {
 	start := time.Now()
+	vmm.EmberVersion = version
 	os.Exit(run(os.Args[1:], start))
 }
 
@@ -56,6 +57,8 @@ func usage(w io.Writer) {
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
   ember extract-vmlinux BZIMAGE OUT
+  ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
+  ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember version
 `)
 }
@@ -81,6 +84,8 @@ func run(args []string, start time.Time) int {
 			return exitFailure
 		}
 		return exitOK
+	case "snapshot":
+		return runSnapshot(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
