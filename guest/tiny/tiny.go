@@ -77,13 +77,14 @@ const (
 )
 
 // counterCode counts at CounterAddr until the byte at ExitFlagAddr is
-// non-zero, then resets the machine. A snapshot taken while it counts,
+// non-zero, then signals the boot timer and resets the machine. A snapshot taken while it counts,
 // with the flag set in its memory file, gives a guest that exits as soon
 // as it runs again (the restore benchmark).
 var counterCode = []byte{
 	0xff, 0x05, 0x04, 0x08, 0x10, 0x00, // loop: inc dword [CounterAddr]
 	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
 	0x74, 0xf1, // je loop
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
 	0xb0, I8042ResetCPU, // mov al, 0xfe
 	0xe6, I8042CommandPort, // out 0x64, al
 	0xf4,       // hlt
