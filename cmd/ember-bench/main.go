@@ -11,6 +11,10 @@
 //	ember-bench api [--starts N] [--requests N]
 //	    API start-up (exec until the socket accepts) and request latencies
 //	    on this host; ends with NAME VALUE UNIT lines.
+//	ember-bench snapshot [--runs N] [--sizes 128,1024]
+//	    snapshot restore on this host: a fresh ember per run, PUT
+//	    /snapshot/load until the tiny guest runs; ends with NAME VALUE UNIT
+//	    lines (restore_ms_128mib, restore_ms_1gib).
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
 package main
@@ -36,7 +40,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -51,6 +55,8 @@ func main() {
 		err = labIO(os.Args[2:])
 	case "api":
 		err = apiBench(os.Args[2:])
+	case "snapshot":
+		err = snapshotBench(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
 		os.Exit(exitUsage)
@@ -237,5 +243,30 @@ func apiBench(args []string) error {
 	}
 	fmt.Printf("== medians of %d starts; latencies over %d requests each\n", r.StartRuns, r.Requests)
 	r.Lines(os.Stdout)
+	return nil
+}
+
+func snapshotBench(args []string) error {
+	fs := flag.NewFlagSet("snapshot", flag.ExitOnError)
+	runs := fs.Int("runs", 15, "restores per memory size")
+	sizes := fs.String("sizes", "128,1024", "guest memory sizes in MiB, comma-separated")
+	fs.Parse(args)
+	fmt.Println("== snapshot restore of the tiny guest on this host (fresh ember --api-sock per run)")
+	var results []bench.SnapshotResult
+	for _, s := range strings.Split(*sizes, ",") {
+		mib, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || mib <= 0 {
+			return fmt.Errorf("--sizes: %q is not a size in MiB", s)
+		}
+		r, err := bench.Snapshot(context.Background(), sibling("ember"), mib, *runs, os.Stdout)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+	}
+	fmt.Printf("== medians of %d restores per size\n", *runs)
+	for _, r := range results {
+		r.Lines(os.Stdout)
+	}
 	return nil
 }
