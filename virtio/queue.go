@@ -15,6 +15,13 @@ type Memory interface {
 	Slice(addr, length uint64) ([]byte, error)
 }
 
+// DirtyMarker is implemented by a Memory that records the guest pages the
+// devices write, which KVM's dirty log does not see (diff snapshots). A
+// queue marks every device-writable buffer it hands out and its used ring.
+type DirtyMarker interface {
+	MarkDirty(addr, length uint64)
+}
+
 // Split virtqueue layout, virtio 2.7.
 const (
 	// MaxQueueSize is the largest queue Ember offers (Firecracker's too).
@@ -93,6 +100,7 @@ type Queue struct {
 
 	desc, avail, used []byte // the rings in guest memory, after Activate
 	mem               Memory
+	marker            DirtyMarker // mem's, if it tracks device writes
 
 	signalled      uint16 // NextUsed when the guest was last interrupted
 	signalledValid bool
@@ -124,6 +132,7 @@ func (q *Queue) Activate(mem Memory) error {
 		return err
 	}
 	q.mem = mem
+	q.marker, _ = mem.(DirtyMarker)
 	q.signalledValid = false
 	return nil
 }
@@ -240,6 +249,9 @@ func (q *Queue) walk(c *Chain, head uint16) error {
 			return fmt.Errorf("%w: descriptor %d: %v", ErrBadChain, i, err)
 		}
 		c.Descs = append(c.Descs, Desc{Buf: buf, Addr: addr, Write: flags&descFWrite != 0})
+		if flags&descFWrite != 0 && q.marker != nil {
+			q.marker.MarkDirty(addr, uint64(length))
+		}
 		if flags&descFNext == 0 {
 			return nil
 		}
@@ -257,6 +269,9 @@ func (q *Queue) PushUsed(head uint16, n uint32) {
 	binary.LittleEndian.PutUint32(q.used[off:], uint32(head))
 	binary.LittleEndian.PutUint32(q.used[off+4:], n)
 	q.NextUsed++
+	if q.marker != nil {
+		q.marker.MarkDirty(q.UsedAddr, uint64(len(q.used)))
+	}
 	// Publish idx after the element: the device owns used->flags (always
 	// 0 here), so flags and idx are stored together, atomically. On amd64
 	// this is XCHG, a full barrier, which NeedInterrupt relies on.
@@ -288,6 +303,9 @@ func (q *Queue) NeedInterrupt() bool {
 func (q *Queue) EnableNotify() bool {
 	if q.EventIdx {
 		binary.LittleEndian.PutUint16(q.used[ringHeaderSize+usedElemSize*uint64(q.Size):], q.NextAvail)
+		if q.marker != nil {
+			q.marker.MarkDirty(q.UsedAddr, uint64(len(q.used)))
+		}
 		q.barrier()
 	}
 	return q.Pending()

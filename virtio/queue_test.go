@@ -6,6 +6,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/embervm/ember/memory"
 	"github.com/embervm/ember/virtio"
 	"github.com/embervm/ember/virtio/virtiotest"
 )
@@ -277,4 +278,38 @@ func bitsLeading(v uint16) int {
 		n++
 	}
 	return n
+}
+
+// markingMemory records MarkDirty calls.
+type markingMemory struct {
+	virtio.Memory
+	marks [][2]uint64
+}
+
+func (m *markingMemory) MarkDirty(addr, length uint64) { m.marks = append(m.marks, [2]uint64{addr, length}) }
+
+// TestDirtyMarker: with a Memory that tracks device writes, the queue marks
+// each device-writable buffer it hands out and the used ring it writes.
+func TestDirtyMarker(t *testing.T) {
+	mem := &markingMemory{Memory: virtiotest.NewMemory(memSize)}
+	q := virtio.NewQueue(virtio.MaxQueueSize)
+	d, err := virtiotest.New(mem.Memory.(*memory.Guest), q, queueBase, 16, false, memSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Activate(mem); err != nil {
+		t.Fatal(err)
+	}
+	d.Add(virtiotest.Buf{Data: []byte("ro")}, virtiotest.Buf{WriteLen: 8})
+	c := virtio.NewChain()
+	if ok, err := q.Pop(c); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if len(mem.marks) != 1 || mem.marks[0] != [2]uint64{c.Descs[1].Addr, 8} {
+		t.Fatalf("marks after Pop %v, want the writable buffer at %#x", mem.marks, c.Descs[1].Addr)
+	}
+	q.PushUsed(c.Head, 8)
+	if _, _, used := d.Rings(); len(mem.marks) != 2 || mem.marks[1][0] != used {
+		t.Fatalf("marks after PushUsed %v, want the used ring at %#x", mem.marks, used)
+	}
 }

@@ -220,6 +220,9 @@ func (v *VM) dirtyBitmaps() ([][]uint64, error) {
 		if err != nil {
 			return nil, fmt.Errorf("dirty log of memory slot %d: %w", i, err)
 		}
+		if v.tracker != nil {
+			v.tracker.take(i, b)
+		}
 		out = append(out, b)
 	}
 	return out, nil
@@ -230,8 +233,8 @@ func (v *VM) dirtyBitmaps() ([][]uint64, error) {
 // snapshot (or boot), which needs TrackDirtyPages. Each file appears
 // whole or not at all: on error existing files are untouched.
 //
-// Pages written by the VMM's own device emulation (a block read, a
-// received packet) are not in KVM's dirty log: a Diff misses them.
+// The Diff's pages are those in KVM's dirty log (the guest's writes) and
+// those the virtio devices wrote (recorded by writeTracker).
 func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	v.pauseMu.Lock()
 	defer v.pauseMu.Unlock()

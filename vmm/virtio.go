@@ -169,7 +169,14 @@ func (v *VM) attachVirtio(name string, dev virtio.Device, closeDev func() error)
 	if i >= MaxVirtioDevices {
 		return invalid("too many virtio devices: at most %d", MaxVirtioDevices)
 	}
-	t, err := virtio.NewMMIO(dev, v.mem, v.log.With("device", name))
+	var mem virtio.Memory = v.mem
+	if v.cfg.TrackDirtyPages {
+		if v.tracker == nil {
+			v.tracker = newWriteTracker(v.mem)
+		}
+		mem = v.tracker
+	}
+	t, err := virtio.NewMMIO(dev, mem, v.log.With("device", name))
 	if err != nil {
 		return err
 	}

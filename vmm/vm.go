@@ -64,6 +64,8 @@ type VM struct {
 	vm   *kvm.VM
 	mem  *memory.Guest
 	cpus []*vcpu
+	// tracker records device writes to guest memory with TrackDirtyPages.
+	tracker *writeTracker
 
 	pio       *devices.Bus
 	mmio      *devices.Bus
