@@ -286,7 +286,9 @@ type markingMemory struct {
 	marks [][2]uint64
 }
 
-func (m *markingMemory) MarkDirty(addr, length uint64) { m.marks = append(m.marks, [2]uint64{addr, length}) }
+func (m *markingMemory) MarkDirty(addr, length uint64) {
+	m.marks = append(m.marks, [2]uint64{addr, length})
+}
 
 // TestDirtyMarker: with a Memory that tracks device writes, the queue marks
 // each device-writable buffer it hands out and the used ring it writes.
