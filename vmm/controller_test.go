@@ -91,3 +91,87 @@ func TestMergeLimit(t *testing.T) {
 		t.Fatal("nil update of nil")
 	}
 }
+
+// TestControllerSnapshot: pause, snapshot and resume through the
+// controller; a second controller loads the snapshot (resumed) and its
+// guest runs on; a failed load ends that controller's run.
+func TestControllerSnapshot(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	c := NewController(cfg)
+	defer c.Close()
+	if err := c.Pause(); !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("pause before start: %v", err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	vm := c.vm.Load()
+	waitCount(t, vm, 0)
+	dir := t.TempDir()
+	snap, mem := dir+"/vm.snap", dir+"/vm.mem"
+	if err := c.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); !errors.Is(err, ErrNotPaused) {
+		t.Fatalf("snapshot while running: %v", err)
+	}
+	if err := c.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	if c.State() != StatePaused {
+		t.Fatalf("state %q after pause", c.State())
+	}
+	if err := c.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	saved := counter(t, vm)
+	if err := c.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if c.State() != StateRunning {
+		t.Fatalf("state %q after resume", c.State())
+	}
+	if err := c.LoadSnapshot(SnapshotLoad{SnapshotPath: snap, MemFilePath: mem}); !errors.Is(err, ErrLoadAfterStart) {
+		t.Fatalf("load into a started controller: %v", err)
+	}
+	c.Stop()
+	<-c.Done()
+
+	base, _ := tinyConfig(t, tiny.Image())
+	c2 := NewController(Config{Logger: base.Logger, Console: base.Console})
+	defer c2.Close()
+	if err := c2.LoadSnapshot(SnapshotLoad{SnapshotPath: snap, MemFilePath: mem, ResumeVM: true}); err != nil {
+		t.Fatal(err)
+	}
+	if c2.State() != StateRunning {
+		t.Fatalf("state %q after load with resume", c2.State())
+	}
+	vm2 := c2.vm.Load()
+	waitCount(t, vm2, saved)
+	setExitFlag(t, vm2)
+	select {
+	case <-c2.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("restored guest did not end")
+	}
+	if f := c2.Fate(); f.Kind != FateReset {
+		t.Fatalf("fate %v (%v)", f.Kind, f.Err)
+	}
+
+	c3 := NewController(Config{Logger: base.Logger})
+	defer c3.Close()
+	if err := c3.Configure(func(c *Config) error { c.MemMiB = 64; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c3.LoadSnapshot(SnapshotLoad{SnapshotPath: snap, MemFilePath: mem}); !errors.Is(err, ErrLoadAfterConfig) {
+		t.Fatalf("load after configuring: %v", err)
+	}
+	c4 := NewController(Config{Logger: base.Logger})
+	defer c4.Close()
+	if err := c4.LoadSnapshot(SnapshotLoad{SnapshotPath: snap + ".missing", MemFilePath: mem}); !errors.Is(err, ErrBadSnapshot) {
+		t.Fatalf("load of a missing file: %v", err)
+	}
+	select {
+	case <-c4.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed load did not end the run")
+	}
+}

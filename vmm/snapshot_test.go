@@ -9,6 +9,10 @@ import (
 
 	"github.com/embervm/ember/guest/tiny"
 	"github.com/embervm/ember/snapshot"
+	"github.com/embervm/ember/virtio/balloon"
+	"github.com/embervm/ember/virtio/blk"
+	"github.com/embervm/ember/virtio/rng"
+	"github.com/embervm/ember/virtio/vsock"
 )
 
 // runAsync runs vm and returns its fate channel.
@@ -238,4 +242,75 @@ func TestLoadBadSnapshot(t *testing.T) {
 		}
 		t.Logf("%s: %v", name, err)
 	}
+}
+
+// TestSnapshotWithDevices: a machine with a drive, an entropy device, a
+// balloon and vsock (which the tiny guest never sets up) snapshots and
+// restores, with the vsock socket overridden; the restored machine has the
+// same devices and runs on.
+func TestSnapshotWithDevices(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Drives = []DriveConfig{{Config: blk.Config{ID: "rootfs", Path: disk}, Root: true}}
+	cfg.RNG = &rng.Config{}
+	cfg.Balloon = &balloon.Config{AmountMiB: 16}
+	cfg.Vsock = &vsock.Config{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	doneA := runAsync(a)
+	waitCount(t, a, 0)
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	saved := counter(t, a)
+	a.Stop()
+	<-doneA
+	a.Close()
+
+	st, err := snapshot.Read(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]string{}
+	for _, d := range st.Header.Devices {
+		kinds[d.Name] = d.Kind + " " + d.Backend
+	}
+	if kinds["block rootfs"] != "virtio-block "+disk || kinds["vsock"] != "virtio-vsock "+cfg.Vsock.UDSPath ||
+		kinds["rng"] != "virtio-rng " || kinds["balloon"] != "virtio-balloon " {
+		t.Errorf("header devices %v", kinds)
+	}
+
+	base, _ := tinyConfig(t, tiny.Image())
+	other := filepath.Join(dir, "other.sock")
+	b, bcfg, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, MemFilePath: mem, VsockUDSPath: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if bcfg.Vsock.UDSPath != other || len(bcfg.Drives) != 1 || bcfg.Balloon == nil || bcfg.Balloon.AmountMiB != 16 || bcfg.RNG == nil {
+		t.Errorf("restored config %+v", bcfg)
+	}
+	if len(b.virtio) != 4 {
+		t.Errorf("%d virtio devices after restore, want 4", len(b.virtio))
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("vsock override: %v", err)
+	}
+	doneB := runAsync(b)
+	b.Resume()
+	waitCount(t, b, saved)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
 }
