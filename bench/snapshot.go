@@ -82,9 +82,12 @@ func Snapshot(ctx context.Context, ember string, memMiB, runs int, progress io.W
 	}
 	var restores, responses []float64
 	for i := range runs {
-		total, resp, err := restoreOnce(ctx, ember, dir, snap, mem)
+		total, resp, phases, err := restoreOnce(ctx, ember, dir, snap, mem)
 		if err != nil {
 			return r, fmt.Errorf("restore %d: %w", i, err)
+		}
+		if i == runs-1 && phases != "" {
+			fmt.Fprintf(progress, "%d MiB, last run's restore phases (Ember's log): %s\n", memMiB, phases)
 		}
 		restores, responses = append(restores, ms(total)), append(responses, ms(resp))
 	}
@@ -130,7 +133,7 @@ func takeSnapshot(ctx context.Context, ember, dir, kernel string, memMiB int, sn
 
 // restoreOnce starts a fresh ember, waits for its socket, then times the
 // load until the guest's boot-timer line (total) and the load's answer.
-func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp time.Duration, err error) {
+func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp time.Duration, phases string, err error) {
 	sock := filepath.Join(dir, "restore.sock")
 	os.Remove(sock)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -139,7 +142,7 @@ func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	if err := cmd.Start(); err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
 	var (
 		mu   sync.Mutex
@@ -171,7 +174,7 @@ func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp
 		<-waited
 	}()
 	if err := client.WaitForSocket(ctx, sock); err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
 	c := client.New(sock)
 	t0 = time.Now()
@@ -179,27 +182,34 @@ func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp
 		MemBackend: &api.MemoryBackend{BackendType: api.BackendFile, BackendPath: mem}, ResumeVM: true})
 	resp = time.Since(t0)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, "", err
 	}
 	select {
 	case at, ok := <-seen:
 		if !ok {
 			mu.Lock()
 			defer mu.Unlock()
-			return 0, 0, fmt.Errorf("ember ended without the guest's boot-timer line:\n%s", logb.String())
+			return 0, 0, "", fmt.Errorf("ember ended without the guest's boot-timer line:\n%s", logb.String())
 		}
 		total = at.Sub(t0)
 	case <-ctx.Done():
-		return 0, 0, fmt.Errorf("no boot-timer line from the restored guest")
+		return 0, 0, "", fmt.Errorf("no boot-timer line from the restored guest")
 	}
 	select {
 	case <-waited:
 		waited <- nil // for the deferred wait
 	case <-time.After(10 * time.Second):
-		return 0, 0, fmt.Errorf("the restored guest did not reset")
+		return 0, 0, "", fmt.Errorf("the restored guest did not reset")
 	}
 	if code := cmd.ProcessState.ExitCode(); code != 0 {
-		return 0, 0, fmt.Errorf("the restored ember exited %d", code)
+		return 0, 0, "", fmt.Errorf("the restored ember exited %d", code)
 	}
-	return total, resp, nil
+	mu.Lock()
+	defer mu.Unlock()
+	for _, l := range strings.Split(logb.String(), "\n") {
+		if i := strings.Index(l, "read_us="); i >= 0 {
+			phases = l[i:]
+		}
+	}
+	return total, resp, phases, nil
 }

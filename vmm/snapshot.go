@@ -335,6 +335,13 @@ func tempPath(path string) (string, error) {
 // the configuration the VM was built from. Errors wrap ErrBadSnapshot.
 func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	bad := func(err error) error { return fmt.Errorf("%w: %w", ErrBadSnapshot, err) }
+	t0 := time.Now()
+	var phases []any
+	phase := func(name string) {
+		now := time.Now()
+		phases = append(phases, name+"_us", now.Sub(t0).Microseconds())
+		t0 = now
+	}
 	st, err := snapshot.Read(p.SnapshotPath)
 	if err != nil {
 		return nil, Config{}, bad(err)
@@ -393,6 +400,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 			v.Close()
 		}
 	}()
+	phase("read")
 	maps, err := snapshot.MapPrivate(p.MemFilePath, st.Header.RegionSizes())
 	if err != nil {
 		return nil, Config{}, bad(err)
@@ -405,9 +413,11 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	if cfg.HugePages == HugePagesTransparent {
 		_ = v.mem.AdviseHugePages() // file-backed: advisory only
 	}
+	phase("map")
 	if err := v.openKVM(); err != nil {
 		return nil, Config{}, err
 	}
+	phase("kvm")
 	supported, err := v.sys.SupportedCPUID()
 	if err != nil {
 		return nil, Config{}, err
@@ -415,32 +425,52 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	if host := snapshot.VendorFromCPUID(supported); host != st.Header.CPUVendor {
 		return nil, Config{}, bad(fmt.Errorf("the snapshot was taken on a %s CPU; this host's is %s", st.Header.CPUVendor, host))
 	}
-	if err := v.setupMemory(); err != nil {
-		return nil, Config{}, err
-	}
-	if err := v.setupDevices(); err != nil {
-		return nil, Config{}, err
-	}
-	if err := v.bindVirtio(); err != nil {
-		return nil, Config{}, err
-	}
-	if err := v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime}); err != nil {
-		return nil, Config{}, bad(fmt.Errorf("restoring the VM state: %w", err))
-	}
-	for i := range st.VCPUs {
-		fd, err := v.vm.CreateVCPU(i)
-		if err != nil {
-			return nil, Config{}, err
+	// Registering the memory slot waits for an SRCU grace period (several
+	// ms on these hosts): the critical path of a restore. It runs while the
+	// devices, the VM-wide state and the vCPUs are created, then binds the
+	// virtio doorbells and interrupts, as New does. The vCPU state waits
+	// for it: restoring MSRs that point into guest memory (kvmclock, async
+	// PF, steal time) needs the memory slot.
+	bind := make(chan bool, 1)
+	memDone := make(chan error, 1)
+	go func() {
+		err := v.setupMemory()
+		if <-bind && err == nil {
+			err = v.bindVirtio()
 		}
-		c := &vcpu{vm: v, id: i, fd: fd}
-		v.cpus = append(v.cpus, c)
-		if err := fd.RestoreState(&st.VCPUs[i]); err != nil {
+		memDone <- err
+	}()
+	err = v.setupDevices()
+	bind <- err == nil
+	if err == nil {
+		if err = v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime}); err != nil {
+			err = bad(fmt.Errorf("restoring the VM state: %w", err))
+		}
+	}
+	for i := 0; err == nil && i < len(st.VCPUs); i++ {
+		var fd *kvm.VCPU
+		if fd, err = v.vm.CreateVCPU(i); err == nil {
+			v.cpus = append(v.cpus, &vcpu{vm: v, id: i, fd: fd})
+		}
+	}
+	phase("devices_vcpus_created")
+	if merr := <-memDone; err == nil {
+		err = merr
+	}
+	if err != nil {
+		return nil, Config{}, err
+	}
+	phase("memslots_bound")
+	for i, c := range v.cpus {
+		if err := c.fd.RestoreState(&st.VCPUs[i]); err != nil {
 			return nil, Config{}, bad(fmt.Errorf("restoring vCPU %d: %w", i, err))
 		}
 	}
+	phase("vcpus")
 	if err := v.restoreDevices(secs); err != nil {
 		return nil, Config{}, bad(err)
 	}
+	phase("device_state")
 	// Paused until Resume: the vCPUs park on their first iteration.
 	v.pauseReq.Store(&pauseRound{parked: make(chan int, len(v.cpus)), resume: make(chan struct{})})
 	v.paused = true
@@ -449,8 +479,8 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 			pd.Pause()
 		}
 	}
-	v.log.Info("snapshot loaded", "snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath,
-		"vcpus", len(v.cpus), "mem_mib", cfg.MemMiB, "devices", len(st.Header.Devices))
+	v.log.Info("snapshot loaded", append([]any{"snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath,
+		"vcpus", len(v.cpus), "mem_mib", cfg.MemMiB, "devices", len(st.Header.Devices)}, phases...)...)
 	return v, cfg, nil
 }
 

@@ -86,11 +86,12 @@ func TestSnapshotFullRestore(t *testing.T) {
 		t.Errorf("header %+v", st.Header)
 	}
 
-	base, _ := tinyConfig(t, tiny.Image())
+	base, blog := tinyConfig(t, tiny.Image())
 	b, bcfg, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, MemFilePath: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("restore log: %s", blog)
 	defer b.Close()
 	if bcfg.VCPUs != 2 || !bcfg.BootTimer {
 		t.Errorf("restored config %+v", bcfg)
