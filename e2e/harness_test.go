@@ -30,6 +30,9 @@ const (
 	stallTimeout = 2 * time.Minute
 	bootTimeout  = 75 * time.Second
 	bootAttempts = 3
+	// unkillableGrace: how long after SIGKILL an ember process may take to
+	// go before the harness gives up on it.
+	unkillableGrace = time.Minute
 )
 
 // Test init markers (guest/init/init).
@@ -141,7 +144,21 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 			}
 		}
 	}()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("ember: %v", err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waited:
+	case <-time.After(timeout + stallTimeout + cmd.WaitDelay + unkillableGrace):
+		// Even SIGKILL did not end it: its vCPU thread is stuck inside the
+		// lab's KVM (a nested guest the emulated SVM never exits from).
+		// Waiting longer would hang the whole suite.
+		t.Fatalf("ember %s could not be stopped (stuck in the lab's KVM: a lab fault)\nstdout:\n%s\nstderr:\n%s",
+			strings.Join(args, " "), tailString(out.String()), errb.String())
+	}
 	r = result{stdout: out.String(), stderr: errb.String(), wall: time.Since(t0)}
 	var ee *exec.ExitError
 	switch {
