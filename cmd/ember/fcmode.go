@@ -18,6 +18,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/logger"
 	"github.com/embervm/ember/metrics"
+	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -43,6 +44,8 @@ var instanceIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
 type fcFlags struct {
 	apiSock, id, configFile                  string
 	noAPI, bootTimer, version                bool
+	snapshotVersion                          bool
+	describeSnapshot                         string
 	logPath, level, module                   string
 	showLevel, showOrigin                    bool
 	metricsPath                              string
@@ -63,6 +66,8 @@ func parseFCFlags(args []string) (*fcFlags, error) {
 	fs.BoolVar(&f.noAPI, "no-api", false, "no API socket (needs --config-file)")
 	fs.BoolVar(&f.bootTimer, "boot-timer", false, "attach the boot-timer device")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.BoolVar(&f.snapshotVersion, "snapshot-version", false, "print the snapshot format version this Ember writes and exit")
+	fs.StringVar(&f.describeSnapshot, "describe-snapshot", "", "print the format version of a snapshot state file and exit")
 	fs.StringVar(&f.logPath, "log-path", "", "log to this file or FIFO")
 	fs.StringVar(&f.level, "level", "Info", "log level: Error, Warning, Info, Debug, Trace, Off")
 	fs.StringVar(&f.module, "module", "", "log only messages of this module")
@@ -114,6 +119,19 @@ func runFirecracker(args []string, start time.Time) int {
 	}
 	if f.version {
 		fmt.Println("Ember v" + version)
+		return exitOK
+	}
+	if f.snapshotVersion {
+		fmt.Printf("v%d\n", snapshot.FormatVersion)
+		return exitOK
+	}
+	if f.describeSnapshot != "" {
+		st, err := snapshot.Read(f.describeSnapshot)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember: --describe-snapshot:", err)
+			return exitFailure
+		}
+		fmt.Printf("v%d\n", st.Version)
 		return exitOK
 	}
 

@@ -55,6 +55,8 @@ func usage(w io.Writer) {
   ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
         [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
+  ember --snapshot-version | --describe-snapshot FILE
+      the snapshot format version Ember writes, or the one of FILE (as Firecracker's)
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
   ember extract-vmlinux BZIMAGE OUT
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs

@@ -96,6 +96,13 @@ func TestSnapshotAcrossProcesses(t *testing.T) {
 	}
 	t.Logf("ember snapshot describe:\n%s", out)
 
+	if out, _, code, _ := runEmber(t, "--describe-snapshot", snap); code != 0 || strings.TrimSpace(out) != "v1" {
+		t.Errorf("--describe-snapshot: exit %d, %q", code, out)
+	}
+	if out, _, code, _ := runEmber(t, "--snapshot-version"); code != 0 || strings.TrimSpace(out) != "v1" {
+		t.Errorf("--snapshot-version: exit %d, %q", code, out)
+	}
+
 	// The guest exits as soon as it runs again.
 	f, err := os.OpenFile(mem, os.O_RDWR, 0)
 	must("open memory file", err)
