@@ -32,11 +32,23 @@ type MMIOState struct {
 	InterruptStat  uint32
 	Active         bool
 	Queues         []QueueState
+	// Device is the device's own state (StatefulDevice), if any.
+	Device []byte `json:",omitempty"`
+}
+
+// StatefulDevice is a Device with state of its own that a snapshot must
+// keep (the balloon's reported size and held statistics buffer, say).
+type StatefulDevice interface {
+	// SaveDeviceState returns the state; the device is quiescent.
+	SaveDeviceState() ([]byte, error)
+	// RestoreDeviceState loads it, after the transport's state is
+	// restored and the device re-activated (if it was active).
+	RestoreDeviceState([]byte) error
 }
 
 // SaveState returns the transport's state. The device must be quiescent
 // (its worker paused, the vCPUs out of the guest).
-func (t *MMIO) SaveState() MMIOState {
+func (t *MMIO) SaveState() (MMIOState, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := MMIOState{DeviceType: t.dev.Type(), Status: t.status, DriverFeatures: t.driverFeatures,
@@ -47,7 +59,14 @@ func (t *MMIO) SaveState() MMIOState {
 			AvailAddr: q.AvailAddr, UsedAddr: q.UsedAddr, EventIdx: q.EventIdx,
 			NextAvail: q.NextAvail, NextUsed: q.NextUsed})
 	}
-	return s
+	if sd, ok := t.dev.(StatefulDevice); ok {
+		b, err := sd.SaveDeviceState()
+		if err != nil {
+			return s, err
+		}
+		s.Device = b
+	}
+	return s, nil
 }
 
 // RestoreState loads s into a fresh transport over the restored guest
@@ -79,6 +98,11 @@ func (t *MMIO) RestoreState(s MMIOState) error {
 	if s.Active {
 		if err := t.activate(); err != nil {
 			return fmt.Errorf("virtio state: reactivating the device: %w", err)
+		}
+	}
+	if sd, ok := t.dev.(StatefulDevice); ok && s.Device != nil {
+		if err := sd.RestoreDeviceState(s.Device); err != nil {
+			return fmt.Errorf("virtio state: device: %w", err)
 		}
 	}
 	if s.InterruptStat != 0 {

@@ -197,7 +197,11 @@ func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
 		return nil, err
 	}
 	for _, d := range v.virtio {
-		if err := add(d.name, d.transport.SaveState()); err != nil {
+		ts, err := d.transport.SaveState()
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", d.name, err)
+		}
+		if err := add(d.name, ts); err != nil {
 			return nil, err
 		}
 	}

@@ -21,6 +21,7 @@ package balloon
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -772,4 +773,44 @@ func (d *Device) Resume() {
 	w := d.worker
 	d.mu.Unlock()
 	w.Resume()
+}
+
+// savedState is the balloon's own state in a snapshot: the size the driver
+// reported, the latest statistics, and the driver's statistics buffer the
+// device holds (returned at the next poll, which asks for fresh ones).
+type savedState struct {
+	Actual    uint32          `json:"actual"`
+	Stats     [numTags]uint64 `json:"stats"`
+	StatsSeen uint32          `json:"stats_seen"`
+	Held      bool            `json:"held,omitempty"`
+	HeldHead  uint16          `json:"held_head,omitempty"`
+}
+
+// SaveDeviceState implements virtio.StatefulDevice. The worker must be
+// paused.
+func (d *Device) SaveDeviceState() ([]byte, error) {
+	d.mu.Lock()
+	s := savedState{Actual: d.actual, Stats: d.stats, StatsSeen: d.statsSeen}
+	d.mu.Unlock()
+	s.Held, s.HeldHead = d.held, d.heldHead
+	return json.Marshal(s)
+}
+
+// RestoreDeviceState implements virtio.StatefulDevice, after Activate.
+func (d *Device) RestoreDeviceState(b []byte) error {
+	var s savedState
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("balloon state: %w", err)
+	}
+	d.mu.Lock()
+	d.actual, d.stats, d.statsSeen = s.Actual, s.Stats, s.StatsSeen
+	d.mu.Unlock()
+	if s.Held {
+		d.worker.Do(func() {
+			if d.statsActive && s.HeldHead < d.act.Queues[statsQ].Size {
+				d.held, d.heldHead = true, s.HeldHead
+			}
+		})
+	}
+	return nil
 }

@@ -33,7 +33,10 @@ func TestTransportStateRestore(t *testing.T) {
 		}
 	}
 	d.Pause()
-	s := tr.SaveState()
+	s, err := tr.SaveState()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !s.Active || s.Queues[0].NextAvail != 3 || s.Queues[0].NextUsed != 3 {
 		t.Fatalf("saved %+v: want an active device at ring position 3", s)
 	}
@@ -53,7 +56,7 @@ func TestTransportStateRestore(t *testing.T) {
 	if err := tr2.RestoreState(s); err != nil {
 		t.Fatal(err)
 	}
-	if got := tr2.SaveState(); got.Status != s.Status || got.DriverFeatures != s.DriverFeatures {
+	if got, _ := tr2.SaveState(); got.Status != s.Status || got.DriverFeatures != s.DriverFeatures {
 		t.Fatalf("restored %+v, saved %+v", got, s)
 	}
 	m.T = tr2
