@@ -179,7 +179,7 @@ func TestNotSupportedYet(t *testing.T) {
 		{"PATCH", "/mmds", `{"a": 1}`, "MMDS"},
 		{"GET", "/mmds", ``, "MMDS"},
 		{"PUT", "/mmds/config", `{"network_interfaces": ["eth0"]}`, "MMDS"},
-		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}`, "Uffd"},
+		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/u"}, "huge_pages": "2M"}`, "huge_pages"},
 		{"PUT", "/pmem/p0", `{"id": "p0", "path_on_host": "/p"}`, "pmem"},
 		{"PATCH", "/pmem/p0", `{"id": "p0"}`, "pmem"},
 		{"PUT", "/hotplug/memory", `{"total_size_mib": 1024}`, "hot-plug"},

@@ -121,7 +121,7 @@ func (s *Server) putSnapshotLoad(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var mem string
+	var mem, uffd string
 	switch {
 	case p.MemBackend == nil && p.MemFilePath == nil:
 		return nil, bodyError{errors.New(msgNoMemBackend)}
@@ -134,15 +134,16 @@ func (s *Server) putSnapshotLoad(c *call) (any, error) {
 		case BackendFile:
 			mem = p.MemBackend.BackendPath
 		case BackendUffd:
-			return nil, notSupported("the Uffd memory backend (PUT /snapshot/load) is not implemented by Ember yet; use File")
+			uffd = p.MemBackend.BackendPath
 		default:
 			return nil, bodyError{fmt.Errorf("backend_type %q: unknown variant, expected %s or %s", p.MemBackend.BackendType, BackendFile, BackendUffd)}
 		}
 	}
 	if p.HugePages != nil && *p.HugePages != "Snapshot" && *p.HugePages != vmm.HugePagesNone {
-		return nil, notSupported("huge_pages %q on snapshot/load is not implemented by Ember yet", *p.HugePages)
+		// 2M needs hugetlbfs-backed guest memory, which Ember does not have.
+		return nil, notSupported("huge_pages %q on PUT /snapshot/load is not implemented by Ember yet", *p.HugePages)
 	}
-	l := vmm.SnapshotLoad{SnapshotPath: p.SnapshotPath, MemFilePath: mem,
+	l := vmm.SnapshotLoad{SnapshotPath: p.SnapshotPath, MemFilePath: mem, UffdPath: uffd,
 		TrackDirtyPages: p.TrackDirtyPages || p.EnableDiffSnapshots, ResumeVM: p.ResumeVM, ClockRealtime: p.ClockRealtime}
 	for _, o := range p.NetworkOverrides {
 		if l.NetOverrides == nil {

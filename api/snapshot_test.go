@@ -59,6 +59,13 @@ func TestSnapshotLoadAPI(t *testing.T) {
 		t.Fatalf("state %q after load with resume_vm", info.State)
 	}
 
+	// The Uffd backend.
+	h3 := newHarness(t)
+	h3.ok("PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/uffd.sock"}}`)
+	if l := h3.f.loads[0]; l.UffdPath != "/uffd.sock" || l.MemFilePath != "" {
+		t.Fatalf("Uffd: %+v", l)
+	}
+
 	// The older form.
 	h2 := newHarness(t)
 	h2.ok("PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}`)

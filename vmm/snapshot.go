@@ -49,8 +49,13 @@ type SnapshotCreate struct {
 
 // SnapshotLoad is PUT /snapshot/load.
 type SnapshotLoad struct {
-	SnapshotPath    string
-	MemFilePath     string
+	SnapshotPath string
+	// MemFilePath is the memory file to map (the File backend), unless
+	// UffdPath is set.
+	MemFilePath string
+	// UffdPath, for the Uffd backend, is the page-fault handler's socket:
+	// guest RAM is anonymous memory whose faults that handler serves.
+	UffdPath        string
 	TrackDirtyPages bool
 	ResumeVM        bool
 	ClockRealtime   bool
@@ -392,7 +397,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, bad(errors.New("the machine configuration does not match the header"))
 	}
 
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -405,7 +410,18 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		}
 	}()
 	phase("read")
-	maps, err := snapshot.MapPrivate(p.MemFilePath, st.Header.RegionSizes())
+	var maps [][]byte
+	if p.UffdPath != "" {
+		maps, v.uffd, err = snapshot.MapUffd(st.Header.RegionSizes())
+		if err == nil {
+			if err = snapshot.SendUffd(p.UffdPath, maps, v.uffd); err != nil {
+				snapshot.Unmap(maps)
+				maps = nil
+			}
+		}
+	} else {
+		maps, err = snapshot.MapPrivate(p.MemFilePath, st.Header.RegionSizes())
+	}
 	if err != nil {
 		return nil, Config{}, bad(err)
 	}
@@ -483,7 +499,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 			pd.Pause()
 		}
 	}
-	v.log.Info("snapshot loaded", append([]any{"snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath,
+	v.log.Info("snapshot loaded", append([]any{"snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath, "uffd", p.UffdPath,
 		"vcpus", len(v.cpus), "mem_mib", cfg.MemMiB, "devices", len(st.Header.Devices)}, phases...)...)
 	return v, cfg, nil
 }

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -314,4 +315,69 @@ func TestSnapshotWithDevices(t *testing.T) {
 	waitCount(t, b, saved)
 	setExitFlag(t, b)
 	waitFate(t, doneB, FateReset)
+}
+
+// TestSnapshotUffd: a restore with the Uffd backend gets its pages from
+// the page-fault handler (snapshot.UffdHandler here) and runs on.
+func TestSnapshotUffd(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	doneA := runAsync(a)
+	waitCount(t, a, 100)
+	a.Pause()
+	dir := t.TempDir()
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	saved := counter(t, a)
+	a.Stop()
+	<-doneA
+
+	sock := filepath.Join(dir, "uffd.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type served struct {
+		h   *snapshot.UffdHandler
+		err error
+	}
+	handler := make(chan served, 1)
+	stop := make(chan struct{})
+	go func() {
+		h, err := snapshot.AcceptUffd(ln, mem)
+		if err == nil {
+			err = h.Serve(stop)
+		}
+		handler <- served{h, err}
+	}()
+
+	base, _ := tinyConfig(t, tiny.Image())
+	b, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, UffdPath: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doneB := runAsync(b)
+	b.Resume()
+	waitCount(t, b, saved)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
+	b.Close()
+	close(stop)
+	s := <-handler
+	if s.err != nil {
+		t.Fatal(s.err)
+	}
+	defer s.h.Close()
+	if s.h.Faults == 0 {
+		t.Error("the handler served no page")
+	}
+	t.Logf("%d pages served by the handler", s.h.Faults)
 }

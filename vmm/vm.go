@@ -66,6 +66,9 @@ type VM struct {
 	cpus []*vcpu
 	// tracker records device writes to guest memory with TrackDirtyPages.
 	tracker *writeTracker
+	// uffd is the userfaultfd of a Uffd restore, or -1 (0 in a VM built by
+	// New, which never sets it: only values > 0 are closed).
+	uffd int
 
 	pio       *devices.Bus
 	mmio      *devices.Bus
@@ -498,6 +501,9 @@ func (v *VM) Close() error {
 	}
 	if v.mem != nil {
 		errs = append(errs, v.mem.Close())
+	}
+	if v.uffd > 0 {
+		errs = append(errs, unix.Close(v.uffd))
 	}
 	return errors.Join(errs...)
 }

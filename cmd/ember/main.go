@@ -61,6 +61,7 @@ func usage(w io.Writer) {
   ember extract-vmlinux BZIMAGE OUT
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
+  ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
   ember version
 `)
 }

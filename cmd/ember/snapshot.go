@@ -1,8 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/signal"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/snapshot"
 )
@@ -43,7 +48,52 @@ func runSnapshot(args []string) int {
 			return exitFailure
 		}
 		return exitOK
+	case "serve-uffd":
+		return serveUffd(args[1:])
 	}
-	fmt.Fprintf(os.Stderr, "ember snapshot: unknown command %q: want describe or apply-diff\n", args[0])
+	fmt.Fprintf(os.Stderr, "ember snapshot: unknown command %q: want describe, apply-diff or serve-uffd\n", args[0])
 	return exitUsage
+}
+
+// serveUffd is `ember snapshot serve-uffd SOCKET MEMFILE`: the page-fault
+// handler of the Uffd backend, built in. It listens on SOCKET and serves
+// every VMM that connects (PUT /snapshot/load with mem_backend
+// {"backend_type": "Uffd", "backend_path": SOCKET}) from MEMFILE, each
+// until its process exits. It runs until killed.
+func serveUffd(args []string) int {
+	if len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "ember snapshot serve-uffd: want two arguments, SOCKET and MEMFILE")
+		return exitUsage
+	}
+	sock, mem := args[0], args[1]
+	if _, err := os.Stat(mem); err != nil {
+		fmt.Fprintln(os.Stderr, "ember snapshot serve-uffd:", err)
+		return exitFailure
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember snapshot serve-uffd:", err)
+		return exitFailure
+	}
+	defer os.Remove(sock)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	go func() { <-sigs; ln.Close() }()
+	fmt.Fprintf(os.Stderr, "ember snapshot serve-uffd: serving %s on %s\n", mem, sock)
+	for {
+		h, err := snapshot.AcceptUffd(ln, mem)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return exitOK
+			}
+			fmt.Fprintln(os.Stderr, "ember snapshot serve-uffd:", err)
+			continue
+		}
+		go func() {
+			defer h.Close()
+			if err := h.Serve(nil); err != nil {
+				fmt.Fprintln(os.Stderr, "ember snapshot serve-uffd:", err)
+			}
+		}()
+	}
 }

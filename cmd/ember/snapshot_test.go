@@ -119,6 +119,29 @@ func TestSnapshotAcrossProcesses(t *testing.T) {
 		t.Fatalf("restored ember exit %d, want 0 (guest reset)\n%s", code, b.stderr.String())
 	}
 
+	// The same through the Uffd backend and the built-in handler.
+	usock := filepath.Join(dir, "uffd.sock")
+	handler := exec.Command(emberBin, "snapshot", "serve-uffd", usock, mem)
+	var hlog bytes.Buffer
+	handler.Stderr = &hlog
+	must("start the handler", handler.Start())
+	defer func() { handler.Process.Signal(os.Interrupt); handler.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(usock); err == nil {
+			break
+		}
+		if i == 3000 {
+			t.Fatalf("serve-uffd did not listen\n%s", hlog.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	u := startAPIEmber(t, ctx)
+	must("load (Uffd)", u.c.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: snap,
+		MemBackend: &api.MemoryBackend{BackendType: api.BackendUffd, BackendPath: usock}, ResumeVM: true}))
+	if code := u.wait(t); code != 0 {
+		t.Fatalf("ember restored through Uffd exit %d, want 0\n%s\nhandler:\n%s", code, u.stderr.String(), hlog.String())
+	}
+
 	// Configured first: refused, and nothing happens.
 	c := startAPIEmber(t, ctx)
 	must("machine-config", c.c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: &vcpus, MemSizeMiB: &mib}))
