@@ -84,9 +84,13 @@ func TestBadInputOneLineExit2(t *testing.T) {
 		{"balloon bigger than RAM", []string{"run", "--kernel", kernel, "--balloon", "4096"}, "amount_mib"},
 		{"tap name too long", []string{"run", "--kernel", kernel, "--net", "tap=averyveryverylongtapname0"}, "tap name"},
 	}
+	// The children get a temporary directory of their own: other test
+	// packages, run in parallel, come and go in the shared one.
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			before, _ := filepath.Glob(filepath.Join(os.TempDir(), "*"))
+			before, _ := filepath.Glob(filepath.Join(tmp, "*"))
 			stdout, stderr, code, _ := runEmber(t, c.args...)
 			if code != 2 {
 				t.Errorf("exit %d, want 2 (stderr %q)", code, stderr)
@@ -101,9 +105,9 @@ func TestBadInputOneLineExit2(t *testing.T) {
 			if stdout != "" {
 				t.Errorf("stdout %q, want nothing", stdout)
 			}
-			after, _ := filepath.Glob(filepath.Join(os.TempDir(), "*"))
+			after, _ := filepath.Glob(filepath.Join(tmp, "*"))
 			if len(after) > len(before) {
-				t.Errorf("left %d new entries in %s", len(after)-len(before), os.TempDir())
+				t.Errorf("left %d new entries in %s", len(after)-len(before), tmp)
 			}
 		})
 	}
