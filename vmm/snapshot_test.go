@@ -109,8 +109,32 @@ func TestSnapshotFullRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitCount(t, b, saved+1000)
+
+	// A snapshot of the restored VM (a clone of a clone) loads too.
+	if err := b.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	snap2, mem2 := filepath.Join(dir, "vm2.snap"), filepath.Join(dir, "vm2.mem")
+	if err := b.CreateSnapshot(SnapshotCreate{SnapshotPath: snap2, MemFilePath: mem2}); err != nil {
+		t.Fatal(err)
+	}
+	saved2 := counter(t, b)
+	b.Resume()
 	setExitFlag(t, b)
 	waitFate(t, doneB, FateReset)
+	c, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap2, MemFilePath: mem2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if n := counter(t, c); n != saved2 {
+		t.Fatalf("second-generation count %d, saved %d", n, saved2)
+	}
+	doneC := runAsync(c)
+	c.Resume()
+	waitCount(t, c, saved2)
+	setExitFlag(t, c)
+	waitFate(t, doneC, FateReset)
 
 	setExitFlag(t, a)
 	waitFate(t, doneA, FateReset)
