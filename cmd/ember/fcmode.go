@@ -221,10 +221,11 @@ func runFirecracker(args []string, start time.Time) int {
 	case <-ctl.Done():
 	}
 	fate := ctl.Fate()
-	if errors.Is(fate.Err, vmm.ErrBadSnapshot) && !f.noAPI {
-		// The failed PUT /snapshot/load is still answering: let its 400
-		// out before the process exits, as Firecracker does.
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if !f.noAPI {
+		// A request may still be answering: the 400 of a failed PUT
+		// /snapshot/load, or the 204 of a load whose guest, resumed,
+		// ended at once. Let it out before the process exits.
+		sctx, scancel := context.WithTimeout(context.Background(), time.Second)
 		srv.Shutdown(sctx)
 		scancel()
 	}
