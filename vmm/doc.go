@@ -8,4 +8,17 @@
 // Fate) → Close. Stop, callable from any goroutine, kicks every vCPU out of
 // KVM_RUN with immediate_exit and a signal; pause and snapshots build on the
 // same kick.
+//
+// Pause (pause.go) kicks the vCPUs and parks each after one more KVM_RUN
+// with immediate_exit (which completes a pending I/O exit), calls
+// KVM_KVMCLOCK_CTRL and parks the virtio workers; Resume releases them.
+// CreateSnapshot (snapshot.go) saves a paused VM: the state file
+// (snapshot.Write: header, KVM VM and vCPU state, the machine
+// configuration, serial, i8042 and each virtio-mmio transport with its
+// device's own state) and the memory file (Full, or Diff from KVM's dirty
+// log plus the pages the virtio queues wrote). LoadSnapshot builds a VM
+// from them, paused: memory is the file mapped MAP_PRIVATE, or anonymous
+// memory served by a userfaultfd handler; the devices are rebuilt from the
+// saved configuration with the caller's overrides and re-activated at their
+// saved ring positions. The Controller exposes all of it to the API.
 package vmm
