@@ -318,12 +318,13 @@ func TestSnapshotWithDevices(t *testing.T) {
 		t.Errorf("header devices %v", kinds)
 	}
 
-	base, _ := tinyConfig(t, tiny.Image())
+	base, blog := tinyConfig(t, tiny.Image())
 	other := filepath.Join(dir, "other.sock")
 	b, bcfg, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, MemFilePath: mem, VsockUDSPath: other})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("restore log: %s", blog)
 	defer b.Close()
 	if bcfg.Vsock.UDSPath != other || len(bcfg.Drives) != 1 || bcfg.Balloon == nil || bcfg.Balloon.AmountMiB != 16 || bcfg.RNG == nil {
 		t.Errorf("restored config %+v", bcfg)

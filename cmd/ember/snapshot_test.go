@@ -168,3 +168,55 @@ func TestSnapshotAcrossProcesses(t *testing.T) {
 		t.Fatal("ember exited 0 after a failed load")
 	}
 }
+
+// TestDiffSnapshotCLI: with track_dirty_pages, a Full then a Diff snapshot
+// through the API; `ember snapshot apply-diff` merges the Diff into the
+// Full memory file, and a fresh ember loads the Diff's state on it.
+func TestDiffSnapshotCLI(t *testing.T) {
+	kvmUsable(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hangLimit)
+	defer cancel()
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	dir := t.TempDir()
+	full, fullMem := filepath.Join(dir, "full.snap"), filepath.Join(dir, "full.mem")
+	diff, diffMem := filepath.Join(dir, "diff.snap"), filepath.Join(dir, "diff.mem")
+	a := startAPIEmber(t, ctx)
+	vcpus, mib, track := 1, 32, true
+	must("machine-config", a.c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: &vcpus, MemSizeMiB: &mib, TrackDirtyPages: &track}))
+	must("boot-source", a.c.PutBootSource(ctx, api.BootSource{KernelImagePath: write(t, "counter.elf", tiny.Counter())}))
+	must("start", a.c.InstanceStart(ctx))
+	must("pause", a.c.Pause(ctx))
+	must("full", a.c.CreateSnapshot(ctx, api.SnapshotCreateParams{SnapshotPath: full, MemFilePath: fullMem, SnapshotType: "Full"}))
+	must("resume", a.c.Resume(ctx))
+	time.Sleep(10 * time.Millisecond)
+	must("pause", a.c.Pause(ctx))
+	must("diff", a.c.CreateSnapshot(ctx, api.SnapshotCreateParams{SnapshotPath: diff, MemFilePath: diffMem, SnapshotType: "Diff"}))
+	a.cmd.Process.Signal(os.Interrupt)
+	a.wait(t)
+
+	out, stderr, code, _ := runEmber(t, "snapshot", "describe", diff)
+	if code != 0 || !strings.Contains(out, "Diff memory file") {
+		t.Fatalf("describe diff: exit %d\n%s%s", code, out, stderr)
+	}
+	if _, stderr, code, _ := runEmber(t, "snapshot", "apply-diff", fullMem, diffMem); code != 0 {
+		t.Fatalf("apply-diff: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code, _ := runEmber(t, "snapshot", "apply-diff", fullMem, filepath.Join(dir, "none")); code == 0 || !strings.Contains(stderr, "none") {
+		t.Fatalf("apply-diff of a missing file: exit %d: %s", code, stderr)
+	}
+	f, err := os.OpenFile(fullMem, os.O_RDWR, 0)
+	must("open", err)
+	_, err = f.WriteAt([]byte{1}, tiny.ExitFlagAddr)
+	f.Close()
+	must("set exit flag", err)
+	b := startAPIEmber(t, ctx)
+	must("load", b.c.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: diff, MemFilePath: &fullMem, ResumeVM: true}))
+	if code := b.wait(t); code != 0 {
+		t.Fatalf("restored ember exit %d\n%s", code, b.stderr.String())
+	}
+}
