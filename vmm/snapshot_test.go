@@ -51,7 +51,7 @@ func setExitFlag(t *testing.T, vm *VM) {
 func TestSnapshotFullRestore(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
-	cfg.VCPUs = 2
+	cfg.VCPUs = 8
 	cfg.BootTimer = true
 	a, err := New(cfg)
 	if err != nil {
@@ -83,7 +83,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Header.VCPUCount != 2 || st.Header.MemorySize != uint64(cfg.MemMiB)<<20 || st.Header.CPUVendor == "" {
+	if st.Header.VCPUCount != 8 || st.Header.MemorySize != uint64(cfg.MemMiB)<<20 || st.Header.CPUVendor == "" {
 		t.Errorf("header %+v", st.Header)
 	}
 
@@ -94,7 +94,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 	}
 	t.Logf("restore log: %s", blog)
 	defer b.Close()
-	if bcfg.VCPUs != 2 || !bcfg.BootTimer {
+	if bcfg.VCPUs != 8 || !bcfg.BootTimer {
 		t.Errorf("restored config %+v", bcfg)
 	}
 	if n := counter(t, b); n != saved {
