@@ -289,20 +289,22 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 			return err
 		}
 	}
-	memTmp, err := tempPath(p.MemFilePath)
-	if err != nil {
-		return err
-	}
-	stateTmp, err := tempPath(p.SnapshotPath)
-	if err != nil {
-		return err
-	}
+	var memTmp, stateTmp string
 	defer func() {
 		if err != nil {
-			os.Remove(memTmp)
-			os.Remove(stateTmp)
+			for _, f := range []string{memTmp, stateTmp} {
+				if f != "" {
+					os.Remove(f)
+				}
+			}
 		}
 	}()
+	if memTmp, err = tempPath(p.MemFilePath); err != nil {
+		return err
+	}
+	if stateTmp, err = tempPath(p.SnapshotPath); err != nil {
+		return err
+	}
 	if typ == SnapshotFull {
 		err = snapshot.WriteFull(memTmp, regions)
 	} else {

@@ -406,3 +406,31 @@ func TestSnapshotUffd(t *testing.T) {
 	}
 	t.Logf("%d pages served by the handler", s.h.Faults)
 }
+
+// TestSnapshotCreateLeavesNothingOnError: a snapshot into a directory that
+// does not exist, or next to one, fails and leaves no file behind.
+func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	done := runAsync(a)
+	defer func() { a.Stop(); <-done }()
+	a.Pause()
+	dir := t.TempDir()
+	for _, p := range []SnapshotCreate{
+		{SnapshotPath: filepath.Join(dir, "vm.snap"), MemFilePath: filepath.Join(dir, "missing", "vm.mem")},
+		{SnapshotPath: filepath.Join(dir, "missing", "vm.snap"), MemFilePath: filepath.Join(dir, "vm.mem")},
+		{SnapshotPath: filepath.Join(dir, "vm.snap"), MemFilePath: filepath.Join(dir, "vm.mem"), Type: "Half"},
+	} {
+		if err := a.CreateSnapshot(p); err == nil {
+			t.Errorf("%+v: no error", p)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("%+v: left %d files behind", p, len(ents))
+		}
+	}
+}
