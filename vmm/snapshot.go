@@ -440,13 +440,6 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("kvm")
-	supported, err := v.sys.SupportedCPUID()
-	if err != nil {
-		return nil, Config{}, err
-	}
-	if host := snapshot.VendorFromCPUID(supported); host != st.Header.CPUVendor {
-		return nil, Config{}, bad(fmt.Errorf("the snapshot was taken on a %s CPU; this host's is %s", st.Header.CPUVendor, host))
-	}
 	// Registering the memory slot waits for an SRCU grace period (several
 	// ms on these hosts): the critical path of a restore. It runs while the
 	// devices, the VM-wide state and the vCPUs are created, then binds the
@@ -462,7 +455,10 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		}
 		memDone <- err
 	}()
-	err = v.setupDevices()
+	err = v.checkVendor(st.Header.CPUVendor)
+	if err == nil {
+		err = v.setupDevices()
+	}
 	bind <- err == nil
 	if err == nil {
 		if err = v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime}); err != nil {
@@ -504,6 +500,18 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	v.log.Info("snapshot loaded", append([]any{"snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath, "uffd", p.UffdPath,
 		"vcpus", len(v.cpus), "mem_mib", cfg.MemMiB, "devices", len(st.Header.Devices)}, phases...)...)
 	return v, cfg, nil
+}
+
+// checkVendor refuses a snapshot taken on another CPU vendor's host.
+func (v *VM) checkVendor(saved string) error {
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	if host := snapshot.VendorFromCPUID(supported); host != saved {
+		return fmt.Errorf("%w: the snapshot was taken on a %s CPU; this host's is %s", ErrBadSnapshot, saved, host)
+	}
+	return nil
 }
 
 // restoreDevices loads the saved device states.

@@ -248,7 +248,17 @@ func TestLoadBadSnapshot(t *testing.T) {
 	if err := os.WriteFile(truncMem, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	st, err := snapshot.Read(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Header.CPUVendor = "CyrixInstead"
+	vendor := filepath.Join(dir, "vendor.snap")
+	if err := snapshot.Write(vendor, st); err != nil {
+		t.Fatal(err)
+	}
 	for name, p := range map[string]SnapshotLoad{
+		"cpu vendor":   {SnapshotPath: vendor, MemFilePath: mem},
 		"crc":          {SnapshotPath: write("crc.snap", flipped), MemFilePath: mem},
 		"magic":        {SnapshotPath: write("magic.snap", badMagic), MemFilePath: mem},
 		"truncated":    {SnapshotPath: write("trunc.snap", good[:len(good)-100]), MemFilePath: mem},
