@@ -280,8 +280,8 @@ func TestLoadBadSnapshot(t *testing.T) {
 	}
 }
 
-// TestSnapshotWithDevices: a machine with a drive, an entropy device, a
-// balloon and vsock (which the tiny guest never sets up) snapshots and
+// TestSnapshotWithDevices: a machine with the PIT, a drive, an entropy
+// device, a balloon and vsock (which the tiny guest never sets up) snapshots and
 // restores, with the vsock socket overridden; the restored machine has the
 // same devices and runs on.
 func TestSnapshotWithDevices(t *testing.T) {
@@ -296,6 +296,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 	cfg.RNG = &rng.Config{}
 	cfg.Balloon = &balloon.Config{AmountMiB: 16}
 	cfg.Vsock = &vsock.Config{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}
+	cfg.PIT = true
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -336,7 +337,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 	}
 	t.Logf("restore log: %s", blog)
 	defer b.Close()
-	if bcfg.Vsock.UDSPath != other || len(bcfg.Drives) != 1 || bcfg.Balloon == nil || bcfg.Balloon.AmountMiB != 16 || bcfg.RNG == nil {
+	if bcfg.Vsock.UDSPath != other || !bcfg.PIT || len(bcfg.Drives) != 1 || bcfg.Balloon == nil || bcfg.Balloon.AmountMiB != 16 || bcfg.RNG == nil {
 		t.Errorf("restored config %+v", bcfg)
 	}
 	if len(b.virtio) != 4 {
