@@ -117,10 +117,18 @@ func (w *Worker) Start() {
 // Do runs fn on the worker's goroutine, between two handler calls, and
 // returns when it has run: the way to change state that the handler owns
 // (a rate limiter, a backing file) from another goroutine. On a worker that
-// is not running, fn runs on the caller's goroutine. Do is for rare control
+// is not running or is paused, fn runs on the caller's goroutine. Do is for rare control
 // operations, not the data path: it allocates.
 func (w *Worker) Do(fn func()) {
 	if w == nil || !w.started {
+		fn()
+		return
+	}
+	// A worker parked by Pause runs nothing until Resume, and owns nothing
+	// meanwhile: fn runs here, holding off Resume until it is done.
+	w.pauseMu.Lock()
+	if w.resume != nil {
+		defer w.pauseMu.Unlock()
 		fn()
 		return
 	}
@@ -128,7 +136,9 @@ func (w *Worker) Do(fn func()) {
 	w.callMu.Lock()
 	w.pending = append(w.pending, func() { fn(); close(done) })
 	w.callMu.Unlock()
-	if err := w.call.Signal(); err != nil {
+	err := w.call.Signal()
+	w.pauseMu.Unlock()
+	if err != nil {
 		w.log.Error("virtio worker: waking for a call", "err", err)
 	}
 	select {

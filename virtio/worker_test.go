@@ -66,6 +66,15 @@ func TestWorkerPause(t *testing.T) {
 		t.Fatal("the notification sent while paused was not handled after Resume")
 	}
 	w.Pause()
+	// Do on a paused worker runs at once (a drive update while the VM is
+	// paused must not wait for the resume).
+	ran := make(chan struct{})
+	go func() { w.Do(func() {}); close(ran) }()
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Do hung on a paused worker")
+	}
 	stopped := make(chan struct{})
 	go func() { w.Stop(); close(stopped) }()
 	select {
