@@ -273,6 +273,11 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 		}
 		v.vsock.Pause()
 	}
+	for _, d := range v.drives {
+		if err := d.Flush(); err != nil {
+			return err
+		}
+	}
 	st, err := v.saveState(snapshot.MemoryKind(typ))
 	if err != nil {
 		return fmt.Errorf("saving the microVM state: %w", err)

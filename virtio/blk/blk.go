@@ -574,3 +574,18 @@ func (d *Device) Resume() {
 	d.mu.Unlock()
 	w.Resume()
 }
+
+// Flush makes the drive's writes durable on the host (fsync), as before a
+// snapshot: the disk file is the user's to copy along with it. Read-only
+// drives and files that cannot be synced (EINVAL) need nothing.
+func (d *Device) Flush() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cfg.ReadOnly || d.file == nil {
+		return nil
+	}
+	if err := unix.Fsync(d.fd); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("drive %s: fsync: %w", d.cfg.ID, err)
+	}
+	return nil
+}
