@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
@@ -442,6 +443,58 @@ func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 			t.Errorf("%+v: left %d files behind", p, len(ents))
+		}
+	}
+}
+
+// TestSnapshotClockRealtime: loaded with clock_realtime, the guest's
+// kvmclock has advanced by the wall-clock time since the snapshot; loaded
+// without, it resumes where it stopped (Firecracker's default).
+func TestSnapshotClockRealtime(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	done := runAsync(a)
+	waitCount(t, a, 0)
+	a.Pause()
+	dir := t.TempDir()
+	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	<-done
+	st, err := snapshot.Read(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.VM.Clock.Flags&kvm.ClockRealtime == 0 {
+		t.Skip("this host's kvmclock has no CLOCK_REALTIME reference")
+	}
+	const gap = 300 * time.Millisecond
+	time.Sleep(gap)
+	base, _ := tinyConfig(t, tiny.Image())
+	for _, realtime := range []bool{false, true} {
+		b, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: snap, MemFilePath: mem, ClockRealtime: realtime})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clk, err := b.vm.GetClock()
+		b.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		advance := time.Duration(clk.Clock - st.VM.Clock.Clock)
+		t.Logf("clock_realtime %v: kvmclock advanced %v", realtime, advance)
+		if realtime && advance < gap {
+			t.Errorf("with clock_realtime the clock advanced %v, want at least %v", advance, gap)
+		}
+		if !realtime && advance >= gap {
+			t.Errorf("without clock_realtime the clock advanced %v, want it to resume where it stopped", advance)
 		}
 	}
 }
