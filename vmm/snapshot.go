@@ -57,8 +57,9 @@ type SnapshotLoad struct {
 	// guest RAM is anonymous memory whose faults that handler serves.
 	UffdPath        string
 	TrackDirtyPages bool
-	ResumeVM        bool
-	ClockRealtime   bool
+	// ResumeVM resumes the VM once loaded (the Controller's part).
+	ResumeVM      bool
+	ClockRealtime bool
 	// NetOverrides maps an interface id to the tap to attach it to instead
 	// of the snapshotted one.
 	NetOverrides map[string]string
