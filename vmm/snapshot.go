@@ -348,8 +348,9 @@ func tempPath(path string) (string, error) {
 // while the VM lives), the KVM VM and vCPUs get the saved state, the
 // devices are rebuilt from the saved configuration (with base's console and
 // logger and p's overrides) and their state restored. The VM comes back
-// paused: Run it, then Resume (or call Run after StartResumed). It returns
-// the configuration the VM was built from. Errors wrap ErrBadSnapshot.
+// paused whatever p.ResumeVM says: Run it, then Resume (the Controller does
+// so for ResumeVM). It returns the configuration the VM was built from.
+// Errors in the snapshot or its files wrap ErrBadSnapshot.
 func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	bad := func(err error) error { return fmt.Errorf("%w: %w", ErrBadSnapshot, err) }
 	t0 := time.Now()
