@@ -28,6 +28,9 @@ type SnapshotResult struct {
 	RestoreMS float64
 	// LoadResponseMS is the median time until the load's 204.
 	LoadResponseMS float64
+	// UffdRestoreMS is RestoreMS with the Uffd backend, pages served by
+	// `ember snapshot serve-uffd`.
+	UffdRestoreMS float64
 	// SnapshotMS is the time PUT /snapshot/create took (Full, once).
 	SnapshotMS float64
 }
@@ -40,6 +43,7 @@ func (r SnapshotResult) Lines(w io.Writer) {
 	}
 	Line(w, "restore_ms_"+suffix, r.RestoreMS, "ms")
 	Line(w, "restore_load_response_ms_"+suffix, r.LoadResponseMS, "ms")
+	Line(w, "restore_uffd_ms_"+suffix, r.UffdRestoreMS, "ms")
 	Line(w, "snapshot_create_ms_"+suffix, r.SnapshotMS, "ms")
 }
 
@@ -51,7 +55,8 @@ const bootTimerMarker = "Guest-boot-time"
 // snapshot, set the guest's exit flag in the memory file (so a restored
 // guest signals the boot timer and resets as soon as it runs), then runs
 // times start a fresh `ember --api-sock` and time PUT /snapshot/load with
-// resume_vm until the guest's boot-timer line appears.
+// resume_vm until the guest's boot-timer line appears; then as many with
+// the Uffd backend and `ember snapshot serve-uffd` as the handler.
 //
 // The tiny guest touches a few pages: the rest of its RAM is holes in the
 // memory file, so the figures are the fixed cost of a restore (state file,
@@ -82,7 +87,7 @@ func Snapshot(ctx context.Context, ember string, memMiB, runs int, progress io.W
 	}
 	var restores, responses []float64
 	for i := range runs {
-		total, resp, phases, err := restoreOnce(ctx, ember, dir, snap, mem)
+		total, resp, phases, err := restoreOnce(ctx, ember, dir, snap, &api.MemoryBackend{BackendType: api.BackendFile, BackendPath: mem})
 		if err != nil {
 			return r, fmt.Errorf("restore %d: %w", i, err)
 		}
@@ -92,8 +97,33 @@ func Snapshot(ctx context.Context, ember string, memMiB, runs int, progress io.W
 		restores, responses = append(restores, ms(total)), append(responses, ms(resp))
 	}
 	r.RestoreMS, r.LoadResponseMS = Median(restores), Median(responses)
-	fmt.Fprintf(progress, "%d MiB: snapshot %.1f ms; restore to guest running: median %.2f ms (load answered: %.2f ms) over %d runs\n",
-		memMiB, r.SnapshotMS, r.RestoreMS, r.LoadResponseMS, runs)
+
+	usock := filepath.Join(dir, "uffd.sock")
+	handler := exec.CommandContext(ctx, ember, "snapshot", "serve-uffd", usock, mem)
+	if err := handler.Start(); err != nil {
+		return r, err
+	}
+	defer func() { handler.Process.Signal(syscall.SIGTERM); handler.Wait() }()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(usock); err == nil {
+			break
+		}
+		if i == 5000 {
+			return r, fmt.Errorf("serve-uffd did not listen on %s", usock)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var uffds []float64
+	for i := range runs {
+		total, _, _, err := restoreOnce(ctx, ember, dir, snap, &api.MemoryBackend{BackendType: api.BackendUffd, BackendPath: usock})
+		if err != nil {
+			return r, fmt.Errorf("Uffd restore %d: %w", i, err)
+		}
+		uffds = append(uffds, ms(total))
+	}
+	r.UffdRestoreMS = Median(uffds)
+	fmt.Fprintf(progress, "%d MiB: snapshot %.1f ms; restore to guest running: median %.2f ms (load answered: %.2f ms), with Uffd %.2f ms, over %d runs each\n",
+		memMiB, r.SnapshotMS, r.RestoreMS, r.LoadResponseMS, r.UffdRestoreMS, runs)
 	return r, nil
 }
 
@@ -133,7 +163,7 @@ func takeSnapshot(ctx context.Context, ember, dir, kernel string, memMiB int, sn
 
 // restoreOnce starts a fresh ember, waits for its socket, then times the
 // load until the guest's boot-timer line (total) and the load's answer.
-func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp time.Duration, phases string, err error) {
+func restoreOnce(ctx context.Context, ember, dir, snap string, backend *api.MemoryBackend) (total, resp time.Duration, phases string, err error) {
 	sock := filepath.Join(dir, "restore.sock")
 	os.Remove(sock)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -178,8 +208,7 @@ func restoreOnce(ctx context.Context, ember, dir, snap, mem string) (total, resp
 	}
 	c := client.New(sock)
 	t0 = time.Now()
-	err = c.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: snap,
-		MemBackend: &api.MemoryBackend{BackendType: api.BackendFile, BackendPath: mem}, ResumeVM: true})
+	err = c.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: snap, MemBackend: backend, ResumeVM: true})
 	resp = time.Since(t0)
 	if err != nil {
 		return 0, 0, "", err

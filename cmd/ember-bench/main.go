@@ -14,7 +14,8 @@
 //	ember-bench snapshot [--runs N] [--sizes 128,1024]
 //	    snapshot restore on this host: a fresh ember per run, PUT
 //	    /snapshot/load until the tiny guest runs; ends with NAME VALUE UNIT
-//	    lines (restore_ms_128mib, restore_ms_1gib).
+//	    lines (restore_ms_128mib, restore_ms_1gib; restore_uffd_ms_* with the
+//	    Uffd backend and ember snapshot serve-uffd).
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
 package main
