@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -445,14 +446,23 @@ func (vm *VM) SaveState() (*VMState, error) {
 type RestoreOptions struct {
 	// ClockRealtime advances kvmclock by the wall-clock time that passed
 	// since the snapshot (KVM_CLOCK_REALTIME; Firecracker's clock_realtime).
-	// Off, the guest's clock resumes where it stopped.
+	// Off, the guest's clock resumes where it stopped. When the saved
+	// clock has no CLOCK_REALTIME reference (the kernel gave none: older
+	// than 5.16, clocksource not the TSC, some nested KVM), the clock is
+	// advanced by the time since SavedAt instead.
 	ClockRealtime bool
+	// SavedAt is the host wall time at which the clock was saved (the
+	// snapshot header's Created), for ClockRealtime without a
+	// CLOCK_REALTIME reference.
+	SavedAt time.Time
+	// now is the wall clock (tests).
+	now func() time.Time
 }
 
 // ErrNoRealtimeClock is returned by RestoreStateWith for ClockRealtime when
-// the snapshot holds no CLOCK_REALTIME reference: it was taken on a kernel
-// older than 5.16 or whose clocksource was not the TSC.
-var ErrNoRealtimeClock = errors.New("snapshot kvmclock has no CLOCK_REALTIME reference (host kernel < 5.16 or clocksource not tsc when it was taken)")
+// the snapshot holds no CLOCK_REALTIME reference (it was taken on a kernel
+// older than 5.16 or whose clocksource was not the TSC) and no SavedAt.
+var ErrNoRealtimeClock = errors.New("snapshot kvmclock has no CLOCK_REALTIME reference (host kernel < 5.16 or clocksource not tsc when it was taken) and no creation time")
 
 // RestoreState restores the VM-wide state with the clock frozen at snapshot
 // time (Firecracker's default). Call it after creating the irqchip and PIT
@@ -472,11 +482,14 @@ func (vm *VM) RestoreStateWith(s *VMState, o RestoreOptions) error {
 	}
 	clk := ClockData{Clock: s.Clock.Clock}
 	if o.ClockRealtime {
-		if s.Clock.Flags&ClockRealtime == 0 {
+		clk.Clock = advancedClock(s.Clock, o)
+		switch {
+		case s.Clock.Flags&ClockRealtime != 0:
+			clk.Flags = ClockRealtime
+			clk.Realtime = s.Clock.Realtime
+		case o.SavedAt.IsZero():
 			return ErrNoRealtimeClock
 		}
-		clk.Flags = ClockRealtime
-		clk.Realtime = s.Clock.Realtime
 	}
 	if err := vm.SetClock(&clk); err != nil {
 		return err
@@ -493,4 +506,22 @@ func (vm *VM) RestoreStateWith(s *VMState, o RestoreOptions) error {
 		}
 	}
 	return nil
+}
+
+// advancedClock is the kvmclock value to restore for ClockRealtime: with a
+// CLOCK_REALTIME reference the saved value (KVM_SET_CLOCK advances it by
+// the kernel's own wall-clock delta); without, the saved value plus the
+// host wall time elapsed since o.SavedAt (never moved backwards).
+func advancedClock(c ClockData, o RestoreOptions) uint64 {
+	if c.Flags&ClockRealtime != 0 || o.SavedAt.IsZero() {
+		return c.Clock
+	}
+	now := time.Now
+	if o.now != nil {
+		now = o.now
+	}
+	if d := now().Sub(o.SavedAt); d > 0 {
+		return c.Clock + uint64(d)
+	}
+	return c.Clock
 }

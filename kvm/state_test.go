@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -406,11 +407,33 @@ func TestRestoreClockRealtime(t *testing.T) {
 		t.Error("no PIT saved")
 	}
 	vm2, _, _ := stateVM(t, sys)
+	// Without a CLOCK_REALTIME reference, the fallback: the saved clock
+	// plus the wall time since SavedAt; no SavedAt, an error.
+	noRef := *st
+	noRef.Clock.Flags &^= ClockRealtime
+	noRef.Clock.Realtime = 0
+	if err := vm2.RestoreStateWith(&noRef, RestoreOptions{ClockRealtime: true}); !errors.Is(err, ErrNoRealtimeClock) {
+		t.Fatalf("ClockRealtime without a reference or SavedAt: %v, want ErrNoRealtimeClock", err)
+	}
+	fixed := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	o := RestoreOptions{ClockRealtime: true, SavedAt: fixed.Add(-5 * time.Second), now: func() time.Time { return fixed }}
+	if err := vm2.RestoreStateWith(&noRef, o); err != nil {
+		t.Fatal(err)
+	}
+	clk, err := vm2.GetClock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clk.Clock < noRef.Clock.Clock+5e9 || clk.Clock > noRef.Clock.Clock+6e9 {
+		t.Errorf("fallback: kvmclock %d, want %d + 5 s (within 1 s)", clk.Clock, noRef.Clock.Clock)
+	}
+	// A SavedAt in the future does not move the clock backwards.
+	o.SavedAt = fixed.Add(time.Hour)
+	if got := advancedClock(noRef.Clock, o); got != noRef.Clock.Clock {
+		t.Errorf("SavedAt in the future: clock %d, want %d", got, noRef.Clock.Clock)
+	}
 	err = vm2.RestoreStateWith(st, RestoreOptions{ClockRealtime: true})
 	if st.Clock.Flags&ClockRealtime == 0 {
-		if !errors.Is(err, ErrNoRealtimeClock) {
-			t.Fatalf("ClockRealtime without a reference: %v, want ErrNoRealtimeClock", err)
-		}
 		t.Skip("host kvmclock has no CLOCK_REALTIME reference")
 	}
 	if err != nil {
@@ -421,8 +444,7 @@ func TestRestoreClockRealtime(t *testing.T) {
 	if err := vm2.RestoreStateWith(st, RestoreOptions{ClockRealtime: true}); err != nil {
 		t.Fatal(err)
 	}
-	clk, err := vm2.GetClock()
-	if err != nil {
+	if clk, err = vm2.GetClock(); err != nil {
 		t.Fatal(err)
 	}
 	if clk.Clock < st.Clock.Clock+5e9 {

@@ -184,6 +184,10 @@ func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Created is when kvmclock was read: a clock_realtime restore on a
+	// host whose KVM_GET_CLOCK gives no CLOCK_REALTIME reference advances
+	// the clock by the wall time since.
+	st.Header.Created = time.Now().UTC()
 	st.VM = *vms
 	add := func(name string, x any) error {
 		b, err := json.Marshal(x)
@@ -468,7 +472,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	}
 	bind <- err == nil
 	if err == nil {
-		if err = v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime}); err != nil {
+		if err = v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime, SavedAt: st.Header.Created}); err != nil {
 			err = bad(fmt.Errorf("restoring the VM state: %w", err))
 		}
 	}
