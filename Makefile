@@ -48,7 +48,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot bench-io bench-api clean
+	lab demo test unit-test e2e bench-boot bench-io bench-api bench-snapshot clean
 
 all: build
 
@@ -137,6 +137,11 @@ bench-io: setup build guest lab
 # /drives latencies.
 bench-api: build
 	bin/ember-bench api
+
+# Snapshot restore on this host: tiny guest of 128 MiB and 1 GiB, Full
+# snapshot, then a fresh ember per restore.
+bench-snapshot: build
+	bin/ember-bench snapshot
 
 clean:
 	rm -rf bin build
