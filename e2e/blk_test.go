@@ -50,7 +50,7 @@ func sha(t *testing.T, path string) [32]byte {
 func TestRootOnVirtioBlk(t *testing.T) {
 	img := rootImage(t)
 	r := mustBoot(t, "--kernel", guestFile(t, "minimal-bzImage"), "--drive", "path="+img+",root",
-		"--cmdline", cmdline(`init=/init ember_mode=cmd ember_cmd="echo written-by-the-guest > /guest-file; sync; mount | grep ' / '"`))
+		"--cmdline", cmdline(`init=/init ember_mode=cmd ember_cmd="cat /proc/cmdline; echo written-by-the-guest > /guest-file; sync; mount | grep ' / '"`))
 	if !strings.Contains(r.stdout, "/dev/root on / type ext4 (rw") || !strings.Contains(r.stdout, "root=/dev/vda rw") {
 		t.Fatalf("root is not /dev/vda, ext4, read-write\n%s", tailString(r.stdout))
 	}

@@ -14,7 +14,11 @@ import (
 )
 
 // baseCmdline is Ember's default command line, as a user would run it.
-const baseCmdline = vmm.DefaultCmdline
+// baseCmdline is Ember's default command line plus quiet: the kernel's boot
+// log at full verbosity is thousands of serial port exits, and the lab's
+// nested-SVM faults (see bootTimeout) were seen mostly while the guest
+// wrote to its serial port. The tests read what init prints.
+const baseCmdline = vmm.DefaultCmdline + " quiet"
 
 func cmdline(extra string) string { return baseCmdline + " " + extra }
 
