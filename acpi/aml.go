@@ -37,9 +37,29 @@ const (
 	amlExtOpPrefix = 0x5b // ExtOpPrefix
 	amlDeviceOp    = 0x82 // DefDevice := DeviceOp PkgLength NameString TermList; DeviceOp := ExtOpPrefix 0x82
 
+	// Named objects (ACPI 20.2.5.2).
+	amlMethodOp = 0x14 // DefMethod := MethodOp PkgLength NameString MethodFlags TermList
+
+	// Statement opcodes (ACPI 20.2.5.3).
+	amlIfOp     = 0xa0 // DefIfElse := IfOp PkgLength Predicate TermList DefElse
+	amlNotifyOp = 0x86 // DefNotify := NotifyOp NotifyObject NotifyValue
+
 	// Expression opcodes (ACPI 20.2.5.4).
-	amlBufferOp = 0x11 // DefBuffer := BufferOp PkgLength BufferSize ByteList
+	amlBufferOp  = 0x11 // DefBuffer := BufferOp PkgLength BufferSize ByteList
+	amlPackageOp = 0x12 // DefPackage := PackageOp PkgLength NumElements PackageElementList
+	amlLEqualOp  = 0x93 // DefLEqual := LequalOp Operand Operand
+
+	// Arg objects (ACPI 20.2.6.1).
+	amlArg0Op = 0x68
+
+	// MethodFlags (ACPI 20.2.5.2): bits 0-2 ArgCount, bit 3 SerializeFlag.
+	amlMethodArgsMask  = 0x07
+	amlMethodSerialize = 0x08
 )
+
+// maxPackageElements is the most elements a Package's NumElements (a
+// ByteData) counts.
+const maxPackageElements = 255
 
 // Package length encoding (ACPI 20.2.4, "Package Length Encoding").
 const (
@@ -312,4 +332,66 @@ func amlBuffer(data []byte) ([]byte, error) {
 		return nil, fmt.Errorf("Buffer: %w", err)
 	}
 	return b, nil
+}
+
+// amlPackageOf encodes Package() { elements } (ACPI 20.2.5.4), each element
+// an encoded data object (integer, string, ...).
+func amlPackageOf(elements ...[]byte) ([]byte, error) {
+	if len(elements) > maxPackageElements {
+		return nil, fmt.Errorf("Package: %d elements, at most %d", len(elements), maxPackageElements)
+	}
+	b, err := amlPackage([]byte{amlPackageOp}, append([][]byte{{byte(len(elements))}}, elements...)...)
+	if err != nil {
+		return nil, fmt.Errorf("Package: %w", err)
+	}
+	return b, nil
+}
+
+// amlMethod encodes Method(name, args, Serialized or NotSerialized) { terms }
+// (ACPI 20.2.5.2).
+func amlMethod(name string, args int, serialized bool, terms ...[]byte) ([]byte, error) {
+	if args < 0 || args > amlMethodArgsMask {
+		return nil, fmt.Errorf("Method(%s): %d arguments, at most %d", name, args, amlMethodArgsMask)
+	}
+	n, err := nameString(name)
+	if err != nil {
+		return nil, fmt.Errorf("Method: %w", err)
+	}
+	flags := byte(args)
+	if serialized {
+		flags |= amlMethodSerialize
+	}
+	b, err := amlPackage([]byte{amlMethodOp}, append([][]byte{n, {flags}}, terms...)...)
+	if err != nil {
+		return nil, fmt.Errorf("Method(%s): %w", name, err)
+	}
+	return b, nil
+}
+
+// amlIf encodes If(predicate) { terms } without an Else (ACPI 20.2.5.3).
+func amlIf(predicate []byte, terms ...[]byte) ([]byte, error) {
+	b, err := amlPackage([]byte{amlIfOp}, append([][]byte{predicate}, terms...)...)
+	if err != nil {
+		return nil, fmt.Errorf("If: %w", err)
+	}
+	return b, nil
+}
+
+// amlLEqual encodes LEqual(a, b) (ACPI 20.2.5.4): a and b encoded operands.
+func amlLEqual(a, b []byte) []byte {
+	out := append([]byte{amlLEqualOp}, a...)
+	return append(out, b...)
+}
+
+// amlArg0 is the method's first argument, Arg0 (ACPI 20.2.6.1).
+func amlArg0() []byte { return []byte{amlArg0Op} }
+
+// amlNotify encodes Notify(path, value) (ACPI 20.2.5.3).
+func amlNotify(path string, value uint64) ([]byte, error) {
+	n, err := nameString(path)
+	if err != nil {
+		return nil, fmt.Errorf("Notify: %w", err)
+	}
+	b := append([]byte{amlNotifyOp}, n...)
+	return append(b, amlInteger(value)...), nil
 }

@@ -24,6 +24,30 @@ type Config struct {
 	// order. Windows must be non-empty, below 4 GiB and disjoint; IRQs must
 	// be distinct GSIs from 5 to 23.
 	VirtioMMIO []MMIODevice
+	// VMGenID, if set, adds the Virtual Machine Generation ID device (VGEN)
+	// and the Generic Event Device (GED_) that notifies it.
+	VMGenID *VMGenID
+}
+
+// VMGenID places the Virtual Machine Generation ID (Microsoft's "Virtual
+// Machine Generation ID" spec; Linux's drivers/virt/vmgenid.c): the 16-byte
+// ID at guest-physical Addr, and the GSI whose edge makes the GED run
+// Notify (VGEN, 0x80) so that the guest re-reads it.
+type VMGenID struct {
+	Addr uint64
+	GSI  uint32
+}
+
+// VMGenIDSize is the size of the generation ID in guest memory.
+const VMGenIDSize = 16
+
+// vmgenidAlign is the alignment the spec asks of the ID's address.
+const vmgenidAlign = 8
+
+// VMGenIDGSIOK says whether gsi can be the VMGenID's: an I/O APIC input
+// (0-23) that is not the timer's (0, 2), the i8042's (1) or COM1's (4).
+func VMGenIDGSIOK(gsi uint32) bool {
+	return gsi <= maxVirtioIRQ && gsi != 0 && gsi != 1 && gsi != 2 && gsi != com1IRQ
 }
 
 // Limits on a Config.
@@ -103,6 +127,19 @@ func Build(cfg Config, base uint64, limit uint64) ([]byte, error) {
 func (cfg *Config) validate() error {
 	if cfg.CPUs < 1 || cfg.CPUs > maxCPUs {
 		return fmt.Errorf("%d vCPUs: want 1 to %d", cfg.CPUs, maxCPUs)
+	}
+	if g := cfg.VMGenID; g != nil {
+		if g.Addr%vmgenidAlign != 0 || g.Addr > ^uint64(0)-VMGenIDSize {
+			return fmt.Errorf("VMGenID at %#x: want an %d-byte aligned address", g.Addr, vmgenidAlign)
+		}
+		if !VMGenIDGSIOK(g.GSI) {
+			return fmt.Errorf("VMGenID GSI %d: want 3 or 5 to %d", g.GSI, maxVirtioIRQ)
+		}
+		for i, d := range cfg.VirtioMMIO {
+			if d.IRQ == g.GSI {
+				return fmt.Errorf("VMGenID and virtio-mmio device %d: both use IRQ %d", i, g.GSI)
+			}
+		}
 	}
 	for i, d := range cfg.VirtioMMIO {
 		if err := d.validate(); err != nil {

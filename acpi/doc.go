@@ -17,7 +17,10 @@
 //     override;
 //   - the DSDT, whose hand-assembled AML describes COM1, the i8042 keyboard
 //     controller and the virtio-mmio devices (_HID "LNRO0005", the way Linux
-//     discovers virtio-mmio windows from ACPI).
+//     discovers virtio-mmio windows from ACPI) and, with Config.VMGenID, the
+//     VM generation ID device (VGEN, _CID "VM_Gen_Counter", ADDR the ID's
+//     address) and the Generic Event Device (GED_, ACPI0013) whose
+//     interrupt's _EVT method runs Notify (VGEN, 0x80).
 //
 // Nothing here depends on an ACPI library: the tables follow the ACPI 6.4
 // specification ("ACPI" in comments), chapter 5 for the tables, section 6.4

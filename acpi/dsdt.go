@@ -42,6 +42,35 @@ const (
 	// virtioIRQFlags is Interrupt(ResourceConsumer, Edge, ActiveHigh,
 	// Exclusive): KVM_IRQFD injects an edge on a GSI of its own.
 	virtioIRQFlags = extIRQConsumer | extIRQEdge
+
+	// The VM generation ID device. Linux's vmgenid driver matches the
+	// _CID "VM_Gen_Counter" (ACPICA upper-cases _HID and _CID strings,
+	// and the driver lists "VM_GEN_COUNTER") or the _HID "VMGENCTR"; the
+	// latter is not a valid ACPI or PNP ID (iasl refuses it), so the _HID
+	// is an ID of Ember's own, as QEMU's "QEMUVGID" and Firecracker's
+	// "FCVMGID" are theirs.
+	vgenName = "VGEN"
+	vgenPath = sbScope + "." + vgenName
+	vgenHID  = "EMBR0001"
+	vgenCID  = "VM_Gen_Counter"
+	vgenDDN  = "VM_Gen_Counter"
+	nameCID  = "_CID" // compatible ID (ACPI 6.1.2)
+	nameDDN  = "_DDN" // DOS device name (ACPI 6.1.4)
+	// vgenAddr is the driver's name for the package of the ID's address:
+	// Package { low 32 bits, high 32 bits }.
+	vgenAddr = "ADDR"
+	// vgenNotify is the notification value the driver acts on (0x80, the
+	// first device-specific one).
+	vgenNotify = 0x80
+
+	// The Generic Event Device (ACPI 5.6.9): an interrupt whose _EVT
+	// method the guest runs (Linux's drivers/acpi/evged.c), the
+	// hardware-reduced ACPI way to deliver events.
+	gedName     = "GED_"
+	gedHID      = "ACPI0013"
+	gedUID      = 0
+	gedEVT      = "_EVT"
+	gedIRQFlags = extIRQConsumer | extIRQEdge
 )
 
 // amlBuilder chains AML encoder calls and keeps the first error, so that a
@@ -58,7 +87,7 @@ func (a *amlBuilder) check(b []byte, err error) []byte {
 
 // dsdtAML returns the DSDT's definition block:
 //
-//	Scope (\_SB) { COM1, PS2_, V000, V001, ... }
+//	Scope (\_SB) { COM1, PS2_, V000, V001, ..., VGEN, GED_ }
 func dsdtAML(cfg Config) ([]byte, error) {
 	var a amlBuilder
 	var devs [][]byte
@@ -70,6 +99,9 @@ func dsdtAML(cfg Config) ([]byte, error) {
 	}
 	for i, d := range cfg.VirtioMMIO {
 		devs = append(devs, a.check(virtioDevice(i, d)))
+	}
+	if cfg.VMGenID != nil {
+		devs = append(devs, a.check(vmgenidDevice(*cfg.VMGenID)), a.check(gedDevice(*cfg.VMGenID)))
 	}
 	sb := a.check(amlScope(sbScope, devs...))
 	if a.err != nil {
@@ -155,6 +187,60 @@ func virtioDevice(i int, d MMIODevice) ([]byte, error) {
 	))
 	if a.err != nil {
 		return nil, fmt.Errorf("virtio-mmio device %d: %w", i, a.err)
+	}
+	return dev, nil
+}
+
+// vmgenidDevice returns
+//
+//	Device (VGEN) {
+//	    Name (_HID, "EMBR0001")
+//	    Name (_CID, "VM_Gen_Counter")
+//	    Name (_DDN, "VM_Gen_Counter")
+//	    Name (ADDR, Package (0x02) { low 32 bits, high 32 bits })
+//	}
+func vmgenidDevice(g VMGenID) ([]byte, error) {
+	var a amlBuilder
+	addr := a.check(amlPackageOf(amlInteger(g.Addr&0xffffffff), amlInteger(g.Addr>>32)))
+	dev := a.check(amlDevice(vgenName,
+		a.check(amlName(nameHID, a.check(amlString(vgenHID)))),
+		a.check(amlName(nameCID, a.check(amlString(vgenCID)))),
+		a.check(amlName(nameDDN, a.check(amlString(vgenDDN)))),
+		a.check(amlName(vgenAddr, addr)),
+	))
+	if a.err != nil {
+		return nil, fmt.Errorf("VMGenID: %w", a.err)
+	}
+	return dev, nil
+}
+
+// gedDevice returns
+//
+//	Device (GED_) {
+//	    Name (_HID, "ACPI0013")
+//	    Name (_UID, Zero)
+//	    Name (_CRS, ResourceTemplate () {
+//	        Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {GSI}
+//	    })
+//	    Method (_EVT, 1, Serialized) {
+//	        If ((Arg0 == GSI)) { Notify (\_SB.VGEN, 0x80) }
+//	    }
+//	}
+func gedDevice(g VMGenID) ([]byte, error) {
+	var a amlBuilder
+	irq := a.check(extendedInterrupt(gedIRQFlags, g.GSI))
+	crs := a.check(resourceTemplate(irq))
+	notify := a.check(amlNotify(vgenPath, vgenNotify))
+	evt := a.check(amlMethod(gedEVT, 1, true,
+		a.check(amlIf(amlLEqual(amlArg0(), amlInteger(uint64(g.GSI))), notify))))
+	dev := a.check(amlDevice(gedName,
+		a.check(amlName(nameHID, a.check(amlString(gedHID)))),
+		a.check(amlName(nameUID, amlInteger(gedUID))),
+		a.check(amlName(nameCRS, crs)),
+		evt,
+	))
+	if a.err != nil {
+		return nil, fmt.Errorf("GED: %w", a.err)
 	}
 	return dev, nil
 }

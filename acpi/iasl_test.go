@@ -126,7 +126,8 @@ func TestIASL(t *testing.T) {
 	}{
 		{"minimal", Config{CPUs: 1}},
 		{"typical", Config{CPUs: 2, Serial: true, I8042: true, VirtioMMIO: virtioDevices(3)}},
-		{"maximal", Config{CPUs: 32, Serial: true, I8042: true, VirtioMMIO: virtioDevices(19)}},
+		{"maximal", Config{CPUs: 32, Serial: true, I8042: true, VirtioMMIO: virtioDevices(19), VMGenID: &VMGenID{Addr: 0xef000, GSI: 3}}},
+		{"vmgenid", Config{CPUs: 2, Serial: true, I8042: true, VirtioMMIO: virtioDevices(2), VMGenID: &VMGenID{Addr: 0x1_2345_6780, GSI: 9}}},
 		{"sparse", Config{CPUs: 5, I8042: true, VirtioMMIO: []MMIODevice{
 			{Addr: 0xd0000000, Size: 0x200, IRQ: 23},
 			{Addr: 0xfebff000, Size: 0x1000, IRQ: 9},
@@ -278,6 +279,34 @@ func checkDSDTASL(t *testing.T, asl string, cfg Config) {
 			i, uid, d.Addr, d.Size, d.IRQ)
 		want(true, fmt.Sprintf("V%03d (%#x+%#x, IRQ %d)", i, d.Addr, d.Size, d.IRQ), regexp.MustCompile(re))
 	}
+	g := cfg.VMGenID
+	if g == nil {
+		g = &VMGenID{}
+	}
+	want(cfg.VMGenID != nil, "VGEN", regexp.MustCompile(`Device \(VGEN\)\s*\{\s*Name \(_HID, "EMBR0001"\)[^\n]*\n\s*Name \(_CID, "VM_Gen_Counter"\)`+
+		`[^\n]*\n\s*Name \(_DDN, "VM_Gen_Counter"\)[^\n]*\n\s*Name \(ADDR, Package \(0x02\)\s*\{\s*`+
+		aslInt(g.Addr&0xffffffff)+`,\s*`+aslInt(g.Addr>>32)+`\s*\}\)`))
+	want(cfg.VMGenID != nil, "GED", regexp.MustCompile(`Device \(GED\)\s*\{\s*Name \(_HID, "ACPI0013"[^)]*\)[^\n]*\n\s*Name \(_UID, Zero\)`+
+		`[^\n]*\n\s*Name \(_CRS, ResourceTemplate \(\)[^\n]*\n\s*\{\s*Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \)\s*\{\s*`+
+		fmt.Sprintf("0x%08X", g.GSI)+`,\s*\}\s*\}\)\s*Method \(_EVT, 1, Serialized\)[^\n]*\n\s*\{\s*If \(\(Arg0 == `+aslInt(uint64(g.GSI))+
+		`\)\)\s*\{\s*Notify \(\\_SB\.VGEN, 0x80\)`))
+}
+
+// aslInt is how iasl -d prints an integer constant.
+func aslInt(v uint64) string {
+	switch {
+	case v == 0:
+		return "Zero"
+	case v == 1:
+		return "One"
+	case v <= 0xff:
+		return fmt.Sprintf("0x%02X", v)
+	case v <= 0xffff:
+		return fmt.Sprintf("0x%04X", v)
+	case v <= 0xffffffff:
+		return fmt.Sprintf("0x%08X", v)
+	}
+	return fmt.Sprintf("0x%016X", v)
 }
 
 // TestIASLCatchesBadTables makes sure the checks above would notice a bad

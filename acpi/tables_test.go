@@ -333,6 +333,35 @@ func TestDSDT(t *testing.T) {
 	}
 }
 
+// TestDSDTVMGenID: the DSDT holds the VMGenID device, whose ADDR package
+// is the ID's address (low and high 32 bits), and the GED on its GSI.
+func TestDSDTVMGenID(t *testing.T) {
+	for _, g := range []VMGenID{{Addr: 0xef000, GSI: 3}, {Addr: 0x1_0000_0008, GSI: 23}} {
+		cfg := Config{CPUs: 1, Serial: true, VirtioMMIO: virtioDevices(2), VMGenID: &g}
+		d := mustBuild(t, cfg).tables["DSDT"]
+		addr, err := amlPackageOf(amlInteger(g.Addr&0xffffffff), amlInteger(g.Addr>>32))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(d, append([]byte{amlNameOp, 'A', 'D', 'D', 'R'}, addr...)) {
+			t.Errorf("%#x: DSDT has no Name (ADDR, Package { %#x, %#x }):\n% x", g.Addr, g.Addr&0xffffffff, g.Addr>>32, d)
+		}
+		for _, s := range []string{"VGEN", "VM_Gen_Counter\x00", "ACPI0013\x00", "_EVT", "GED_"} {
+			if !bytes.Contains(d, []byte(s)) {
+				t.Errorf("%#x: DSDT lacks %q", g.Addr, s)
+			}
+		}
+		irq, err := extendedInterrupt(gedIRQFlags, g.GSI)
+		if err != nil || !bytes.Contains(d, irq) {
+			t.Errorf("DSDT lacks the GED interrupt on GSI %d (%v)", g.GSI, err)
+		}
+	}
+	d := mustBuild(t, Config{CPUs: 1}).tables["DSDT"]
+	if bytes.Contains(d, []byte("VGEN")) || bytes.Contains(d, []byte("ACPI0013")) {
+		t.Error("DSDT without VMGenID has the device")
+	}
+}
+
 func TestBuildDeterministic(t *testing.T) {
 	cfg := Config{CPUs: 3, Serial: true, VirtioMMIO: virtioDevices(4)}
 	a, err1 := Build(cfg, testBase, testLimit)
@@ -387,6 +416,11 @@ func TestBuildErrors(t *testing.T) {
 		{"limit small", Config{CPUs: 32, VirtioMMIO: virtioDevices(19)}, testBase, 1024, "available"},
 		{"base at 4 GiB", Config{CPUs: 1}, 1 << 32, testLimit, "4 GiB"},
 		{"base below 4 GiB", Config{CPUs: 1}, 1<<32 - 0x100, testLimit, "4 GiB"},
+		{"VMGenID unaligned", Config{CPUs: 1, VMGenID: &VMGenID{Addr: 0xef004, GSI: 3}}, testBase, testLimit, "VMGenID at 0xef004"},
+		{"VMGenID at the top", Config{CPUs: 1, VMGenID: &VMGenID{Addr: ^uint64(0) &^ 7, GSI: 3}}, testBase, testLimit, "VMGenID at"},
+		{"VMGenID GSI 4", Config{CPUs: 1, VMGenID: &VMGenID{Addr: 0xef000, GSI: 4}}, testBase, testLimit, "VMGenID GSI 4"},
+		{"VMGenID GSI 24", Config{CPUs: 1, VMGenID: &VMGenID{Addr: 0xef000, GSI: 24}}, testBase, testLimit, "VMGenID GSI 24"},
+		{"VMGenID GSI of a virtio device", Config{CPUs: 1, VirtioMMIO: []MMIODevice{ok}, VMGenID: &VMGenID{Addr: 0xef000, GSI: 5}}, testBase, testLimit, "both use IRQ 5"},
 	} {
 		blob, err := Build(tc.cfg, tc.base, tc.limit)
 		if err == nil {
