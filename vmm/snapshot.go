@@ -114,6 +114,9 @@ func (v *VM) deviceInfos() []snapshot.DeviceInfo {
 	if v.bootTimer != nil {
 		out = append(out, snapshot.DeviceInfo{Name: "boot-timer", Kind: "boot-timer"})
 	}
+	if v.vmgenid != nil {
+		out = append(out, snapshot.DeviceInfo{Name: sectionVMGenID, Kind: "vmgenid"})
+	}
 	for _, d := range v.virtio {
 		info := snapshot.DeviceInfo{Name: d.name}
 		switch dev := d.transport.Device().(type) {
@@ -205,6 +208,11 @@ func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
 	}
 	if err := add(sectionI8042, v.i8042.SaveState()); err != nil {
 		return nil, err
+	}
+	if v.vmgenid != nil {
+		if err := add(sectionVMGenID, v.vmgenid.saveState()); err != nil {
+			return nil, err
+		}
 	}
 	for _, d := range v.virtio {
 		ts, err := d.transport.SaveState()
@@ -498,6 +506,17 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	phase("vcpus")
 	if err := v.restoreDevices(secs); err != nil {
 		return nil, Config{}, bad(err)
+	}
+	if err := v.restoreVMGenID(secs); err != nil {
+		return nil, Config{}, bad(err)
+	}
+	if v.vmgenid != nil {
+		// Raised now, with the irqchips and local APICs restored, the
+		// interrupt waits in the vCPU's APIC until the VM resumes; the
+		// guest then finds the new ID already in memory.
+		if err := v.vmgenid.notify(v.vm); err != nil {
+			return nil, Config{}, fmt.Errorf("VM generation ID notification: %w", err)
+		}
 	}
 	phase("device_state")
 	// Paused until Resume: the vCPUs park on their first iteration.

@@ -77,6 +77,7 @@ type VM struct {
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
 	virtio    []*virtioDev
+	vmgenid   *vmgenid
 	balloon   *balloon.Device
 	vsock     *vsock.Device
 	rng       *rng.Device
@@ -133,6 +134,9 @@ func New(cfg Config) (_ *VM, err error) {
 	}()
 
 	if v.mem, err = memory.New(uint64(cfg.MemMiB) << 20); err != nil {
+		return nil, err
+	}
+	if v.vmgenid, err = newVMGenID(); err != nil {
 		return nil, err
 	}
 	if cfg.HugePages == HugePagesTransparent {
@@ -325,14 +329,21 @@ func (v *VM) loadBootData() error {
 }
 
 // writeACPI writes the ACPI tables (RSDP, XSDT, FADT, MADT, DSDT describing
-// the vCPUs, COM1, the i8042 and the virtio-mmio devices) at x86.RSDPAddr
-// and returns that address.
+// the vCPUs, COM1, the i8042, the virtio-mmio devices and the VM generation
+// ID) at x86.RSDPAddr, and the generation ID, and returns the RSDP's
+// address.
 func (v *VM) writeACPI() (uint64, error) {
 	cfg := acpi.Config{CPUs: v.cfg.VCPUs, Serial: true, I8042: true}
 	for _, d := range v.virtio {
 		cfg.VirtioMMIO = append(cfg.VirtioMMIO, acpi.MMIODevice{Addr: d.addr, Size: x86.VirtioMMIOSize, IRQ: d.gsi})
 	}
-	tables, err := acpi.Build(cfg, x86.RSDPAddr, x86.HighMemStart-x86.RSDPAddr)
+	if v.vmgenid != nil {
+		cfg.VMGenID = &acpi.VMGenID{Addr: v.vmgenid.addr, GSI: v.vmgenid.gsi}
+		if err := v.vmgenid.write(v.mem); err != nil {
+			return 0, err
+		}
+	}
+	tables, err := acpi.Build(cfg, x86.RSDPAddr, x86.VMGenIDAddr-x86.RSDPAddr)
 	if err != nil {
 		return 0, err
 	}

@@ -54,6 +54,11 @@ const (
 	// RSDPAddr is where the ACPI RSDP goes: inside the BIOS read-only area
 	// [0xE0000, 0xFFFFF] that ACPI 6.x section 5.2.5.1 says OSPM scans.
 	RSDPAddr = 0xe0000
+	// VMGenIDAddr is where the 16-byte VM generation ID lives: a page in
+	// the reserved ACPI area above the tables (which get [RSDPAddr,
+	// VMGenIDAddr)), below the 0xF0000 area that OSes scan for SMBIOS and
+	// MP signatures.
+	VMGenIDAddr = 0xef000
 
 	// HighMemStart is the first address above the legacy 1 MiB area, where
 	// the kernel is loaded.
