@@ -22,7 +22,12 @@ const (
 	labCPUs   = "2"
 	// labCmdline keeps the console quiet so that only the job's output and
 	// rare emergencies reach it. panic=-1 with -no-reboot ends QEMU on panic.
-	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 lpj=" + labLPJ
+	// transparent_hugepage=never: nested guests under TCG's emulated SVM
+	// sometimes spin on a page fault that should not happen (rip == cr2) or
+	// die of triple faults, which looks like stale nested translations; THP
+	// collapse and compaction move guest pages and rewrite the nested page
+	// tables, so the lab keeps its guests' memory where it is.
+	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 transparent_hugepage=never lpj=" + labLPJ
 	// labLPJ skips the delay-loop calibration (a guess is fine under TCG).
 	labLPJ = "10000000"
 	// hostRootTag is the 9p tag of the read-only host root.
