@@ -91,7 +91,7 @@ func TestMemorySize(t *testing.T) {
 				"--initrd", guestFile(t, "initramfs.cpio.gz"),
 				// The kernel's memory report is an info message: quiet hides
 				// it from the console, so ask dmesg for it.
-				"--cmdline", cmdline(`ember_mode=cmd ember_cmd="dmesg | grep 'Memory:'; echo ember-guest: memtotal_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo); echo ember-guest: present_kib=$(awk '/^ +present / {n += $2} END {print n * 4}' /proc/zoneinfo)"`))
+				"--cmdline", cmdline(`ember_mode=cmd ember_cmd="dmesg | grep 'Memory: [0-9]'; echo ember-guest: memtotal_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo); echo ember-guest: present_kib=$(awk '/^ +present / {n += $2} END {print n * 4}' /proc/zoneinfo)"`))
 			want := float64(mib) * 1024
 			present, err := strconv.Atoi(field(t, r.stdout, "present_kib"))
 			if err != nil {
