@@ -68,7 +68,7 @@ func Describe(w io.Writer, s *State) error {
 	if s.VM.Clock.Flags&kvm.ClockRealtime != 0 {
 		clock += fmt.Sprintf(", wall clock %s (restore can advance the clock)", time.Unix(0, int64(s.VM.Clock.Realtime)).UTC().Format(time.RFC3339))
 	} else {
-		clock += ", no wall-clock reference (the clock resumes where it stopped)"
+		clock += ", no KVM wall-clock reference (clock_realtime advances it by the time since Created)"
 	}
 	p("Clock:\t%s", clock)
 	pit := "no"
