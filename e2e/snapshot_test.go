@@ -33,7 +33,7 @@ import (
 // counterScript is the guest's ember_cmd (no double quotes: it is quoted
 // on the kernel command line).
 const counterScript = "echo ember-guest: vmgenid-driver=$(ls /sys/bus/acpi/drivers/vmgenid 2>/dev/null | grep -c :)" +
-	" ged=$(ls /sys/bus/platform/drivers/ged 2>/dev/null | grep -c :)" +
+	" ged=$(grep -c Ged /proc/interrupts)" +
 	" clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource); " +
 	"i=0; while true; do i=$((i+1)); " +
 	"echo $i | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null; sync; " +
@@ -41,16 +41,18 @@ const counterScript = "echo ember-guest: vmgenid-driver=$(ls /sys/bus/acpi/drive
 	"if [ x$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 2) = xgo ]; then " +
 	"dd if=/dev/urandom of=/tmp/big bs=1M count=10 2>/dev/null; touch /tmp/done; echo ember-guest: wrote10; fi; fi; " +
 	"echo ember-guest: count=$i rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' ')" +
-	" gen=$(devmem 0xef000 64)$(devmem 0xef008 64) t=$(date +%s); " +
+	" gen=$(devmem 0xef000 64)$(devmem 0xef008 64) t=$(date +%s)" +
+	" gedirqs=$(grep Ged /proc/interrupts | tr -s ' ' | cut -d ' ' -f 3,4 | tr ' ' +); " +
 	"sleep 0.2; done"
 
 // countLine matches the guest's report line.
-var countLine = regexp.MustCompile(`ember-guest: count=(\d+) rnd=([0-9a-f]+) gen=(0x[0-9A-Fa-f]+) t=(\d+)`)
+var countLine = regexp.MustCompile(`ember-guest: count=(\d+) rnd=([0-9a-f]+) gen=(\S+) t=(\d+) gedirqs=(\S*)`)
 
 type countReport struct {
 	n        int
 	rnd, gen string
 	t        int64
+	gedIRQs  int // interrupts the GED has had (the VMGenID notifications)
 }
 
 // counts parses the report lines of a console output, in order.
@@ -59,7 +61,12 @@ func counts(out string) []countReport {
 	for _, m := range countLine.FindAllStringSubmatch(out, -1) {
 		n, _ := strconv.Atoi(m[1])
 		t, _ := strconv.ParseInt(m[4], 10, 64)
-		rs = append(rs, countReport{n: n, rnd: m[2], gen: m[3], t: t})
+		irqs := 0
+		for _, f := range strings.Split(m[5], "+") {
+			k, _ := strconv.Atoi(f)
+			irqs += k
+		}
+		rs = append(rs, countReport{n: n, rnd: m[2], gen: m[3], t: t, gedIRQs: irqs})
 	}
 	return rs
 }
@@ -187,12 +194,13 @@ func killVM(v *apiVM) {
 
 // restore loads a snapshot into a fresh ember process with clock_realtime
 // and resume_vm, and waits until the guest has counted past after (the
-// count it reached when snapshotted) by 3. The drive is prepare()d before
+// count it reached when snapshotted) by 4. The drive is prepare()d before
 // each attempt; a lab fault (load error, hang) is retried.
 func restore(t *testing.T, name string, p api.SnapshotLoadParams, after int, prepare func()) *apiVM {
 	t.Helper()
 	p.ResumeVM, p.ClockRealtime = true, true
-	want := fmt.Sprintf("ember-guest: count=%d ", after+3)
+	// count after+4 shows that after+3's line is whole.
+	want := fmt.Sprintf("ember-guest: count=%d ", after+4)
 	for attempt := 1; ; attempt++ {
 		prepare()
 		v := startAPI(t, nil)
@@ -238,22 +246,29 @@ func TestSnapshotClones(t *testing.T) {
 			t.Errorf("the guest reports no %q (VMGenID device and GED bound by Linux's drivers)", want)
 		}
 	}
-	if m := regexp.MustCompile(`clocksource=(\S+)`).FindStringSubmatch(boot); m != nil {
-		t.Logf("guest clocksource: %s", m[1])
+	if m := regexp.MustCompile(`ember-guest: vmgenid-driver=.*`).FindString(boot); m != "" {
+		t.Logf("guest: %s", m)
 	}
 	pauseSnapshot(t, a, snap, mem, "Full")
 	created := time.Now()
 	killVM(a)
 	at := lastCount(a.out.String())
-	atGen := ""
+	atGen, atIRQs := "", 0
 	if rs := counts(a.out.String()); len(rs) > 0 {
-		atGen = rs[len(rs)-1].gen
+		atGen, atIRQs = rs[len(rs)-1].gen, rs[len(rs)-1].gedIRQs
 	}
 	saved := filepath.Join(dir, "data.snapshot.img")
 	copyFile(t, saved, drive)
 	t.Logf("snapshot at count %d (drive %d), VMGenID %s", at, driveCount(t, saved), atGen)
 	if at < 5 {
-		t.Fatalf("snapshot at count %d, want at least 5", at)
+		t.Fatalf("snapshot at count %d, want at least 5\n%s", at, tailString(a.out.String()))
+	}
+	if out, err := exec.Command(emberBinary(t), "snapshot", "describe", snap).CombinedOutput(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(strings.ToLower(l), "clock") {
+				t.Logf("snapshot describe: %s", l)
+			}
+		}
 	}
 	// Let wall time pass: clock_realtime must make it up.
 	time.Sleep(time.Until(created.Add(5 * time.Second)))
@@ -297,6 +312,9 @@ func TestSnapshotClones(t *testing.T) {
 		t.Logf("%s: counts %d..%d, VMGenID %s", name, rs[0].n, rs[len(rs)-1].n, c.gen)
 		if c.gen == atGen {
 			t.Errorf("%s: the guest sees the snapshot's VMGenID %s", name, c.gen)
+		}
+		if got := rs[len(rs)-1].gedIRQs; got != atIRQs+1 {
+			t.Errorf("%s: the GED has had %d interrupts, want the snapshot's %d + 1 (the VMGenID notification)", name, got, atIRQs)
 		}
 		clones = append(clones, c)
 	}
