@@ -32,6 +32,7 @@ type apiVM struct {
 // its socket.
 func startAPI(t *testing.T, prefix []string, args ...string) *apiVM {
 	t.Helper()
+	lab(t)
 	sock := filepath.Join(scratchDir(t), "api.sock")
 	argv := append(append(append([]string(nil), prefix...), emberBinary(t), "--api-sock", sock), args...)
 	v := &apiVM{t: t, cmd: exec.Command(argv[0], argv[1:]...), out: &syncBuffer{}, err: &syncBuffer{},
