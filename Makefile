@@ -67,12 +67,15 @@ setup:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# Static binaries (CGO_ENABLED=0): net/http would otherwise link libc for
+# the resolver, and the dynamic loader and libc's pages cost each VMM about
+# 1.5 MiB of RSS and half a millisecond of start-up.
 build:
-	$(GO) build -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
 # ember-lab alone, for targets that must not depend on the rest compiling.
 lab-bin:
-	$(GO) build -o bin/ ./cmd/ember-lab
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/ember-lab
 
 guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs guest-probe
 
