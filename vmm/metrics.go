@@ -1,27 +1,28 @@
 package vmm
 
-import "sort"
+import (
+	"maps"
+	"slices"
+)
 
 // Metric groups and names follow Firecracker's metrics (src/vmm/src/logger/
 // metrics.rs and the devices' metrics modules), so dashboards built for it
-// read Ember's; a counter Ember does not keep is simply not reported here
+// read Ember's; a metricValue Ember does not keep is simply not reported here
 // (the metrics writer still prints every group).
+
+// metricValue is one named value of a device's metrics.
+type metricValue struct {
+	name string
+	v    uint64
+}
 
 // readMetrics reports the cumulative counters of the VM's devices: one
 // group per drive and interface ("block_ID", "net_ID"; the metrics writer
 // sums them into "block" and "net"), and "vsock", "entropy" and "balloon".
 func (v *VM) readMetrics(add func(group, name string, value uint64)) {
-	ids := make([]string, 0, len(v.drives))
-	for id := range v.drives {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(v.drives)) {
 		m := &v.drives[id].Metrics
-		for _, kv := range []struct {
-			name string
-			v    uint64
-		}{
+		for _, kv := range []metricValue{
 			{"read_bytes", m.ReadBytes.Load()}, {"write_bytes", m.WriteBytes.Load()},
 			{"read_count", m.ReadCount.Load()}, {"write_count", m.WriteCount.Load()},
 			{"flush_count", m.FlushCount.Load()}, {"execute_fails", m.IOErrors.Load()},
@@ -33,17 +34,9 @@ func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 		}
 	}
 
-	ids = ids[:0]
-	for id := range v.nets {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(v.nets)) {
 		m := &v.nets[id].Metrics
-		for _, kv := range []struct {
-			name string
-			v    uint64
-		}{
+		for _, kv := range []metricValue{
 			{"rx_bytes_count", m.RxBytes.Load()}, {"rx_packets_count", m.RxPackets.Load()},
 			{"rx_fails", m.RxDrops.Load()}, {"tx_bytes_count", m.TxBytes.Load()},
 			{"tx_packets_count", m.TxPackets.Load()}, {"tx_fails", m.TxDrops.Load()},
