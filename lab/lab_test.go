@@ -497,6 +497,13 @@ func TestOutputFilterReportsLabFault(t *testing.T) {
 	if len(faults) != 2 || !strings.Contains(faults[0], "soft lockup") {
 		t.Fatalf("faults = %q", faults)
 	}
+	// The lab kernel's own crash reports count; a nested guest's panic,
+	// quoted indented in a test's log, does not.
+	f.Write([]byte("        [    3.1] Kernel panic - not syncing: VFS\n"))
+	f.Write([]byte("[  167.294950] BUG: TASK stack guard page was hit at 00000000c9386059\n"))
+	if len(faults) != 3 || !strings.Contains(faults[2], "stack guard page") {
+		t.Fatalf("faults = %q", faults)
+	}
 	if !strings.Contains(out.String(), "hello") {
 		t.Fatalf("output = %q", out.String())
 	}

@@ -36,7 +36,7 @@ const (
 	// job directory.
 	jobParam = "ember_lab_job"
 	// DefaultRetries is how often ember-lab run repeats a command whose lab
-	// VM hung (RunOptions.Retries).
+	// VM hung or crashed (RunOptions.Retries).
 	DefaultRetries = 2
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
@@ -117,7 +117,7 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 		code, fault, err := runOnce(ctx, cfg, opts, assets, job, shares)
 		if fault == "" || attempt >= attempts || ctx.Err() != nil {
 			if fault != "" && err == nil {
-				err = fmt.Errorf("the lab VM hung (%s)", fault)
+				err = fmt.Errorf("the lab VM hung or crashed (%s)", fault)
 			}
 			return code, err
 		}
@@ -125,13 +125,14 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 		if stderr == nil {
 			stderr = os.Stderr
 		}
-		fmt.Fprintf(stderr, "ember-lab: the lab VM hung (%s), a fault of QEMU's emulated nested virtualization rather than of the command; running the command again (attempt %d of %d)\n",
+		fmt.Fprintf(stderr, "ember-lab: the lab VM hung or crashed (%s), a fault of QEMU's emulated nested virtualization rather than of the command; running the command again (attempt %d of %d)\n",
 			fault, attempt+1, attempts)
 	}
 }
 
 // runOnce boots the lab once and runs the job. fault is non-empty when the
-// lab's kernel reported a hung CPU, in which case QEMU was stopped early.
+// lab's kernel reported a hung CPU or crashed, in which case QEMU was
+// stopped early.
 func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, job Job, shares []Share) (code int, fault string, err error) {
 	log := cfg.logger()
 	markers, err := NewMarkers()
