@@ -37,7 +37,7 @@ const (
 	jobParam = "ember_lab_job"
 	// DefaultRetries is how often ember-lab run repeats a command whose lab
 	// VM hung or crashed (RunOptions.Retries).
-	DefaultRetries = 2
+	DefaultRetries = 4
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
 	// qemuWaitDelay is how long to wait for QEMU's output after killing it.
