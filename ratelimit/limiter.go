@@ -256,6 +256,28 @@ func (l *Limiter) Update(cfg Config) error {
 	return nil
 }
 
+// Apply is a run-time change of a device's limiter: *l is updated with
+// cfg under Update's rules, or created from cfg if the device had none. It
+// returns the timerfd the device must start polling, or -1 when the
+// limiter's fd did not change. Like the Limiter, it runs on the goroutine
+// that owns the device.
+func Apply(l **Limiter, cfg Config) (newFD int, err error) {
+	oldFD := (*l).FD()
+	if *l == nil {
+		nl, err := New(cfg)
+		if err != nil {
+			return noFD, err
+		}
+		*l = nl
+	} else if err := (*l).Update(cfg); err != nil {
+		return noFD, err
+	}
+	if fd := (*l).FD(); fd != oldFD {
+		return fd, nil
+	}
+	return noFD, nil
+}
+
 // Throttled returns how many times Consume has refused an operation and
 // blocked the limiter (Firecracker's *_throttled metrics count these).
 func (l *Limiter) Throttled() uint64 {

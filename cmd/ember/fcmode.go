@@ -252,8 +252,15 @@ func deref[T any](p *T, def T) T {
 // groups, under its counter names.
 func requestCounter(reg *metrics.Registry) func(method, path string) {
 	return func(method, path string) {
-		group := map[string]string{"GET": "get_api_requests", "PUT": "put_api_requests", "PATCH": "patch_api_requests"}[method]
-		if group == "" {
+		var group string
+		switch method {
+		case "GET":
+			group = "get_api_requests"
+		case "PUT":
+			group = "put_api_requests"
+		case "PATCH":
+			group = "patch_api_requests"
+		default:
 			return
 		}
 		name := "other_count"

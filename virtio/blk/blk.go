@@ -266,17 +266,11 @@ func (d *Device) UpdateRateLimit(cfg ratelimit.Config) error {
 	defer d.mu.Unlock()
 	var err error
 	d.worker.Do(func() {
-		oldFD := d.limiter.FD()
-		if d.limiter == nil {
-			var l *ratelimit.Limiter
-			if l, err = ratelimit.New(cfg); err != nil {
-				return
-			}
-			d.limiter = l
-		} else if err = d.limiter.Update(cfg); err != nil {
+		var fd int
+		if fd, err = ratelimit.Apply(&d.limiter, cfg); err != nil {
 			return
 		}
-		if fd := d.limiter.FD(); fd != oldFD && fd >= 0 && d.worker != nil {
+		if fd >= 0 && d.worker != nil {
 			err = d.worker.Watch(fd, limiterToken)
 		}
 		if d.act != nil && !d.broken && !d.limiter.Blocked() {

@@ -457,20 +457,11 @@ func (d *Device) updateLimiter(l **ratelimit.Limiter, cfg *ratelimit.Config, tok
 	if cfg == nil {
 		return nil
 	}
-	oldFD := (*l).FD()
-	if *l == nil {
-		nl, err := ratelimit.New(*cfg)
-		if err != nil {
-			return err
-		}
-		*l = nl
-	} else if err := (*l).Update(*cfg); err != nil {
-		return err
+	fd, err := ratelimit.Apply(l, *cfg)
+	if err == nil && fd >= 0 && d.worker != nil {
+		err = d.worker.Watch(fd, token)
 	}
-	if fd := (*l).FD(); fd != oldFD && fd >= 0 && d.worker != nil {
-		return d.worker.Watch(fd, token)
-	}
-	return nil
+	return err
 }
 
 // interrupt signals the guest if the queue's notification suppression
