@@ -41,32 +41,38 @@ const counterScript = "echo ember-guest: vmgenid-driver=$(ls /sys/bus/acpi/drive
 	"if [ x$(dd if=/dev/vda bs=512 skip=8 count=1 2>/dev/null | head -c 2) = xgo ]; then " +
 	"dd if=/dev/urandom of=/tmp/big bs=1M count=10 2>/dev/null; touch /tmp/done; echo ember-guest: wrote10; fi; fi; " +
 	"echo ember-guest: count=$i rnd=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' ')" +
-	" gen=$(devmem 0xef000 64)$(devmem 0xef008 64) t=$(date +%s)" +
-	" gedirqs=$(grep Ged /proc/interrupts | tr -s ' ' | cut -d ' ' -f 3,4 | tr ' ' +); " +
+	" gen=$(devmem 0xef000 64)$(devmem 0xef008 64)" +
+	" gedirqs=$(grep Ged /proc/interrupts | tr -s ' ' | cut -d ' ' -f 3,4 | tr ' ' +)" +
+	" t=$(adjtimex | grep tv_ | tr -s ' ' | cut -d ' ' -f 3 | xargs | tr ' ' :):; " +
 	"sleep 0.2; done"
 
 // countLine matches the guest's report line.
-var countLine = regexp.MustCompile(`ember-guest: count=(\d+) rnd=([0-9a-f]+) gen=(\S+) t=(\d+) gedirqs=(\S*)`)
+// The wall clock is last (adjtimex's seconds and microseconds), so that it
+// is read just before the line is printed.
+var countLine = regexp.MustCompile(`ember-guest: count=(\d+) rnd=([0-9a-f]+) gen=(\S+) gedirqs=(\S*) t=(\d+):(\d+):`)
 
 type countReport struct {
 	n        int
 	rnd, gen string
-	t        int64
-	gedIRQs  int // interrupts the GED has had (the VMGenID notifications)
+	t        time.Time // the guest's wall clock
+	gedIRQs  int       // interrupts the GED has had (the VMGenID notifications)
+	end      int       // offset of the line's end in the output
 }
 
 // counts parses the report lines of a console output, in order.
 func counts(out string) []countReport {
 	var rs []countReport
-	for _, m := range countLine.FindAllStringSubmatch(out, -1) {
-		n, _ := strconv.Atoi(m[1])
-		t, _ := strconv.ParseInt(m[4], 10, 64)
+	for _, ix := range countLine.FindAllStringSubmatchIndex(out, -1) {
+		m := func(i int) string { return out[ix[2*i]:ix[2*i+1]] }
+		n, _ := strconv.Atoi(m(1))
+		sec, _ := strconv.ParseInt(m(5), 10, 64)
+		usec, _ := strconv.ParseInt(m(6), 10, 64)
 		irqs := 0
-		for _, f := range strings.Split(m[5], "+") {
+		for _, f := range strings.Split(m(4), "+") {
 			k, _ := strconv.Atoi(f)
 			irqs += k
 		}
-		rs = append(rs, countReport{n: n, rnd: m[2], gen: m[3], t: t, gedIRQs: irqs})
+		rs = append(rs, countReport{n: n, rnd: m(2), gen: m(3), t: time.Unix(sec, usec*1000), gedIRQs: irqs, end: ix[1]})
 	}
 	return rs
 }
@@ -286,14 +292,20 @@ func TestSnapshotClones(t *testing.T) {
 		if _, err := os.Stat(cuds); err != nil {
 			t.Errorf("%s: vsock_override socket: %v", name, err)
 		}
-		// Clock: the guest's date is the host's (seconds; the line was
-		// printed at most a poll interval before we read it).
+		// Clock: the guest's wall clock is the host's. Each report line
+		// ends with the guest's time; the host notes when the line
+		// arrived. arrival - guest time is the guest clock's lag plus the
+		// line's trip (>= 0), so the smallest over the clone's lines bounds
+		// the lag from above, and no guest time may be ahead of arrival.
 		rs := counts(v.out.String())
-		last := rs[len(rs)-1]
-		if d := time.Now().Unix() - last.t; d < -1 || d > 2 {
-			t.Errorf("%s: guest date %d, host %d: %d s apart after a clock_realtime load", name, last.t, time.Now().Unix(), d)
+		lag := time.Duration(1<<63 - 1)
+		for _, r := range rs {
+			lag = min(lag, v.out.ArrivedAt(r.end-1).Sub(r.t))
+		}
+		if lag < -time.Second || lag > time.Second {
+			t.Errorf("%s: guest wall clock %v behind the host's after a clock_realtime load, want within 1s", name, lag)
 		} else {
-			t.Logf("%s: guest date %d s behind the host's", name, d)
+			t.Logf("%s: guest wall clock %v behind the host's (at most; over %d reports)", name, lag.Round(time.Millisecond), len(rs))
 		}
 		killVM(v)
 		out := v.out.String()

@@ -459,26 +459,19 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("kvm")
-	// Registering the memory slot waits for an SRCU grace period (several
-	// ms on these hosts): the critical path of a restore. It runs while the
-	// devices, the VM-wide state and the vCPUs are created, then binds the
-	// virtio doorbells and interrupts, as New does. The vCPU state waits
-	// for it: restoring MSRs that point into guest memory (kvmclock, async
-	// PF, steal time) needs the memory slot.
-	bind := make(chan bool, 1)
-	memDone := make(chan error, 1)
-	go func() {
-		err := v.setupMemory()
-		if <-bind && err == nil {
-			err = v.bindVirtio()
-		}
-		memDone <- err
-	}()
 	err = v.checkVendor(st.Header.CPUVendor)
 	if err == nil {
 		err = v.setupDevices()
 	}
-	bind <- err == nil
+	if err == nil {
+		err = v.bindDoorbells()
+	}
+	if err == nil {
+		err = v.createIRQChip()
+	}
+	if err == nil {
+		err = v.bindInterrupts()
+	}
 	if err == nil {
 		if err = v.vm.RestoreStateWith(&st.VM, kvm.RestoreOptions{ClockRealtime: p.ClockRealtime, SavedAt: st.Header.Created}); err != nil {
 			err = bad(fmt.Errorf("restoring the VM state: %w", err))
@@ -490,14 +483,10 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 			v.cpus = append(v.cpus, &vcpu{vm: v, id: i, fd: fd})
 		}
 	}
-	phase("devices_vcpus_created")
-	if merr := <-memDone; err == nil {
-		err = merr
-	}
 	if err != nil {
 		return nil, Config{}, err
 	}
-	phase("memslots_bound")
+	phase("devices_vcpus_created")
 	for i, c := range v.cpus {
 		if err := c.fd.RestoreState(&st.VCPUs[i]); err != nil {
 			return nil, Config{}, bad(fmt.Errorf("restoring vCPU %d: %w", i, err))

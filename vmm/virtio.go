@@ -190,10 +190,9 @@ func (v *VM) attachVirtio(name string, dev virtio.Device, closeDev func() error)
 	return nil
 }
 
-// bindVirtio binds each device's doorbells and interrupt to KVM. Each
-// binding waits for an SRCU grace period in the host kernel, so New runs
-// it beside the boot-data loading.
-func (v *VM) bindVirtio() error {
+// bindDoorbells binds each queue's notify register to its eventfd
+// (ioeventfd), before the irqchip exists (see openKVM).
+func (v *VM) bindDoorbells() error {
 	for _, d := range v.virtio {
 		for q, e := range d.transport.NotifyFDs() {
 			err := v.vm.IOEventFD(kvm.IOEventFDConfig{
@@ -204,6 +203,14 @@ func (v *VM) bindVirtio() error {
 				return fmt.Errorf("%s queue %d: %w", d.name, q, err)
 			}
 		}
+	}
+	return nil
+}
+
+// bindInterrupts binds each device's interrupt eventfd to its GSI (irqfd),
+// which needs the irqchip.
+func (v *VM) bindInterrupts() error {
+	for _, d := range v.virtio {
 		if err := v.vm.IRQFD(kvm.IRQFDConfig{FD: uint32(d.transport.IRQ().FD().FD()), GSI: d.gsi}); err != nil {
 			return fmt.Errorf("%s: %w", d.name, err)
 		}
