@@ -29,7 +29,7 @@ const (
 	// stallTimeout: no guest output for this long means a hang.
 	stallTimeout = 2 * time.Minute
 	bootTimeout  = 75 * time.Second
-	bootAttempts = 3
+	bootAttempts = 4
 	// unkillableGrace: how long after SIGKILL an ember process may take to
 	// go before the harness gives up on it.
 	unkillableGrace = time.Minute
