@@ -24,7 +24,11 @@ import (
 // guest reading /dev/hwrng while the host was loaded (the same test passed
 // before and after); so a guest that dies of a triple fault or a KVM
 // internal error is retried too. A real fault in Ember repeats and still
-// fails the test.
+// fails the test. The hangs' "vCPU state at stop" shows the emulator's
+// fault plainly: cr3 (and rax) are physical addresses of the lab's own
+// 8 GiB, far outside the guest's RAM, and rip == cr2 is in the lab
+// kernel's module area (kvm_amd): the nested guest was given its host's
+// state on a VMRUN.
 const (
 	// stallTimeout: no guest output for this long means a hang.
 	stallTimeout = 2 * time.Minute

@@ -11,11 +11,15 @@
 //	ember-bench api [--starts N] [--requests N]
 //	    API start-up (exec until the socket accepts) and request latencies
 //	    on this host; ends with NAME VALUE UNIT lines.
-//	ember-bench snapshot [--runs N] [--sizes 128,1024]
+//	ember-bench snapshot [--runs N] [--sizes 128,1024] [--lab-runs N]
 //	    snapshot restore on this host: a fresh ember per run, PUT
-//	    /snapshot/load until the tiny guest runs; ends with NAME VALUE UNIT
-//	    lines (restore_ms_128mib, restore_ms_1gib; restore_uffd_ms_* with the
-//	    Uffd backend and ember snapshot serve-uffd).
+//	    /snapshot/load until the tiny guest runs; then a booted Linux
+//	    guest's restore in the lab against QEMU's restore from a migration
+//	    file; ends with NAME VALUE UNIT lines (restore_ms_128mib,
+//	    restore_ms_1gib; restore_uffd_ms_* with the Uffd backend and ember
+//	    snapshot serve-uffd; lab_restore_ratio_vs_qemu).
+//	ember-bench lab-restore [--runs N] [--kernel K --initrd I]
+//	    the in-lab half of the restore comparison.
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
 package main
@@ -41,7 +45,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -58,6 +62,8 @@ func main() {
 		err = apiBench(os.Args[2:])
 	case "snapshot":
 		err = snapshotBench(os.Args[2:])
+	case "lab-restore":
+		err = labRestore(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
 		os.Exit(exitUsage)
@@ -252,6 +258,9 @@ func snapshotBench(args []string) error {
 	fs := flag.NewFlagSet("snapshot", flag.ExitOnError)
 	runs := fs.Int("runs", 15, "restores per memory size")
 	sizes := fs.String("sizes", "128,1024", "guest memory sizes in MiB, comma-separated")
+	labRuns := fs.Int("lab-runs", 5, "Linux guest restores per VMM in the lab (0: none)")
+	kernel := fs.String("kernel", guestFile("minimal-vmlinux"), "guest kernel for the lab runs")
+	initrd := fs.String("initrd", guestFile("initramfs.cpio.gz"), "initramfs for the lab runs")
 	fs.Parse(args)
 	fmt.Println("== snapshot restore of the tiny guest on this host (fresh ember --api-sock per run)")
 	var results []bench.SnapshotResult
@@ -266,9 +275,47 @@ func snapshotBench(args []string) error {
 		}
 		results = append(results, r)
 	}
-	fmt.Printf("== medians of %d restores per size\n", *runs)
+	var lab []string
+	if *labRuns > 0 {
+		fmt.Println("== restore of a booted Linux guest in the lab, Ember and QEMU microvm (migration file) alternately")
+		cmd := exec.Command(sibling("ember-lab"), "run", "--", sibling("ember-bench"), "lab-restore",
+			"--kernel", *kernel, "--initrd", *initrd, "--runs", strconv.Itoa(*labRuns))
+		var out bytes.Buffer
+		cmd.Stdout = io.MultiWriter(os.Stdout, &out)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("lab restore benchmark: %w", err)
+		}
+		sc := bufio.NewScanner(&out)
+		for sc.Scan() {
+			if f := strings.Fields(sc.Text()); len(f) == 3 && strings.HasPrefix(f[0], "lab_restore_") {
+				lab = append(lab, sc.Text())
+			}
+		}
+		if len(lab) != 3 {
+			return fmt.Errorf("lab restore benchmark printed %d lab_restore_ lines, want 3", len(lab))
+		}
+	}
+	fmt.Printf("== medians of %d restores per size on this host; %d per VMM in the lab (lab timings are software-emulated: only the ratio means anything)\n", *runs, *labRuns)
 	for _, r := range results {
 		r.Lines(os.Stdout)
 	}
+	for _, l := range lab {
+		fmt.Println(l)
+	}
+	return nil
+}
+
+func labRestore(args []string) error {
+	fs := flag.NewFlagSet("lab-restore", flag.ExitOnError)
+	runs := fs.Int("runs", 5, "restores per VMM")
+	kernel := fs.String("kernel", guestFile("minimal-vmlinux"), "guest kernel")
+	initrd := fs.String("initrd", guestFile("initramfs.cpio.gz"), "initramfs")
+	fs.Parse(args)
+	r, err := bench.LabRestore(context.Background(), sibling("ember"), *kernel, *initrd, *runs, os.Stdout)
+	if err != nil {
+		return err
+	}
+	r.Lines(os.Stdout)
 	return nil
 }
