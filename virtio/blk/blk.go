@@ -19,6 +19,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -110,6 +111,7 @@ type Device struct {
 	worker *virtio.Worker
 	act    *virtio.Activation
 	chain  *virtio.Chain
+	iov    []unix.Iovec // a request's data segments, virtio.MaxChainLen
 	broken bool
 }
 
@@ -143,7 +145,8 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
 	}
-	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, chain: virtio.NewChain()}
+	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, chain: virtio.NewChain(),
+		iov: make([]unix.Iovec, 0, virtio.MaxChainLen)}
 	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
 	if cfg.ReadOnly {
@@ -481,7 +484,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 			if !r.dataWrite {
 				return statusIOErr, 0
 			}
-			if err := d.io(c, r, off, unix.Pread); err != nil {
+			if err := d.io(c, r, off, unix.SYS_PREADV); err != nil {
 				d.log.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 				return statusIOErr, 0
 			}
@@ -492,7 +495,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 		if d.cfg.ReadOnly || !r.dataRead {
 			return statusIOErr, 0
 		}
-		if err := d.io(c, r, off, unix.Pwrite); err != nil {
+		if err := d.io(c, r, off, unix.SYS_PWRITEV); err != nil {
 			d.log.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 			return statusIOErr, 0
 		}
@@ -531,22 +534,37 @@ func (d *Device) inDisk(sector, n uint64) bool {
 	return sector <= sectors && n/SectorSize <= sectors-sector
 }
 
-// io moves r's data between the file at off and the guest's buffers.
-func (d *Device) io(c *virtio.Chain, r *request, off int64, op func(int, []byte, int64) (int, error)) error {
+// io moves r's data between the file at off and the guest's buffers:
+// one preadv or pwritev (trap) for all of its segments, more only after a
+// short transfer. It does not allocate.
+func (d *Device) io(c *virtio.Chain, r *request, off int64, trap uintptr) error {
+	iov := d.iov[:0]
 	for i := r.first; i <= r.last; i++ {
-		b := r.segment(c, i)
-		for len(b) > 0 {
-			n, err := op(d.fd, b, off)
-			if err == unix.EINTR {
+		if b := r.segment(c, i); len(b) > 0 {
+			iov = append(iov, unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))})
+		}
+	}
+	for len(iov) > 0 {
+		// x86-64 preadv/pwritev: fd, iov, iovcnt, pos_l, pos_h (0).
+		n, _, e := unix.Syscall6(trap, uintptr(d.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), 0, 0)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return e
+		case n == 0:
+			return fmt.Errorf("short transfer at offset %d (file truncated?)", off)
+		}
+		off += int64(n)
+		for n > 0 {
+			if uintptr(iov[0].Len) <= n {
+				n -= uintptr(iov[0].Len)
+				iov = iov[1:]
 				continue
 			}
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				return fmt.Errorf("short transfer at offset %d (file truncated?)", off)
-			}
-			b, off = b[n:], off+int64(n)
+			iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
+			iov[0].Len -= uint64(n)
+			n = 0
 		}
 	}
 	return nil

@@ -93,6 +93,9 @@ func TestReadWriteFlushGetID(t *testing.T) {
 	if st != statusOK || n != 1025 {
 		t.Fatalf("read: status %d, used %d", st, n)
 	}
+	if b := m.Queues[0].Written(head, 0, 512); b[0] != 3 || b[511] != 3 {
+		t.Fatalf("read sector 3 = %d...", b[0])
+	}
 	if b := m.Queues[0].Written(head, 1, 512); b[0] != 4 || b[511] != 4 {
 		t.Fatalf("read sector 4 = %d...", b[0])
 	}
@@ -104,15 +107,23 @@ func TestReadWriteFlushGetID(t *testing.T) {
 	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeFlush, 0)}); st != statusOK {
 		t.Fatalf("flush: status %d", st)
 	}
+	// Write sectors 8-10 from two buffers of 512 and 1024 bytes.
+	two := bytes.Repeat([]byte{0xcd}, 1024)
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeOut, 8)}, virtiotest.Buf{Data: data}, virtiotest.Buf{Data: two}); st != statusOK {
+		t.Fatalf("write from two buffers: status %d", st)
+	}
 	f, _ := os.ReadFile(path)
 	if !bytes.Equal(f[5*512:6*512], data) || f[6*512] != 6 {
 		t.Fatal("the write did not reach the file (or spilled over)")
+	}
+	if !bytes.Equal(f[8*512:9*512], data) || !bytes.Equal(f[9*512:11*512], two) || f[11*512] != 11 {
+		t.Fatal("the two-buffer write did not reach the file in order (or spilled over)")
 	}
 	head, st, n = do(t, m, virtiotest.Buf{Data: header(typeGetID, 0)}, virtiotest.Buf{WriteLen: IDBytes})
 	if st != statusOK || string(bytes.TrimRight(m.Queues[0].Written(head, 0, IDBytes), "\x00")) != "rootfs" {
 		t.Fatalf("GET_ID: status %d, %q", st, m.Queues[0].Written(head, 0, IDBytes))
 	}
-	if d.Metrics.ReadBytes.Load() != 1024 || d.Metrics.WriteBytes.Load() != 512 || d.Metrics.FlushCount.Load() != 1 {
+	if d.Metrics.ReadBytes.Load() != 1024 || d.Metrics.WriteBytes.Load() != 512+1536 || d.Metrics.FlushCount.Load() != 1 {
 		t.Fatalf("metrics: read %d write %d flush %d", d.Metrics.ReadBytes.Load(), d.Metrics.WriteBytes.Load(), d.Metrics.FlushCount.Load())
 	}
 }
