@@ -277,6 +277,21 @@ func (v *VM) setupMemory() error {
 	return nil
 }
 
+// deleteMemorySlots removes the memory slots before the VM is destroyed.
+// Destroying a VM waits for the SRCU work its irqchip left pending (see
+// openKVM), one structure after the other: 15 ms for a VM a few ms old.
+// Deleting the slots first waits for it once, about 7 ms, after which the
+// destruction takes 0.1 ms; for an older VM the deletion costs 0.2 ms.
+// Errors do not matter: the VM goes next.
+func (v *VM) deleteMemorySlots() {
+	if v.mem == nil {
+		return
+	}
+	for i, r := range v.mem.Regions() {
+		_ = v.vm.SetUserMemoryRegion(kvm.UserspaceMemoryRegion{Slot: uint32(i), GuestPhysAddr: r.GuestAddr, UserspaceAddr: uint64(hostAddr(r.Host))})
+	}
+}
+
 // usePVH decides the entry protocol of the loaded kernel.
 func (v *VM) usePVH() (bool, error) {
 	k := v.kernel
@@ -532,6 +547,7 @@ func (v *VM) Close() error {
 		errs = append(errs, v.serialOut.Close())
 	}
 	if v.vm != nil {
+		v.deleteMemorySlots()
 		errs = append(errs, v.vm.Close())
 	}
 	if v.sys != nil {
