@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -61,49 +62,84 @@ func RunToExit(ctx context.Context, argv []string, okCodes ...int) (Sample, []by
 }
 
 // RunToMarker starts argv and measures the wall time from exec until marker
-// appears in its output, then kills it. stdin is /dev/null.
+// appears in its output, then kills it. stdin is /dev/null. The output
+// returned is its last 2000 bytes.
 func RunToMarker(ctx context.Context, argv []string, marker string, timeout time.Duration) (time.Duration, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	var log bytes.Buffer
-	found := make(chan time.Duration, 1)
 	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, nil, fmt.Errorf("start %s: %w", argv[0], err)
+	w, err := startWatched(ctx, argv, marker)
+	if err != nil {
+		return 0, nil, err
+	}
+	at, err := w.wait(timeout)
+	w.kill()
+	if err != nil {
+		return 0, w.output(), err
+	}
+	return at.Sub(t0), w.output(), nil
+}
+
+// watched is a process whose output is scanned for a marker.
+type watched struct {
+	cmd    *exec.Cmd
+	marker string
+	seen   chan time.Time // when the marker first appeared; closed at EOF without it
+	waited chan error
+	mu     sync.Mutex
+	out    bytes.Buffer
+}
+
+// startWatched starts argv with stdout and stderr scanned for marker.
+func startWatched(ctx context.Context, argv []string, marker string) (*watched, error) {
+	w := &watched{cmd: exec.CommandContext(ctx, argv[0], argv[1:]...), marker: marker, seen: make(chan time.Time, 1), waited: make(chan error, 1)}
+	pr, pw := io.Pipe()
+	w.cmd.Stdout, w.cmd.Stderr = pw, pw
+	if err := w.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)
 		sent := false
 		for sc.Scan() {
-			log.Write(sc.Bytes())
-			log.WriteByte('\n')
+			now := time.Now()
+			w.mu.Lock()
+			w.out.Write(sc.Bytes())
+			w.out.WriteByte('\n')
+			w.mu.Unlock()
 			if !sent && strings.Contains(sc.Text(), marker) {
-				found <- time.Since(t0)
+				w.seen <- now
 				sent = true
 			}
 		}
 		if !sent {
-			close(found)
+			close(w.seen)
 		}
 	}()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait(); pw.Close() }()
+	go func() { w.waited <- w.cmd.Wait(); pw.Close() }()
+	return w, nil
+}
+
+// wait returns when the marker appeared, or an error with the output.
+func (w *watched) wait(timeout time.Duration) (time.Time, error) {
 	select {
-	case d, ok := <-found:
-		cmd.Process.Kill()
-		<-waited
-		if !ok {
-			return 0, log.Bytes(), fmt.Errorf("%s ended without printing %q", argv[0], marker)
+	case at, ok := <-w.seen:
+		if ok {
+			return at, nil
 		}
-		return d, log.Bytes(), nil
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		<-waited
-		return 0, log.Bytes(), fmt.Errorf("%s: no %q within %v", argv[0], marker, timeout)
+		return time.Time{}, fmt.Errorf("%s ended without printing %q", w.cmd.Path, w.marker)
+	case <-time.After(timeout):
+		return time.Time{}, fmt.Errorf("%s: no %q within %v", w.cmd.Path, w.marker, timeout)
 	}
+}
+
+func (w *watched) output() []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return tail(w.out.Bytes())
+}
+
+func (w *watched) kill() {
+	w.cmd.Process.Kill()
+	<-w.waited
 }
 
 // Line prints one headline figure as "NAME VALUE UNIT".

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,10 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/embervm/ember/api"
@@ -131,69 +127,6 @@ func attempts(ctx context.Context, progress io.Writer, what string, f func() err
 	}
 }
 
-// watched is a process whose output is scanned for a marker.
-type watched struct {
-	cmd    *exec.Cmd
-	seen   chan time.Time // when the marker first appeared; closed at EOF without it
-	waited chan error
-	mu     sync.Mutex
-	out    bytes.Buffer
-}
-
-// startWatched starts argv with stdout and stderr scanned for marker.
-func startWatched(ctx context.Context, argv []string, marker string) (*watched, error) {
-	w := &watched{cmd: exec.CommandContext(ctx, argv[0], argv[1:]...), seen: make(chan time.Time, 1), waited: make(chan error, 1)}
-	pr, pw := io.Pipe()
-	w.cmd.Stdout, w.cmd.Stderr = pw, pw
-	if err := w.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", argv[0], err)
-	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sent := false
-		for sc.Scan() {
-			now := time.Now()
-			w.mu.Lock()
-			w.out.Write(sc.Bytes())
-			w.out.WriteByte('\n')
-			w.mu.Unlock()
-			if !sent && strings.Contains(sc.Text(), marker) {
-				w.seen <- now
-				sent = true
-			}
-		}
-		if !sent {
-			close(w.seen)
-		}
-	}()
-	go func() { w.waited <- w.cmd.Wait(); pw.Close() }()
-	return w, nil
-}
-
-// wait returns when the marker appeared, or an error with the output.
-func (w *watched) wait(timeout time.Duration) (time.Time, error) {
-	select {
-	case at, ok := <-w.seen:
-		if ok {
-			return at, nil
-		}
-		return time.Time{}, fmt.Errorf("%s ended without the guest's tick\n%s", w.cmd.Path, w.output())
-	case <-time.After(timeout):
-		return time.Time{}, fmt.Errorf("%s: no guest tick within %v\n%s", w.cmd.Path, timeout, w.output())
-	}
-}
-
-func (w *watched) output() []byte {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return tail(w.out.Bytes())
-}
-
-func (w *watched) kill() {
-	w.cmd.Process.Kill()
-	<-w.waited
-}
-
 // emberLabSnapshot boots the tick guest through Ember's API, pauses it and
 // takes a Full snapshot.
 func emberLabSnapshot(ctx context.Context, ember, dir, kernel, initrd, cmdline, snap, mem string) error {
@@ -219,7 +152,7 @@ func emberLabSnapshot(ctx context.Context, ember, dir, kernel, initrd, cmdline, 
 		return err
 	}
 	if _, err := w.wait(labRestoreTimeout); err != nil {
-		return err
+		return fmt.Errorf("%w\n%s", err, w.output())
 	}
 	if err := c.Pause(ctx); err != nil {
 		return err
@@ -248,7 +181,7 @@ func emberLabRestore(ctx context.Context, ember, dir, snap, mem string) (time.Du
 	}
 	at, err := w.wait(labRestoreTimeout)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w\n%s", err, w.output())
 	}
 	return at.Sub(t0), nil
 }
@@ -264,7 +197,7 @@ func qemuLabSnapshot(ctx context.Context, argv []string, dir, mig string) error 
 	}
 	defer w.kill()
 	if _, err := w.wait(labRestoreTimeout); err != nil {
-		return err
+		return fmt.Errorf("%w\n%s", err, w.output())
 	}
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
