@@ -60,7 +60,11 @@ func (v *apiVM) kill() {
 		case <-v.exited:
 		case <-time.After(10 * time.Second):
 			v.cmd.Process.Kill()
-			<-v.exited
+			select {
+			case <-v.exited:
+			case <-time.After(unkillableGrace):
+				labFault(v.t, "ember could not be stopped (stuck in the lab's KVM)\nstdout:\n"+tailString(v.out.String())+"\nstderr:\n"+v.err.String())
+			}
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	labpkg "github.com/embervm/ember/lab"
 )
 
 // bootTimeout bounds one guest boot. Lab guests reach init in 5-30 s; a
@@ -160,8 +162,8 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 		// Even SIGKILL did not end it: its vCPU thread is stuck inside the
 		// lab's KVM (a nested guest the emulated SVM never exits from).
 		// Waiting longer would hang the whole suite.
-		t.Fatalf("ember %s could not be stopped (stuck in the lab's KVM: a lab fault)\nstdout:\n%s\nstderr:\n%s",
-			strings.Join(args, " "), tailString(out.String()), errb.String())
+		labFault(t, fmt.Sprintf("ember %s could not be stopped (stuck in the lab's KVM)\nstdout:\n%s\nstderr:\n%s",
+			strings.Join(args, " "), tailString(out.String()), errb.String()))
 	}
 	r = result{stdout: out.String(), stderr: errb.String(), wall: time.Since(t0)}
 	var ee *exec.ExitError
@@ -177,6 +179,17 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	}
 	t.Logf("ember %s: %v after %v", strings.Join(args, " "), cmd.ProcessState, r.wall.Round(time.Millisecond))
 	return r, false
+}
+
+// labFault ends the test run on a lab fault nothing inside the lab can
+// recover from (an ember process SIGKILL does not end: its vCPU thread is
+// stuck inside the lab's KVM, and with it one of the lab's two CPUs). The
+// marker line makes ember-lab stop this lab and run the tests again in a
+// fresh one.
+func labFault(t *testing.T, msg string) {
+	t.Helper()
+	fmt.Printf("\n%s %s: %s\n", labpkg.LabFaultMarker, t.Name(), strings.SplitN(msg, "\n", 2)[0])
+	t.Fatalf("lab fault: %s", msg)
 }
 
 // mustBoot runs a guest that is expected to reach init and reset cleanly.

@@ -195,6 +195,7 @@ func killVM(v *apiVM) {
 	select {
 	case <-v.exited:
 	case <-time.After(unkillableGrace):
+		labFault(v.t, "ember could not be killed (stuck in the lab's KVM)\nstdout:\n"+tailString(v.out.String())+"\nstderr:\n"+v.err.String())
 	}
 }
 

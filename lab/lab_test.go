@@ -504,6 +504,11 @@ func TestOutputFilterReportsLabFault(t *testing.T) {
 	if len(faults) != 3 || !strings.Contains(faults[2], "stack guard page") {
 		t.Fatalf("faults = %q", faults)
 	}
+	// A command's own report of a lab fault (the e2e harness's).
+	f.Write([]byte(LabFaultMarker + " TestSnapshotDiff: ember could not be stopped\n"))
+	if len(faults) != 4 || !strings.HasPrefix(faults[3], LabFaultMarker) {
+		t.Fatalf("faults = %q", faults)
+	}
 	if !strings.Contains(out.String(), "hello") {
 		t.Fatalf("output = %q", out.String())
 	}

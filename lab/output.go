@@ -84,7 +84,15 @@ var labFaultPatterns = []string{
 	"watchdog: BUG: soft lockup",
 	"self-detected stall on CPU",
 	"detected stalls on CPUs/tasks",
+	LabFaultMarker,
 }
+
+// LabFaultMarker starts a line a command in the lab prints when it has
+// seen a lab fault it cannot recover from (the e2e harness: an ember
+// process that SIGKILL does not end, its vCPU thread stuck inside the
+// lab's KVM). The lab run is stopped there and run again like one whose
+// kernel reported a stall.
+const LabFaultMarker = "EMBER-LAB-FAULT:"
 
 // labCrashPattern matches the lab kernel's own reports of a crash, which
 // start a console line with the kernel's timestamp (the nested guests'
