@@ -2,12 +2,15 @@ package lab
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestShellQuoteRoundTrip(t *testing.T) {
@@ -511,5 +514,34 @@ func TestOutputFilterReportsLabFault(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "hello") {
 		t.Fatalf("output = %q", out.String())
+	}
+}
+
+func TestWatchSilenceReportsAQuietLab(t *testing.T) {
+	heard := &lastWrite{w: io.Discard}
+	heard.mark()
+	got := make(chan string, 1)
+	go watchSilence(context.Background(), heard, 50*time.Millisecond, func(why string) { got <- why })
+	select {
+	case why := <-got:
+		if !strings.Contains(why, "no output from the lab") {
+			t.Fatalf("fault %q", why)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a silent lab was not reported")
+	}
+	// Output keeps it quiet.
+	heard.mark()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go watchSilence(ctx, heard, time.Second, func(why string) { got <- why })
+	for range 5 {
+		time.Sleep(100 * time.Millisecond)
+		heard.Write([]byte("x"))
+	}
+	select {
+	case why := <-got:
+		t.Fatalf("a lab that prints was reported: %q", why)
+	default:
 	}
 }

@@ -15,9 +15,16 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
+# ember_lab_kvm_amd=P=V[,P=V...] on the lab's command line (EMBER_LAB_APPEND)
+# passes module parameters to kvm_amd, for experiments with the nested SVM.
+kvm_amd_args=$(sed -n 's/.*ember_lab_kvm_amd=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+
 load_modules() {
 	while read -r m; do
-		insmod "/lib/modules/$m.ko" || say "insmod $m failed"
+		args=
+		[ "$m" = kvm_amd ] && args=$kvm_amd_args
+		# shellcheck disable=SC2086
+		insmod "/lib/modules/$m.ko" $args || say "insmod $m failed"
 	done <"$1"
 }
 load_modules /etc/ember-lab/modules

@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -40,6 +42,12 @@ const (
 	DefaultRetries = 4
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
+	// DefaultSilence is how long a running command's lab may print nothing
+	// before it counts as hung (RunOptions.Silence). The e2e harness
+	// prints within 5 minutes even when a guest hangs; a lab whose two CPUs
+	// are both stuck in the emulated SVM prints nothing at all, and its
+	// kernel cannot report it.
+	DefaultSilence = 10 * time.Minute
 	// qemuWaitDelay is how long to wait for QEMU's output after killing it.
 	qemuWaitDelay = 5 * time.Second
 	// jobMaxAge is the age after which a leftover job directory (from a
@@ -68,6 +76,10 @@ type RunOptions struct {
 	Stderr io.Writer
 	// Verbose copies the whole console, kernel messages included, to Stderr.
 	Verbose bool
+	// Silence: a lab that prints nothing for this long while the command
+	// runs has hung, a lab fault like a stall report (0: DefaultSilence;
+	// negative: never).
+	Silence time.Duration
 	// Retries is how many times the command is run again when the lab VM
 	// itself hangs (its kernel reports a soft lockup or an RCU stall: a
 	// fault of TCG's nested SVM, seen with QEMU's own guests too). The
@@ -151,9 +163,20 @@ func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, jo
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var faultLine string
+	var (
+		faultMu   sync.Mutex
+		faultLine string
+	)
 	faultCtx, stopForFault := context.WithCancel(ctx)
 	defer stopForFault()
+	labFault := func(why string) {
+		faultMu.Lock()
+		defer faultMu.Unlock()
+		if faultLine == "" {
+			faultLine = why
+			stopForFault()
+		}
+	}
 
 	stdout, stderr := opts.Stdout, opts.Stderr
 	if stdout == nil {
@@ -163,19 +186,23 @@ func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, jo
 		stderr = os.Stderr
 	}
 	filter := NewOutputFilter(stdout, markers)
-	filter.OnLabFault = func(line string) {
-		if faultLine == "" {
-			faultLine = strings.TrimSpace(line)
-			stopForFault()
-		}
-	}
+	filter.OnLabFault = func(line string) { labFault(strings.TrimSpace(line)) }
 	if opts.Verbose {
 		filter.Raw = stderr
 	}
 	var qemuStderr bytes.Buffer
 	cmd := exec.CommandContext(faultCtx, qemuBinary, QEMUArgs(assets, jobDir, shares)...)
 	cmd.Stdin = nil // /dev/null: the lab is not interactive
-	cmd.Stdout = filter
+	silence := opts.Silence
+	if silence == 0 {
+		silence = DefaultSilence
+	}
+	heard := &lastWrite{w: filter}
+	heard.mark()
+	cmd.Stdout = heard
+	if silence > 0 {
+		go watchSilence(faultCtx, heard, silence, labFault)
+	}
 	cmd.Stderr = &qemuStderr
 	cmd.WaitDelay = qemuWaitDelay
 	// QEMU must not outlive ember-lab, even if ember-lab is SIGKILLed (go
@@ -193,8 +220,11 @@ func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, jo
 	if ended {
 		return code, "", nil
 	}
-	if faultLine != "" && ctx.Err() == nil {
-		return ExitSetupFailed, faultLine, nil
+	faultMu.Lock()
+	fault = faultLine
+	faultMu.Unlock()
+	if fault != "" && ctx.Err() == nil {
+		return ExitSetupFailed, fault, nil
 	}
 	var why string
 	switch {
@@ -216,6 +246,38 @@ func runOnce(ctx context.Context, cfg Config, opts RunOptions, assets Assets, jo
 		why += "; last console line: " + strings.TrimSpace(tail[len(tail)-1])
 	}
 	return ExitSetupFailed, "", errors.New(why)
+}
+
+// lastWrite passes writes on to w and notes when the last one came.
+type lastWrite struct {
+	w  io.Writer
+	at atomic.Int64 // UnixNano
+}
+
+func (l *lastWrite) mark() { l.at.Store(time.Now().UnixNano()) }
+
+func (l *lastWrite) Write(p []byte) (int, error) {
+	l.mark()
+	return l.w.Write(p)
+}
+
+// watchSilence reports a lab fault when the lab has printed nothing for
+// silence (it boots in seconds, so this holds from QEMU's start).
+func watchSilence(ctx context.Context, heard *lastWrite, silence time.Duration, fault func(string)) {
+	tick := time.NewTicker(min(silence/10, 10*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		quiet := time.Since(time.Unix(0, heard.at.Load()))
+		if quiet >= silence {
+			fault(fmt.Sprintf("no output from the lab for %v: its CPUs hung", quiet.Round(time.Second)))
+			return
+		}
+	}
 }
 
 // labShadowedDirs are mounted afresh inside the lab, hiding the host's.

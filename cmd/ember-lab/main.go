@@ -4,7 +4,7 @@
 //
 // Usage:
 //
-//	ember-lab run [--add PATH]... [--timeout D] [-v] -- CMD [ARGS...]
+//	ember-lab run [--add PATH]... [--timeout D] [--silence D] [--retries N] [-v] -- CMD [ARGS...]
 //	ember-lab prepare
 //	ember-lab guest-initramfs --init FILE -o OUT
 //
@@ -50,7 +50,7 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  ember-lab run [--add PATH]... [--timeout D] [-v] -- CMD [ARGS...]
+  ember-lab run [--add PATH]... [--timeout D] [--silence D] [--retries N] [-v] -- CMD [ARGS...]
   ember-lab prepare
   ember-lab guest-initramfs --init FILE -o OUT
 `)
@@ -96,6 +96,7 @@ func cmdRun(ctx context.Context, cfg lab.Config, args []string, stdout, stderr i
 	fs.Var(&add, "add", "host `PATH` made writable inside the lab at the same path (repeatable; a file shares its parent directory)")
 	timeout := fs.Duration("timeout", lab.DefaultTimeout, "kill the lab after this long")
 	verbose := fs.Bool("v", false, "copy the whole lab console to stderr")
+	silence := fs.Duration("silence", lab.DefaultSilence, "a lab that prints nothing for this long has hung: run the command again (negative: never)")
 	retries := fs.Int("retries", lab.DefaultRetries, "run the command again up to `N` times if the lab VM itself hangs (the command must be safe to repeat)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -110,6 +111,7 @@ func cmdRun(ctx context.Context, cfg lab.Config, args []string, stdout, stderr i
 		Argv:    argv,
 		Add:     add,
 		Timeout: *timeout,
+		Silence: *silence,
 		Stdout:  stdout,
 		Stderr:  stderr,
 		Verbose: *verbose,
