@@ -77,6 +77,17 @@ func counts(out string) []countReport {
 	return rs
 }
 
+// clockLag bounds how far the guest's wall clock is behind the host's:
+// the smallest, over v's report lines, of the line's arrival at the host
+// less the guest time it carries (the line's trip only adds to it).
+func clockLag(v *apiVM) time.Duration {
+	lag := time.Duration(1<<63 - 1)
+	for _, r := range counts(v.out.String()) {
+		lag = min(lag, v.out.ArrivedAt(r.end-1).Sub(r.t))
+	}
+	return lag
+}
+
 // lastCount is the last count the console shows, or 0.
 func lastCount(out string) int {
 	rs := counts(out)
@@ -264,6 +275,7 @@ func TestSnapshotClones(t *testing.T) {
 	if rs := counts(a.out.String()); len(rs) > 0 {
 		atGen, atIRQs = rs[len(rs)-1].gen, rs[len(rs)-1].gedIRQs
 	}
+	t.Logf("source VM: guest wall clock %v behind the host's (at most), before the snapshot", clockLag(a).Round(time.Millisecond))
 	saved := filepath.Join(dir, "data.snapshot.img")
 	copyFile(t, saved, drive)
 	t.Logf("snapshot at count %d (drive %d), VMGenID %s", at, driveCount(t, saved), atGen)
@@ -299,10 +311,7 @@ func TestSnapshotClones(t *testing.T) {
 		// line's trip (>= 0), so the smallest over the clone's lines bounds
 		// the lag from above, and no guest time may be ahead of arrival.
 		rs := counts(v.out.String())
-		lag := time.Duration(1<<63 - 1)
-		for _, r := range rs {
-			lag = min(lag, v.out.ArrivedAt(r.end-1).Sub(r.t))
-		}
+		lag := clockLag(v)
 		if lag < -time.Second || lag > time.Second {
 			t.Errorf("%s: guest wall clock %v behind the host's after a clock_realtime load, want within 1s", name, lag)
 		} else {
