@@ -24,6 +24,20 @@ func runAsync(vm *VM) <-chan Fate {
 	return done
 }
 
+// snapshotAt waits until the running counter guest a has counted past n,
+// pauses it and takes a Full snapshot into a new temporary directory.
+func snapshotAt(t *testing.T, a *VM, n uint32) (dir, snap, mem string) {
+	t.Helper()
+	waitCount(t, a, n)
+	a.Pause()
+	dir = t.TempDir()
+	snap, mem = filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
+		t.Fatal(err)
+	}
+	return dir, snap, mem
+}
+
 func waitFate(t *testing.T, done <-chan Fate, want FateKind) {
 	t.Helper()
 	select {
@@ -225,13 +239,7 @@ func TestLoadBadSnapshot(t *testing.T) {
 	}
 	defer a.Close()
 	done := runAsync(a)
-	waitCount(t, a, 0)
-	a.Pause()
-	dir := t.TempDir()
-	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
-		t.Fatal(err)
-	}
+	dir, snap, mem := snapshotAt(t, a, 0)
 	a.Stop()
 	<-done
 	good, _ := os.ReadFile(snap)
@@ -365,13 +373,7 @@ func TestSnapshotUffd(t *testing.T) {
 	}
 	defer a.Close()
 	doneA := runAsync(a)
-	waitCount(t, a, 100)
-	a.Pause()
-	dir := t.TempDir()
-	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
-		t.Fatal(err)
-	}
+	dir, snap, mem := snapshotAt(t, a, 100)
 	saved := counter(t, a)
 	a.Stop()
 	<-doneA
@@ -461,13 +463,7 @@ func TestSnapshotClockRealtime(t *testing.T) {
 	}
 	defer a.Close()
 	done := runAsync(a)
-	waitCount(t, a, 0)
-	a.Pause()
-	dir := t.TempDir()
-	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
-		t.Fatal(err)
-	}
+	_, snap, mem := snapshotAt(t, a, 0)
 	a.Stop()
 	<-done
 	st, err := snapshot.Read(snap)

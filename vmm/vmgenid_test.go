@@ -62,13 +62,7 @@ func TestVMGenID(t *testing.T) {
 	}
 
 	done := runAsync(a)
-	waitCount(t, a, 10)
-	a.Pause()
-	dir := t.TempDir()
-	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	if err := a.CreateSnapshot(SnapshotCreate{SnapshotPath: snap, MemFilePath: mem}); err != nil {
-		t.Fatal(err)
-	}
+	dir, snap, mem := snapshotAt(t, a, 10)
 	a.Stop()
 	<-done
 	f, err := os.ReadFile(mem)
