@@ -24,6 +24,17 @@ func runAsync(vm *VM) <-chan Fate {
 	return done
 }
 
+// startVM builds cfg's VM, closed when the test ends, and runs it.
+func startVM(t *testing.T, cfg Config) (*VM, <-chan Fate) {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a, runAsync(a)
+}
+
 // snapshotAt waits until the running counter guest a has counted past n,
 // pauses it and takes a Full snapshot into a new temporary directory.
 func snapshotAt(t *testing.T, a *VM, n uint32) (dir, snap, mem string) {
@@ -68,12 +79,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 8
 	cfg.BootTimer = true
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	doneA := runAsync(a)
+	a, doneA := startVM(t, cfg)
 	waitCount(t, a, 1000)
 	dir := t.TempDir()
 	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
@@ -164,12 +170,7 @@ func TestSnapshotDiff(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.TrackDirtyPages = true
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	doneA := runAsync(a)
+	a, doneA := startVM(t, cfg)
 	defer func() { a.Stop(); <-doneA }()
 	waitCount(t, a, 100)
 	dir := t.TempDir()
@@ -233,12 +234,7 @@ func TestSnapshotDiff(t *testing.T) {
 func TestLoadBadSnapshot(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	done := runAsync(a)
+	a, done := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 0)
 	a.Stop()
 	<-done
@@ -306,12 +302,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 	cfg.Balloon = &balloon.Config{AmountMiB: 16}
 	cfg.Vsock = &vsock.Config{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}
 	cfg.PIT = true
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	doneA := runAsync(a)
+	a, doneA := startVM(t, cfg)
 	waitCount(t, a, 0)
 	if err := a.Pause(); err != nil {
 		t.Fatal(err)
@@ -367,12 +358,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 func TestSnapshotUffd(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	doneA := runAsync(a)
+	a, doneA := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 100)
 	saved := counter(t, a)
 	a.Stop()
@@ -426,12 +412,7 @@ func TestSnapshotUffd(t *testing.T) {
 func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	done := runAsync(a)
+	a, done := startVM(t, cfg)
 	defer func() { a.Stop(); <-done }()
 	a.Pause()
 	dir := t.TempDir()
@@ -457,12 +438,7 @@ func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 func TestSnapshotClockRealtime(t *testing.T) {
 	needKVM(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	done := runAsync(a)
+	a, done := startVM(t, cfg)
 	_, snap, mem := snapshotAt(t, a, 0)
 	a.Stop()
 	<-done
