@@ -20,6 +20,7 @@ import (
 	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/virtio/vsock"
+	"github.com/embervm/ember/x86"
 )
 
 // EmberVersion is written into snapshot headers; cmd/ember sets it.
@@ -459,7 +460,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("kvm")
-	err = v.checkVendor(st.Header.CPUVendor)
+	supported, err := v.checkVendor(st.Header.CPUVendor)
 	if err == nil {
 		err = v.setupDevices()
 	}
@@ -487,6 +488,9 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("devices_vcpus_created")
+	if err := v.checkCPUIDFeatures(st, supported); err != nil {
+		return nil, Config{}, err
+	}
 	for i, c := range v.cpus {
 		if err := c.fd.RestoreState(&st.VCPUs[i]); err != nil {
 			return nil, Config{}, bad(fmt.Errorf("restoring vCPU %d: %w", i, err))
@@ -521,14 +525,40 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	return v, cfg, nil
 }
 
-// checkVendor refuses a snapshot taken on another CPU vendor's host.
-func (v *VM) checkVendor(saved string) error {
+// checkVendor refuses a snapshot taken on another CPU vendor's host. It
+// returns this host's KVM_GET_SUPPORTED_CPUID.
+func (v *VM) checkVendor(saved string) ([]kvm.CPUIDEntry, error) {
 	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	if host := snapshot.VendorFromCPUID(supported); host != saved {
+		return nil, fmt.Errorf("%w: the snapshot was taken on a %s CPU; this host's is %s", ErrBadSnapshot, saved, host)
+	}
+	return supported, nil
+}
+
+// checkCPUIDFeatures refuses a snapshot whose vCPUs use CPUID features
+// this host cannot give them (one moved to an older CPU model). What a
+// host offers is KVM_GET_SUPPORTED_CPUID and, on hosts whose KVM adds
+// bits of its own (a PVM host fills in the real CPU's features on
+// KVM_SET_CPUID2, beyond what it lists as supported), what vCPU 0 holds
+// after being given that list; vCPU 0's CPUID is then overwritten by the
+// restore. Leaves KVM declines outright are found by the restore itself
+// (kvm.VCPU.RestoreState), as are MSRs it refuses.
+func (v *VM) checkCPUIDFeatures(st *snapshot.State, supported []kvm.CPUIDEntry) error {
+	c := v.cpus[0].fd
+	if err := c.SetCPUID2(supported); err != nil {
+		return err
+	}
+	held, err := c.GetCPUID2()
 	if err != nil {
 		return err
 	}
-	if host := snapshot.VendorFromCPUID(supported); host != saved {
-		return fmt.Errorf("%w: the snapshot was taken on a %s CPU; this host's is %s", ErrBadSnapshot, saved, host)
+	for i := range st.VCPUs {
+		if err := x86.CheckCPUIDFeatures(st.VCPUs[i].CPUID, supported, held); err != nil {
+			return fmt.Errorf("%w: vCPU %d: %w", ErrBadSnapshot, i, err)
+		}
 	}
 	return nil
 }

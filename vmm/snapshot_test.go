@@ -2,9 +2,11 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -493,4 +495,137 @@ func TestSnapshotClockRealtime(t *testing.T) {
 	if advance := time.Duration(clk.Clock - st.VM.Clock.Clock); advance < 10*time.Second || advance > 12*time.Second {
 		t.Errorf("no CLOCK_REALTIME reference, snapshot 10 s old: the clock advanced %v, want about 10 s", advance)
 	}
+}
+
+// TestLoadSnapshotFromAnotherCPU: a state file whose vCPUs this host's KVM
+// cannot take fails to load with one error naming what is wrong: a CPUID
+// feature bit the host does not offer, an MSR KVM refuses, a CPUID leaf
+// KVM declines (when it holds any bit; an all-zero declined leaf loads,
+// see kvm.VCPU.RestoreState). Which leaves a host declines differs between
+// hosts: the test finds them by comparing the host's supported list with
+// what the saved vCPU holds, and logs them.
+func TestLoadSnapshotFromAnotherCPU(t *testing.T) {
+	needKVM(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, done := startVM(t, cfg)
+	dir, snap, mem := snapshotAt(t, a, 0)
+	a.Stop()
+	<-done
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	supported, err := sys.SupportedCPUID()
+	sys.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// edit writes a copy of the state file with fn applied to vCPU 0.
+	edit := func(name string, fn func(v *kvm.VCPUState)) string {
+		st, err := snapshot.Read(snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(&st.VCPUs[0])
+		p := filepath.Join(dir, name)
+		if err := snapshot.Write(p, st); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	load := func(p string) (*VM, error) {
+		base, _ := tinyConfig(t, tiny.Image())
+		vm, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: p, MemFilePath: mem})
+		return vm, err
+	}
+	mustFail := func(what, p, want string) {
+		t.Helper()
+		vm, err := load(p)
+		if err == nil {
+			vm.Close()
+			t.Fatalf("%s: loaded", what)
+		}
+		if !errors.Is(err, ErrBadSnapshot) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("%s: %v\nwant one line, ErrBadSnapshot, naming %q", what, err, want)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+
+	// A feature bit neither the saved vCPU nor the host has: the guest of a
+	// newer CPU model.
+	const leaf7 = 7
+	var bit uint32
+	for i := range 32 {
+		b := uint32(1) << i
+		if cpuidEDX(st0CPUID(t, snap), leaf7)&b == 0 && cpuidEDX(supported, leaf7)&b == 0 {
+			bit = b
+			break
+		}
+	}
+	if bit == 0 {
+		t.Fatal("leaf 7 EDX has every bit set here")
+	}
+	newer := edit("newer.snap", func(v *kvm.VCPUState) {
+		for i := range v.CPUID {
+			if v.CPUID[i].Function == leaf7 && v.CPUID[i].Index == 0 {
+				v.CPUID[i].EDX |= bit
+			}
+		}
+	})
+	mustFail("feature bit", newer, fmt.Sprintf("CPUID leaf 0x7 subleaf 0 EDX has bits %#x", bit))
+
+	const bogusMSR = 0x4b56_4dff // in KVM's paravirtual range, never defined
+	msr := edit("msr.snap", func(v *kvm.VCPUState) {
+		v.MSRs = append(v.MSRs, kvm.MSREntry{Index: bogusMSR, Data: 1})
+	})
+	mustFail("MSR", msr, fmt.Sprintf("MSR %#x", bogusMSR))
+
+	declined := kvm.DroppedCPUID(supported, st0CPUID(t, snap))
+	if len(declined) == 0 {
+		t.Log("this host's KVM keeps every CPUID leaf it supports: no declined leaf to load")
+		return
+	}
+	leaf := declined[0]
+	t.Logf("this host's KVM declines CPUID leaf %#x subleaf %d", leaf.Function, leaf.Index)
+	set := leaf
+	set.EAX |= 1
+	withBits := edit("declined.snap", func(v *kvm.VCPUState) { v.CPUID = append(v.CPUID, set) })
+	mustFail("declined leaf with bits", withBits, fmt.Sprintf("CPUID leaf %#x subleaf %d", leaf.Function, leaf.Index))
+
+	zero := kvm.CPUIDEntry{Function: leaf.Function, Index: leaf.Index, Flags: leaf.Flags}
+	harmless := edit("declined-zero.snap", func(v *kvm.VCPUState) { v.CPUID = append(v.CPUID, zero) })
+	b, err := load(harmless)
+	if err != nil {
+		t.Fatalf("an all-zero declined leaf: %v", err)
+	}
+	defer b.Close()
+	doneB := runAsync(b)
+	saved := counter(t, b)
+	if err := b.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, b, saved)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
+}
+
+// st0CPUID is vCPU 0's saved CPUID in the state file p.
+func st0CPUID(t *testing.T, p string) []kvm.CPUIDEntry {
+	t.Helper()
+	st, err := snapshot.Read(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.VCPUs[0].CPUID
+}
+
+// cpuidEDX is EDX of leaf fn, subleaf 0.
+func cpuidEDX(entries []kvm.CPUIDEntry, fn uint32) uint32 {
+	for _, e := range entries {
+		if e.Function == fn && e.Index == 0 {
+			return e.EDX
+		}
+	}
+	return 0
 }

@@ -96,6 +96,8 @@ type VM struct {
 	stopping atomic.Bool
 	stopped  chan struct{} // closed with the first fate
 	closed   bool
+	// loops counts the vCPU loops Run started; Close waits for them.
+	loops sync.WaitGroup
 
 	// Pause and resume (pause.go).
 	pauseMu  sync.Mutex
@@ -474,11 +476,10 @@ func (v *VM) Run() Fate {
 	if v.bootTimer != nil {
 		v.bootTimer.MarkGuestStart()
 	}
-	var wg sync.WaitGroup
+	v.loops.Add(len(v.cpus))
 	for _, c := range v.cpus {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer v.loops.Done()
 			c.loop()
 		}()
 	}
@@ -488,7 +489,7 @@ func (v *VM) Run() Fate {
 		go v.feedConsole(ctx, v.cfg.ConsoleIn)
 	}
 	f := <-v.fate
-	wg.Wait()
+	v.loops.Wait()
 	if f.Kind == FateStopped {
 		// Where a guest that had to be stopped was: the first clue to a hang.
 		for _, c := range v.cpus {
@@ -533,12 +534,18 @@ func (v *VM) feedConsole(ctx context.Context, r io.Reader) {
 	}
 }
 
-// Close releases everything the VM holds. It is safe on a partly built VM.
+// Close releases everything the VM holds. It is safe on a partly built VM;
+// a VM still running is stopped first, and its vCPU threads are waited for
+// (their kvm_run pages are unmapped below).
 func (v *VM) Close() error {
 	if v.closed {
 		return nil
 	}
 	v.closed = true
+	if len(v.cpus) > 0 {
+		v.Stop()
+		v.loops.Wait()
+	}
 	var errs []error
 	for _, c := range v.cpus {
 		errs = append(errs, c.fd.Close())
