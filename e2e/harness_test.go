@@ -32,10 +32,14 @@ import (
 // kernel's module area (kvm_amd): the nested guest was given its host's
 // state on a VMRUN.
 const (
-	// stallTimeout: no guest output for this long means a hang.
-	stallTimeout = 2 * time.Minute
-	bootTimeout  = 75 * time.Second
-	bootAttempts = 4
+	// stallTimeout: no guest output for this long means a hang. A guest
+	// prints a heartbeat every guestHeartbeat seconds from the start of
+	// its init (see baseCmdline), and quiet kernels reach init in about 5 s
+	// in the lab.
+	stallTimeout   = 30 * time.Second
+	guestHeartbeat = "5"
+	bootTimeout    = 75 * time.Second
+	bootAttempts   = 4
 	// unkillableGrace: how long after SIGKILL an ember process may take to
 	// go before the harness gives up on it.
 	unkillableGrace = time.Minute
