@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -106,12 +107,12 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		r, hung := emberOnce(t, timeout, prefix, args...)
-		died := !hung && r.code != 0 &&
+		died := hung == "" && r.code != 0 &&
 			(strings.Contains(r.stderr, "triple fault") || strings.Contains(r.stderr, "internal error"))
-		if !hung && !died {
+		if hung == "" && !died {
 			return r
 		}
-		what := fmt.Sprintf("did not finish within %v", timeout)
+		what := hung
 		if died {
 			what = "died of a triple fault or internal error"
 		}
@@ -122,7 +123,9 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	}
 }
 
-func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...string) (r result, hung bool) {
+// emberOnce runs ember once; hung says why it was stopped ("" if it ended
+// by itself).
+func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...string) (r result, hung string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -138,6 +141,7 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	// stop it then rather than at the end of a long timeout.
 	done := make(chan struct{})
 	defer close(done)
+	var stalled atomic.Bool
 	go func() {
 		last, since := -1, time.Now()
 		for {
@@ -149,6 +153,7 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 			if n := out.Len(); n != last {
 				last, since = n, time.Now()
 			} else if time.Since(since) > stallTimeout {
+				stalled.Store(true)
 				cancel()
 				return
 			}
@@ -178,11 +183,14 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	default:
 		t.Fatalf("ember: %v", err)
 	}
-	if ctx.Err() != nil {
-		return r, true
+	switch {
+	case stalled.Load():
+		return r, fmt.Sprintf("printed nothing for %v (its guest hung)", stallTimeout)
+	case ctx.Err() != nil:
+		return r, fmt.Sprintf("did not finish within %v", timeout)
 	}
 	t.Logf("ember %s: %v after %v", strings.Join(args, " "), cmd.ProcessState, r.wall.Round(time.Millisecond))
-	return r, false
+	return r, ""
 }
 
 // labFault ends the test run on a lab fault nothing inside the lab can
