@@ -145,4 +145,3 @@ func (s *Store) mergedImage(ctx context.Context, layers []Layer) (string, error)
 	}
 	return out, nil
 }
-

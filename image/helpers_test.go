@@ -72,9 +72,11 @@ type ent struct {
 	xattrs map[string]string
 }
 
-func dirE(name string) ent            { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
-func fileE(name, body string) ent     { return ent{name: name, typ: tar.TypeReg, body: body, mode: 0o644} }
-func symlinkE(name, target string) ent { return ent{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777} }
+func dirE(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
+func fileE(name, body string) ent { return ent{name: name, typ: tar.TypeReg, body: body, mode: 0o644} }
+func symlinkE(name, target string) ent {
+	return ent{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777}
+}
 func hardlinkE(name, target string) ent {
 	return ent{name: name, typ: tar.TypeLink, link: target, mode: 0o644}
 }
