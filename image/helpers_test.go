@@ -84,7 +84,8 @@ func hardlinkE(name, target string) ent {
 // testTime is the modification time of every test entry.
 var testTime = time.Date(2020, 2, 2, 2, 2, 2, 0, time.UTC)
 
-// layerTar writes entries as a tar stream (PAX, for the xattrs).
+// layerTar writes entries as a tar stream (USTAR, or PAX for entries with
+// xattrs).
 func layerTar(t testing.TB, entries ...ent) []byte {
 	t.Helper()
 	var buf bytes.Buffer
@@ -93,7 +94,7 @@ func layerTar(t testing.TB, entries ...ent) []byte {
 		h := &tar.Header{
 			Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode,
 			Uid: e.uid, Gid: e.gid, Devmajor: e.major, Devminor: e.minor,
-			ModTime: testTime, Format: tar.FormatPAX,
+			ModTime: testTime,
 		}
 		if e.typ == tar.TypeReg {
 			h.Size = int64(len(e.body))
@@ -101,6 +102,7 @@ func layerTar(t testing.TB, entries ...ent) []byte {
 		for k, v := range e.xattrs {
 			if h.PAXRecords == nil {
 				h.PAXRecords = map[string]string{}
+				h.Format = tar.FormatPAX
 			}
 			h.PAXRecords[paxXattrPrefix+k] = v
 		}
