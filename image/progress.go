@@ -3,6 +3,9 @@ package image
 import (
 	"fmt"
 	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
 )
 
 // Phase is the stage a layer is at.
@@ -81,4 +84,50 @@ func formatBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// WriteAdded prints what an import or pull added: the image ID and names.
+func WriteAdded(w io.Writer, img *Image) {
+	fmt.Fprintln(w, img.ID)
+	for _, n := range img.Names {
+		fmt.Fprintln(w, n)
+	}
+}
+
+// WriteRemoved prints what Remove did, one line per name and image, then
+// the bytes freed.
+func WriteRemoved(w io.Writer, res *RemoveResult) {
+	for _, n := range res.Untagged {
+		fmt.Fprintln(w, "untagged", n)
+	}
+	for _, id := range res.Deleted {
+		fmt.Fprintln(w, "deleted", id)
+	}
+	if res.Freed > 0 {
+		fmt.Fprintln(w, "freed", formatBytes(res.Freed))
+	}
+}
+
+// idShort is how many hex digits of an ID the table shows (as Docker).
+const idShort = 12
+
+// WriteTable prints images as a table: ID, layers, size of their layer
+// images, import time and names.
+func WriteTable(w io.Writer, imgs []*Image) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tLAYERS\tSIZE\tIMPORTED\tNAMES")
+	for _, img := range imgs {
+		var size int64
+		for _, l := range img.Layers {
+			size += l.FSSize
+		}
+		names := strings.Join(img.Names, ",")
+		if names == "" {
+			names = "<none>"
+		}
+		id := strings.TrimPrefix(img.ID, "sha256:")
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", id[:min(idShort, len(id))], len(img.Layers), formatBytes(size),
+			img.Imported.Local().Format(time.DateTime), names)
+	}
+	return tw.Flush()
 }

@@ -84,8 +84,10 @@ type Layer struct {
 	// DiffID is the digest of the uncompressed layer tar, which names the
 	// layer's filesystem image.
 	DiffID string `json:"diff_id"`
-	// Path is the layer's read-only EROFS image (filled in on reading).
-	Path string `json:"path,omitempty"`
+	// Path is the layer's read-only EROFS image and FSSize its size
+	// (filled in on reading).
+	Path   string `json:"path,omitempty"`
+	FSSize int64  `json:"fs_size,omitempty"`
 }
 
 // Config is the part of the OCI image config (image-spec config.md,
@@ -265,6 +267,9 @@ func (s *Store) readRecord(id v1.Hash, refs map[string]string) (*Image, error) {
 			return nil, fmt.Errorf("image record %s: layer %d: %w", id, i, err)
 		}
 		img.Layers[i].Path = s.layerPath(h)
+		if fi, err := os.Stat(img.Layers[i].Path); err == nil {
+			img.Layers[i].FSSize = fi.Size()
+		}
 	}
 	return &img, nil
 }
@@ -276,7 +281,7 @@ func (s *Store) writeRecord(id v1.Hash, img *Image) error {
 	rec.Names = nil
 	rec.Layers = append([]Layer(nil), img.Layers...)
 	for i := range rec.Layers {
-		rec.Layers[i].Path = ""
+		rec.Layers[i].Path, rec.Layers[i].FSSize = "", 0
 	}
 	b, err := json.MarshalIndent(&rec, "", "  ")
 	if err != nil {
