@@ -398,8 +398,9 @@ func (x *extractor) create(parent int, rel, base string, hdr *tar.Header, body i
 	return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
 }
 
-// maxDevPart bounds a device major or minor number: Linux's dev_t has 12
-// bits of major and 20 of minor; both fit in 32 bits for unix.Mkdev.
+// maxDevPart bounds a device major or minor number to unix.Mkdev's 32-bit
+// arguments; mknod then refuses (EINVAL) what the kernel's 12-bit major
+// and 20-bit minor cannot hold.
 const maxDevPart = 1<<32 - 1
 
 // hardlink links base to the file of this layer that hdr.Linkname names.
