@@ -39,10 +39,11 @@ APT_UPDATE_DAYS := 7
 
 # Debian packages: QEMU for the lab; busybox, cpio, kmod (depmod) for the
 # initramfs images; the kernel source and its build dependencies; e2fsprogs
-# for disk images in tests; acpica-tools (iasl) to check the ACPI tables.
+# for disk images in tests; acpica-tools (iasl) to check the ACPI tables;
+# erofs-utils (mkfs.erofs) for the image store's layer filesystems.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates acpica-tools iproute2
+	e2fsprogs ca-certificates acpica-tools iproute2 erofs-utils
 
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
