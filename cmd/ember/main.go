@@ -4,6 +4,7 @@
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	ember extract-vmlinux BZIMAGE OUT
+//	ember doctor [--vms N] [--fix]
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
@@ -62,6 +63,7 @@ func usage(w io.Writer) {
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
+  ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember version
 `)
 }
@@ -89,6 +91,8 @@ func run(args []string, start time.Time) int {
 		return exitOK
 	case "snapshot":
 		return runSnapshot(args[1:])
+	case "doctor":
+		return runDoctor(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
