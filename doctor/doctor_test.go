@@ -279,21 +279,22 @@ func TestNprocCountsForUsersNotRoot(t *testing.T) {
 
 func TestPidsCgroupLimit(t *testing.T) {
 	// cgroup v1 with the pids controller; the manager's own cgroup is
-	// unlimited but its parent allows 10000 threads.
+	// unlimited but its parent allows 15000 threads.
 	files := healthyHost()
 	pid := fmt.Sprint(testPID)
 	files["proc/"+pid+"/mountinfo"] = "36 25 0:31 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids\n" +
 		"37 25 0:32 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
 	files["proc/"+pid+"/cgroup"] = "8:pids:/jobs/build\n0::/\n"
 	files["sys/fs/cgroup/pids/jobs/build/pids.max"] = "max\n"
-	files["sys/fs/cgroup/pids/jobs/pids.max"] = "10000\n"
+	files["sys/fs/cgroup/pids/jobs/pids.max"] = "15000\n"
 	files["sys/fs/cgroup/pids/jobs/pids.current"] = "400\n"
 	h, _ := newHost(t, files, 0)
 	r := result(t, Check(h, 4000), "pids cgroup")
-	if r.Status != Fail || !strings.Contains(r.Detail, "sys/fs/cgroup/pids/jobs allows 10000") || r.Fixable() {
+	if r.Status != Fail || !strings.Contains(r.Detail, "sys/fs/cgroup/pids/jobs allows 15000") || r.Fixable() {
 		t.Fatalf("%v fixable=%v %s", r.Status, r.Fixable(), r.Detail)
 	}
-	if r := result(t, Check(h, 1000), "pids cgroup"); r.Status != OK || !strings.Contains(r.Detail, "room for 1066 VMs") {
+	room := fmt.Sprintf("room for %d VMs", (15000-400)/ThreadsPerVM)
+	if r := result(t, Check(h, 1000), "pids cgroup"); r.Status != OK || !strings.Contains(r.Detail, room) {
 		t.Fatalf("1000 VMs: %v %s", r.Status, r.Detail)
 	}
 }

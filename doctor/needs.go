@@ -7,13 +7,15 @@ package doctor
 // density_maps_per_vm, density_host_mib_per_vm) for every run, so these
 // constants can be checked against a new measurement.
 const (
-	// ThreadsPerVM: ls /proc/PID/task of an idle ember gave 9: the Go
-	// runtime's threads (sysmon, one per GOMAXPROCS P that has run,
-	// spares parked after blocking system calls), the API server's, and
-	// the vCPU's locked OS thread. A VM with more vCPUs has one more per
+	// ThreadsPerVM: /proc/PID/task of an idle ember held 8 to 10 threads
+	// (density_threads_per_vm is the most seen): 7 to 9 Go runtime
+	// threads (sysmon, one per GOMAXPROCS P that has run, spares parked
+	// after blocking system calls, the vCPU's locked thread) and the
+	// kernel's kvm-nx-lpage-recovery worker, which KVM starts in the
+	// process at the first KVM_RUN. A VM with more vCPUs has one more per
 	// vCPU. Each thread takes a PID, so this drives kernel.pid_max,
 	// kernel.threads-max, the pids cgroup and RLIMIT_NPROC.
-	ThreadsPerVM = 9
+	ThreadsPerVM = 10
 	// FDsPerVM: ls /proc/PID/fd gave 13 (stdin, stdout, stderr, /dev/kvm,
 	// the VM, the vCPU, the runtime's epoll and eventfd, the listening
 	// API socket, the two cgroup CPU-quota files the Go runtime keeps
