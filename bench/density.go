@@ -68,9 +68,10 @@ type DensityResult struct {
 	// HostMiBPerVM is the drop of MemAvailable per VM; PSSMiBPerVM the
 	// sum of the VMM processes' proportional set sizes per VM.
 	HostMiBPerVM, PSSMiBPerVM float64
-	// ThreadsPerVM is the most threads one VMM process had; FDsPerVM and
-	// MapsPerVM are means.
+	// ThreadsPerVM, FDsPerVM and MapsPerVM are means over the VMM
+	// processes; ThreadsMax is the most threads one had.
 	ThreadsPerVM, FDsPerVM, MapsPerVM float64
+	ThreadsMax                        int64
 	// IdleCPUPct is the CPU all VMs used together while idle, in percent
 	// of one CPU.
 	IdleCPUPct float64
@@ -91,6 +92,7 @@ func (r DensityResult) Lines(w io.Writer) {
 	Line(w, p+"density_host_mib_per_vm", r.HostMiBPerVM, "MiB")
 	Line(w, p+"density_pss_mib_per_vm", r.PSSMiBPerVM, "MiB")
 	Line(w, p+"density_threads_per_vm", r.ThreadsPerVM, "threads")
+	Line(w, p+"density_threads_max", float64(r.ThreadsMax), "threads")
 	Line(w, p+"density_fds_per_vm", r.FDsPerVM, "fds")
 	Line(w, p+"density_maps_per_vm", r.MapsPerVM, "maps")
 	Line(w, p+"density_idle_cpu_pct", r.IdleCPUPct, "%")
@@ -199,10 +201,11 @@ func Density(ctx context.Context, o DensityOptions, progress io.Writer) (r Densi
 		r.VMs = len(vms)
 		r.PingP50MS, r.PingP99MS = ms(step.p50), ms(step.p99)
 		r.HostMiBPerVM, r.PSSMiBPerVM = perVMMiB, float64(u.pssKiB)/1024/nf
-		r.ThreadsPerVM, r.FDsPerVM, r.MapsPerVM = float64(u.threads), float64(u.fds)/nf, float64(u.maps)/nf
+		r.ThreadsPerVM, r.FDsPerVM, r.MapsPerVM = float64(u.threads)/nf, float64(u.fds)/nf, float64(u.maps)/nf
+		r.ThreadsMax = u.threadsMax
 		r.IdleCPUPct, r.StartsPerS = u.idleCPUPct, nf/startDur.Seconds()
 		fmt.Fprintf(progress, "%s: %d VMs up, ping p50 %.2f ms p99 %.2f ms; MemAvailable -%.1f MiB/VM, PSS %.2f MiB/VM; idle CPU %.1f%% of one core; %d threads max per VMM\n",
-			r.VMM, len(vms), r.PingP50MS, r.PingP99MS, r.HostMiBPerVM, r.PSSMiBPerVM, r.IdleCPUPct, u.threads)
+			r.VMM, len(vms), r.PingP50MS, r.PingP99MS, r.HostMiBPerVM, r.PSSMiBPerVM, r.IdleCPUPct, u.threadsMax)
 	}
 	if r.VMs == 0 {
 		return r, fmt.Errorf("%s density: no step passed: %s", r.VMM, r.Limit)
@@ -326,7 +329,8 @@ func logTail(path string) string {
 
 // densityUsage sums what /proc says of the VMs' processes.
 type densityUsage struct {
-	procUsage  // sums, but threads is the maximum
+	procUsage  // sums
+	threadsMax int64
 	idleCPUPct float64
 }
 
@@ -343,7 +347,8 @@ func usage(vms []*densityVM) (densityUsage, error) {
 		u.pssKiB += p.pssKiB
 		u.fds += p.fds
 		u.maps += p.maps
-		u.threads = max(u.threads, p.threads)
+		u.threads += p.threads
+		u.threadsMax = max(u.threadsMax, p.threads)
 		ticks0 += p.cpuTicks
 	}
 	t0 := time.Now()
