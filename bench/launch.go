@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,6 +52,12 @@ type LaunchRate struct {
 	CPUMS, BenchCPUMS float64
 	// WallMS is the median time of one launch, exec to exit.
 	WallMS float64
+	// OtherCPUs is how many CPUs' worth of busy time (/proc/stat) was
+	// not spent in these VMM processes or the benchmark: other work on
+	// the host, and kernel threads working for the launches (RCU and
+	// SRCU callbacks, exits). On a shared host it says how much CPU the
+	// launches did not have.
+	OtherCPUs float64
 }
 
 // ceiling is the rate the host's CPUs would allow if CPU were all a
@@ -60,8 +67,8 @@ func (r LaunchRate) ceiling() float64 {
 }
 
 func (r LaunchRate) describe(what string, n, parallel int) string {
-	return fmt.Sprintf("%s: %d in parallel %d: %.0f/s; per VM %.2f ms CPU in the VMM + %.2f ms in ember-bench (all CPUs busy would be %.0f/s), %.2f ms wall (median)",
-		what, n, parallel, r.PerS, r.CPUMS, r.BenchCPUMS, r.ceiling(), r.WallMS)
+	return fmt.Sprintf("%s: %d, %d at a time: %.0f/s; per VM %.2f ms CPU in the VMM + %.2f ms in ember-bench (all %d CPUs on it would allow %.0f/s), %.2f ms wall (median); %.2f CPUs busy outside these processes meanwhile",
+		what, n, parallel, r.PerS, r.CPUMS, r.BenchCPUMS, runtime.NumCPU(), r.ceiling(), r.WallMS, r.OtherCPUs)
 }
 
 // LaunchResult holds the launch benchmark's figures.
@@ -80,6 +87,8 @@ func (r LaunchResult) Lines(w io.Writer) {
 		Line(w, f.prefix+"_rate_per_s", f.r.PerS, "/s")
 		Line(w, f.prefix+"_cpu_ms_per_vm", f.r.CPUMS, "ms")
 		Line(w, f.prefix+"_wall_ms", f.r.WallMS, "ms")
+		LineNote(w, f.prefix+"_cpu_ceiling_per_s", f.r.ceiling(), "/s", "the rate if every CPU ran only these launches (CPU count / CPU per VM)")
+		Line(w, f.prefix+"_other_cpus", f.r.OtherCPUs, "CPUs")
 	}
 	LineNote(w, "launch_rate_ratio_vs_qemu", r.Launch.PerS/r.QEMULaunch.PerS, "ratio", "Ember/QEMU launches per second: > 1 means Ember is better")
 	LineNote(w, "restore_rate_ratio_vs_qemu", r.Restore.PerS/r.QEMURes.PerS, "ratio", "Ember/QEMU restores per second: > 1 means Ember is better")
@@ -238,8 +247,16 @@ func launchRate(ctx context.Context, o LaunchOptions, one func(ctx context.Conte
 	}
 	run(o.Parallel, false)
 	self0 := selfCPU()
+	busy0, err := hostBusy()
+	if err != nil {
+		return r, err
+	}
 	wall, walls, cpu := run(o.Launches, true)
 	self := selfCPU() - self0
+	busy1, err := hostBusy()
+	if err != nil {
+		return r, err
+	}
 	if err := context.Cause(ctx); err != nil {
 		return r, err
 	}
@@ -247,7 +264,37 @@ func launchRate(ctx context.Context, o LaunchOptions, one func(ctx context.Conte
 	r.PerS = n / wall.Seconds()
 	r.CPUMS, r.BenchCPUMS = ms(cpu)/n, ms(self)/n
 	r.WallMS = Median(walls)
+	r.OtherCPUs = max(0, (busy1-busy0-cpu-self).Seconds()/wall.Seconds())
 	return r, nil
+}
+
+// hostBusy is the CPU time all CPUs have spent busy since boot: the
+// first line of /proc/stat less idle and iowait, in USER_HZ ticks.
+func hostBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: %q", line)
+	}
+	var total, idle int64
+	for i, s := range f[1:] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %q", line)
+		}
+		if i == 7 { // steal is time the CPU was not ours; guest times are in user
+			break
+		}
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return time.Duration(total-idle) * time.Second / clockTicks, nil
 }
 
 // selfCPU is this process's user+sys CPU time so far.
