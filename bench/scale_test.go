@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/embervm/ember/guest/tiny"
 )
@@ -69,12 +68,13 @@ func TestProcGroupEndsEverythingOnCancel(t *testing.T) {
 		pids = append(pids, cmd.Process.Pid)
 	}
 	waited := exec.Command("sleep", "600")
-	runErr := make(chan error, 1)
-	go func() { runErr <- g.run(waited) }()
-	for waited.Process == nil || !alive(waited.Process.Pid) {
-		time.Sleep(time.Millisecond)
+	if err := g.start(waited); err != nil {
+		g.close()
+		t.Fatal(err)
 	}
 	pids = append(pids, waited.Process.Pid, g.leader.Process.Pid)
+	runErr := make(chan error, 1)
+	go func() { runErr <- g.wait(waited) }()
 
 	cancel()
 	if err := <-runErr; err == nil {
