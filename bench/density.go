@@ -167,7 +167,7 @@ func Density(ctx context.Context, o DensityOptions, progress io.Writer) (r Densi
 			return r, fmt.Errorf("interrupted at %d VMs", len(vms))
 		}
 		if err != nil {
-			r.Limit = fmt.Sprintf("starting VM %d of %d: %v", len(vms)+1, target, err)
+			r.Limit = fmt.Sprintf("starting VMs %d to %d (%d of them started): %v", n, target-1, len(vms)-n, err)
 			if hint := hostLimitHint(o.Max - len(vms)); hint != "" {
 				r.Limit += "; host limits: " + hint
 			}
