@@ -13,6 +13,7 @@
 #   make demo        boot the minimal guest with Ember inside the lab
 #   make test        vet, unit tests, then the e2e tests inside the lab
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
+#   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
 # Cache layout ($(EMBER_CACHE)):
 #   apt-updated.stamp                  apt-get update was run (refreshed weekly)
@@ -49,7 +50,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot bench-io bench-api bench-snapshot clean
+	lab demo test unit-test e2e bench-boot bench-io bench-api bench-snapshot bench-scale clean
 
 all: build
 
@@ -146,6 +147,18 @@ bench-api: build
 # snapshot, then a fresh ember per restore.
 bench-snapshot: build
 	bin/ember-bench snapshot
+
+# Scale on this host (tiny guests, natively): ember doctor --fix first
+# raises the kernel limits SCALE_VMS VMs need and says what it changed (it
+# fails, and stops here, when something it cannot fix stands in the way);
+# then the density ramp to SCALE_VMS VMs and the launch and restore rates,
+# each against QEMU's microvm.
+SCALE_VMS ?= 4000
+
+bench-scale: setup build
+	bin/ember doctor --vms $(SCALE_VMS) --fix
+	bin/ember-bench density --max $(SCALE_VMS)
+	bin/ember-bench launch
 
 clean:
 	rm -rf bin build

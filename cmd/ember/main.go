@@ -5,6 +5,7 @@
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember image import|pull|ls|inspect|rm|prune ...
+//	ember doctor [--vms N] [--fix]
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
@@ -64,6 +65,7 @@ func usage(w io.Writer) {
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
+  ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember version
 `)
 }
@@ -93,6 +95,8 @@ func run(args []string, start time.Time) int {
 		return runSnapshot(args[1:])
 	case "image":
 		return runImage(args[1:])
+	case "doctor":
+		return runDoctor(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK

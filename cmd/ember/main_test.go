@@ -83,6 +83,9 @@ func TestBadInputOneLineExit2(t *testing.T) {
 		{"reserved vsock cid", []string{"run", "--kernel", kernel, "--vsock", "cid=2,uds=/tmp/ember-test.sock"}, "guest_cid"},
 		{"balloon bigger than RAM", []string{"run", "--kernel", kernel, "--balloon", "4096"}, "amount_mib"},
 		{"tap name too long", []string{"run", "--kernel", kernel, "--net", "tap=averyveryverylongtapname0"}, "tap name"},
+		{"doctor for no VMs", []string{"doctor", "--vms", "0"}, "--vms 0"},
+		{"doctor bad flag", []string{"doctor", "--frobnicate"}, "frobnicate"},
+		{"doctor argument", []string{"doctor", "now"}, "now"},
 	}
 	// The children get a temporary directory of their own: other test
 	// packages, run in parallel, come and go in the shared one.

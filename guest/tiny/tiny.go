@@ -61,6 +61,30 @@ var code = []byte{
 	0xeb, 0xfd, // jmp back to hlt
 }
 
+// Idle guest: it prints IdleLine on COM1, then halts with interrupts off,
+// so it never runs again and costs the host no CPU (the density benchmark's
+// guest: many VMs that exist, answer their VMM's API and do nothing).
+const (
+	// IdleLine is what the Idle guest prints on the serial console.
+	IdleLine = "idle\n"
+	// COM1DataPort is the 8250 UART's transmit register at COM1's base
+	// (I/O port 0x3f8); with DLAB clear a byte written there is sent.
+	COM1DataPort = 0x3f8
+)
+
+// idleCode prints IdleLine one byte at a time, then cli; hlt forever.
+func idleCode() []byte {
+	c := []byte{0x66, 0xba, COM1DataPort & 0xff, COM1DataPort >> 8} // mov dx, 0x3f8
+	for _, ch := range []byte(IdleLine) {
+		c = append(c, 0xb0, ch, 0xee) // mov al, ch; out dx, al
+	}
+	return append(c,
+		0xfa,       // cli
+		0xf4,       // hlt
+		0xeb, 0xfd, // jmp back to hlt (an NMI or SMI could wake it)
+	)
+}
+
 // spinCode loops forever: a guest that never exits on its own.
 var spinCode = []byte{0xeb, 0xfe} // jmp $
 
@@ -97,6 +121,9 @@ func Counter() []byte { return elfImage(counterCode) }
 // Image returns the guest as an ELF64 executable for x86-64 with a PVH entry
 // note: boot timer, isa-debug-exit, i8042 reset.
 func Image() []byte { return elfImage(code) }
+
+// Idle returns the idle guest (see idleCode): prints IdleLine and halts.
+func Idle() []byte { return elfImage(idleCode()) }
 
 // Spin returns a guest that loops forever (for stop and kick tests).
 func Spin() []byte { return elfImage(spinCode) }

@@ -7,8 +7,14 @@ import (
 	"testing"
 )
 
-func TestImageIsPVHELF(t *testing.T) {
-	f, err := elf.NewFile(bytes.NewReader(Image()))
+func TestImagesArePVHELF(t *testing.T) {
+	for name, img := range map[string][]byte{"Image": Image(), "Counter": Counter(), "Idle": Idle(), "Spin": Spin(), "TripleFault": TripleFault()} {
+		t.Run(name, func(t *testing.T) { checkPVHELF(t, img) })
+	}
+}
+
+func checkPVHELF(t *testing.T, img []byte) {
+	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
