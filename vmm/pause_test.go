@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // counter reads the Counter guest's count.
@@ -35,7 +36,7 @@ func waitCount(t *testing.T, vm *VM, above uint32) uint32 {
 // TestPauseResume: a paused guest does not run (its count and RIP stay
 // put), and runs again after Resume.
 func TestPauseResume(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 2
 	vm, err := New(cfg)

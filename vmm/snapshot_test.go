@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/virtio/balloon"
@@ -75,7 +76,7 @@ func setExitFlag(t *testing.T, vm *VM) {
 // is loaded into a new VM that resumes counting from where it stopped; the
 // original carries on independently.
 func TestSnapshotFullRestore(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 8
 	cfg.BootTimer = true
@@ -167,7 +168,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 // TestSnapshotDiff: with dirty-page tracking, a Diff snapshot applied onto
 // the Full one before it gives a guest at the Diff's point.
 func TestSnapshotDiff(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.TrackDirtyPages = true
 	a, doneA := startVM(t, cfg)
@@ -232,7 +233,7 @@ func TestSnapshotDiff(t *testing.T) {
 
 // TestLoadBadSnapshot: corrupt or mismatched files fail with ErrBadSnapshot.
 func TestLoadBadSnapshot(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 0)
@@ -290,7 +291,7 @@ func TestLoadBadSnapshot(t *testing.T) {
 // restores, with the vsock socket overridden; the restored machine has the
 // same devices and runs on.
 func TestSnapshotWithDevices(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
@@ -356,7 +357,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 // TestSnapshotUffd: a restore with the Uffd backend gets its pages from
 // the page-fault handler (snapshot.UffdHandler here) and runs on.
 func TestSnapshotUffd(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, doneA := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 100)
@@ -410,7 +411,7 @@ func TestSnapshotUffd(t *testing.T) {
 // TestSnapshotCreateLeavesNothingOnError: a snapshot into a directory that
 // does not exist, or next to one, fails and leaves no file behind.
 func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	defer func() { a.Stop(); <-done }()
@@ -436,7 +437,7 @@ func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 // gives none); loaded without, it resumes where it stopped (Firecracker's
 // default).
 func TestSnapshotClockRealtime(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	_, snap, mem := snapshotAt(t, a, 0)

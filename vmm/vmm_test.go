@@ -11,16 +11,8 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
-
-func needKVM(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("no usable /dev/kvm: %v", err)
-	}
-	f.Close()
-}
 
 func tinyConfig(t *testing.T, image []byte) (Config, *bytes.Buffer) {
 	t.Helper()
@@ -49,7 +41,7 @@ func runGuest(t *testing.T, cfg Config) Fate {
 }
 
 func TestTinyGuestResetIsNormalEnd(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, log := tinyConfig(t, tiny.Image())
 	cfg.BootTimer = true
 	vm, err := New(cfg)
@@ -66,7 +58,7 @@ func TestTinyGuestResetIsNormalEnd(t *testing.T) {
 }
 
 func TestTripleFaultIsReported(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.TripleFault())
 	f := runGuest(t, cfg)
 	if f.Kind != FateShutdown || f.Err == nil || !strings.Contains(f.Err.Error(), "rip=") {
@@ -77,7 +69,7 @@ func TestTripleFaultIsReported(t *testing.T) {
 // TestStopKicksSpinningVCPUs: Stop interrupts vCPUs that are running guest
 // code and never exit on their own (immediate_exit plus a signal).
 func TestStopKicksSpinningVCPUs(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Spin())
 	cfg.VCPUs = 2
 	vm, err := New(cfg)

@@ -15,6 +15,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // hangLimit bounds waits for things that take milliseconds: reaching it is
@@ -62,7 +63,7 @@ func TestBadConfigFile(t *testing.T) {
 // TestConfigFileNoAPI boots the tiny guest from a config file without an
 // API: Ember exits 0 when the guest resets.
 func TestConfigFileNoAPI(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	cfg, _ := json.Marshal(map[string]any{
 		"boot-source":    map[string]any{"kernel_image_path": kernel},
@@ -79,7 +80,7 @@ func TestConfigFileNoAPI(t *testing.T) {
 // API socket only, as a Firecracker client would, and checks the answers
 // to bad requests along the way.
 func TestAPIBootsTinyGuest(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	cmd := exec.Command(emberBin, "--api-sock", sock, "--id", "tiny-1")
