@@ -16,7 +16,10 @@
 // (snapshot.Write: header, KVM VM and vCPU state, the machine
 // configuration, serial, i8042 and each virtio-mmio transport with its
 // device's own state) and the memory file (Full, or Diff from KVM's dirty
-// log plus the pages the virtio queues wrote). LoadSnapshot builds a VM
+// log plus the pages the virtio queues wrote). Reading the dirty log clears
+// it, so the pages read stay in the VM until a snapshot holding them is
+// durable: a snapshot that fails (a full disk) leaves them for the next.
+// LoadSnapshot builds a VM
 // from them, paused: memory is the file mapped MAP_PRIVATE, or anonymous
 // memory served by a userfaultfd handler; the devices are rebuilt from the
 // saved configuration with the caller's overrides and re-activated at their

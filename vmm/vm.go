@@ -68,6 +68,11 @@ type VM struct {
 	cpus []*vcpu
 	// tracker records device writes to guest memory with TrackDirtyPages.
 	tracker *writeTracker
+	// unsaved holds, per memory slot, the pages dirtied since the last
+	// snapshot that KVM and the tracker have already handed over (a
+	// snapshot read them, then failed); nil when there are none. Guarded
+	// by pauseMu. See takeDirty.
+	unsaved [][]uint64
 	// uffd is the userfaultfd of a Uffd restore, or -1 (0 in a VM built by
 	// New, which never sets it: only values > 0 are closed).
 	uffd int
