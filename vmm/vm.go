@@ -487,11 +487,8 @@ func (v *VM) Run() Fate {
 			c.loop()
 		}()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if v.cfg.ConsoleIn != nil {
-		go v.feedConsole(ctx, v.cfg.ConsoleIn)
-	}
+	stopInput := v.startConsoleInput()
+	defer stopInput()
 	f := <-v.fate
 	wg.Wait()
 	if f.Kind == FateStopped {
@@ -523,11 +520,77 @@ func (v *VM) logNetLosses() {
 	}
 }
 
+// fdReader is a console input with a file descriptor (an *os.File, or a
+// reader over one), which can be polled.
+type fdReader interface {
+	io.Reader
+	Fd() uintptr
+}
+
+// startConsoleInput starts copying ConsoleIn to the guest's UART, if set,
+// and returns the function that ends the copy; Run calls it on return so
+// the copy does not outlive the run. An input with a file descriptor is
+// read only once poll says it is readable, with an eventfd beside it that
+// the returned function signals: no read is left blocked, and the function
+// returns once the goroutine has ended. Another reader cannot be
+// interrupted: its goroutine ends when its pending Read returns.
+func (v *VM) startConsoleInput() (stop func()) {
+	r := v.cfg.ConsoleIn
+	if r == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fr, ok := r.(fdReader)
+	wake := -1
+	if ok {
+		var err error
+		if wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			v.log.Warn("console input: no eventfd; its reader may outlive the run", "err", err)
+			ok = false
+		}
+	}
+	if !ok {
+		go v.feedConsole(ctx, r, func() bool { return ctx.Err() == nil })
+		return cancel
+	}
+	fds := []unix.PollFd{{Fd: int32(fr.Fd()), Events: unix.POLLIN}, {Fd: int32(wake), Events: unix.POLLIN}}
+	readable := func() bool {
+		for {
+			fds[0].Revents, fds[1].Revents = 0, 0
+			_, err := unix.Poll(fds, -1)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				v.log.Warn("console input: poll failed; input stops", "err", err)
+				return false
+			}
+			// Input, or a hang-up or error on it, which Read reports (EOF
+			// or the error) and which ends the copy; or the wake-up.
+			return fds[1].Revents == 0
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v.feedConsole(ctx, r, readable)
+	}()
+	return func() {
+		cancel()
+		var one [8]byte
+		one[0] = 1 // eventfd counter += 1
+		unix.Write(wake, one[:])
+		<-done
+		unix.Close(wake)
+	}
+}
+
 // feedConsole copies host input to the guest's UART, waiting for the guest
-// to drain its receive FIFO instead of dropping bytes.
-func (v *VM) feedConsole(ctx context.Context, r io.Reader) {
+// to drain its receive FIFO instead of dropping bytes, as long as ready
+// (called before each read) says to go on.
+func (v *VM) feedConsole(ctx context.Context, r io.Reader, ready func() bool) {
 	buf := make([]byte, 256)
-	for {
+	for ready() && ctx.Err() == nil {
 		n, err := r.Read(buf)
 		if n > 0 && v.serial.Feed(ctx, buf[:n]) != nil {
 			return

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -117,5 +118,27 @@ func TestBadKernelIsInvalidConfig(t *testing.T) {
 	cfg, _ := tinyConfig(t, []byte("#!/bin/sh\necho not a kernel\n"))
 	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("err = %v, want ErrInvalidConfig", err)
+	}
+}
+
+// TestConsoleInputEndsWithRun: the goroutine that copies console input to
+// the guest ends when Run returns, even though its input (a pipe nobody
+// writes to or closes) never ends.
+func TestConsoleInputEndsWithRun(t *testing.T) {
+	testkvm.Need(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	cfg, _ := tinyConfig(t, tiny.Image())
+	cfg.ConsoleIn = r
+	if f := runGuest(t, cfg); f.Kind != FateReset {
+		t.Fatalf("fate %v (%v), want reset", f.Kind, f.Err)
+	}
+	buf := make([]byte, 1<<20)
+	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "feedConsole") {
+		t.Fatalf("the console input goroutine outlived Run:\n%s", stacks)
 	}
 }

@@ -195,10 +195,13 @@ func runVM(args []string, start time.Time) int {
 
 // escapeReader passes terminal input through and turns Ctrl-A x into EOF
 // plus a stop, so a user can leave a guest that does not exit.
-type escapeReader struct{ r io.Reader }
+type escapeReader struct{ f *os.File }
+
+// Fd lets the VMM poll the terminal, so its console input ends with the run.
+func (e escapeReader) Fd() uintptr { return e.f.Fd() }
 
 func (e escapeReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
+	n, err := e.f.Read(p)
 	for i := 0; i+1 < n; i++ {
 		if p[i] == consoleEscape && p[i+1] == 'x' {
 			unix.Kill(os.Getpid(), unix.SIGTERM)
