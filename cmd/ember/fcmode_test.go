@@ -44,18 +44,25 @@ func TestFirecrackerFlagErrors(t *testing.T) {
 	}
 }
 
-// TestBadConfigFile: a config file that is not JSON, has an unknown key or
-// names a missing kernel gets one line naming the problem and exit 152.
+// TestBadConfigFile: a config file that is not JSON, has an unknown key,
+// names a missing kernel or is larger than the limit gets one line naming
+// the problem (and the file) and exit 152.
 func TestBadConfigFile(t *testing.T) {
-	for name, body := range map[string]string{
-		"not json":       `{"boot-source": `,
-		"unknown key":    `{"boot-source": {"kernel_image_path": "/nonexistent"}, "turbo": true}`,
-		"missing kernel": `{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}`,
+	for name, c := range map[string]struct{ body, want string }{
+		"not json":       {`{"boot-source": `, "incomplete"},
+		"unknown key":    {`{"boot-source": {"kernel_image_path": "/nonexistent"}, "drives": [], "turbo": true}`, "turbo"},
+		"missing kernel": {`{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}, "drives": []}`, "/nonexistent/vmlinux"},
+		// Valid JSON, padded past the limit: refused for its size alone.
+		"too large": {strings.Repeat(" ", maxConfigFileSize) + `{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}`,
+			"1048576-byte (1 MiB) limit"},
 	} {
-		cfg := write(t, "config.json", []byte(body))
+		cfg := write(t, "config.json", []byte(c.body))
 		_, stderr, code, _ := runEmber(t, "--no-api", "--config-file", cfg)
 		if code != exitBadConfig || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 			t.Errorf("%s: exit %d, stderr %q; want 152 and one line", name, code, stderr)
+		}
+		if !strings.Contains(stderr, cfg) || !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: stderr %q does not name the file and %q", name, stderr, c.want)
 		}
 	}
 }
