@@ -8,12 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"regexp"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/logger"
@@ -217,14 +214,14 @@ func runFirecracker(args []string, start time.Time) int {
 		log.Info("API server listening", "socket", f.apiSock)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	select {
-	case s := <-sigs:
-		log.Info("stopping the microVM", "signal", s)
-		ctl.Stop()
-	case <-ctl.Done():
-	}
+	go watchSignals(log, notifyStop(), ctl.Done(), ctl.Stop, stopTimeout, func(reason string) {
+		log.Error("exiting at once", "reason", reason)
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		if !f.noAPI {
+			os.Remove(f.apiSock)
+		}
+		os.Exit(exitFailure)
+	})
 	fate := ctl.Fate()
 	if !f.noAPI {
 		// A request may still be answering: the 400 of a failed PUT

@@ -17,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
 	"time"
 
@@ -169,15 +168,17 @@ func runVM(args []string, start time.Time) int {
 			defer restore()
 		}
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	go func() {
-		s := <-sigs
-		log.Info("stopping the VM", "signal", s)
-		vm.Stop()
-	}()
+	ran := make(chan struct{})
+	go watchSignals(log, notifyStop(), ran, vm.Stop, stopTimeout, func(reason string) {
+		if restore != nil {
+			restore()
+		}
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		os.Exit(exitFailure)
+	})
 
 	fate := vm.Run()
+	close(ran)
 	if restore != nil {
 		restore()
 	}
