@@ -12,6 +12,11 @@
 // Pause (pause.go) kicks the vCPUs and parks each after one more KVM_RUN
 // with immediate_exit (which completes a pending I/O exit), calls
 // KVM_KVMCLOCK_CTRL and parks the virtio workers; Resume releases them.
+// Pause waits at most pauseTimeout for the vCPUs: one stuck outside the
+// guest makes it fail with ErrPauseTimeout and leaves the VM running, never
+// half paused. Nothing on a vCPU thread waits for the host's console: the
+// serial port writes into a devices.ConsoleOutput, whose own goroutine
+// feeds stdout or serial_out_path (capped by a rate limiter).
 // CreateSnapshot (snapshot.go) saves a paused VM: the state file
 // (snapshot.Write: header, KVM VM and vCPU state, the machine
 // configuration, serial, i8042 and each virtio-mmio transport with its

@@ -457,7 +457,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, bad(errors.New("the machine configuration does not match the header"))
 	}
 
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1, pauseTimeout: pauseTimeout}
 	if v.log == nil {
 		v.log = slog.Default()
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/loader"
 	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	vnet "github.com/embervm/ember/virtio/net"
@@ -34,7 +35,30 @@ const (
 	// linuxKernelMinSize: a loaded image at least this large is taken to be
 	// a Linux kernel by the host check (the tiny test guests are a few KiB).
 	linuxKernelMinSize = 1 << 20
+
+	// consoleFlushTimeout bounds how long Run waits, once the guest has
+	// stopped, for its last console output to reach the host: ample for a
+	// reader that is merely slow, and a stalled one does not hold the
+	// process's exit.
+	consoleFlushTimeout = 2 * time.Second
 )
+
+// The default cap on serial_out_path output, used when no rate_limiter is
+// configured (Firecracker's PUT /serial has one): a one-time burst of 1 MiB,
+// more than a verbose boot log, then 64 KiB per second. A guest writing
+// faster loses the excess (counted in uart.missed_write_count), so a
+// hostile guest fills the host's disk no faster than 64 KiB/s.
+const (
+	serialOutBurst    = 1 << 20  // bytes
+	serialOutRate     = 64 << 10 // bytes per serialOutRefillMs
+	serialOutRefillMs = 1000
+)
+
+// defaultSerialOutLimit is the default cap as a rate limiter configuration.
+func defaultSerialOutLimit() ratelimit.Config {
+	return ratelimit.Config{Bandwidth: &ratelimit.TokenBucketConfig{Size: serialOutRate,
+		OneTimeBurst: serialOutBurst, RefillTime: serialOutRefillMs}}
+}
 
 // FateKind says how a guest's run ended.
 type FateKind int
@@ -80,7 +104,8 @@ type VM struct {
 	pio       *devices.Bus
 	mmio      *devices.Bus
 	serial    *devices.Serial
-	serialOut *os.File // the serial_out_path file, if any
+	console   *devices.ConsoleOutput // the serial port's host side: stdout or serialOut
+	serialOut *os.File               // the serial_out_path file, if any
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
 	virtio    []*virtioDev
@@ -106,6 +131,9 @@ type VM struct {
 	pauseMu  sync.Mutex
 	pauseReq atomic.Pointer[pauseRound] // non-nil while the vCPUs must park
 	paused   bool
+	// pauseTimeout is how long Pause waits for the vCPUs (pauseTimeout,
+	// shortened by tests).
+	pauseTimeout time.Duration
 }
 
 // irqLine pulses a GSI on the in-kernel irqchip: the devices' view of an interrupt.
@@ -127,7 +155,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), pauseTimeout: pauseTimeout}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -419,14 +447,27 @@ func (v *VM) setupDevices() error {
 	if out == nil {
 		out = io.Discard
 	}
+	var lim *ratelimit.Limiter
 	if v.cfg.SerialOutPath != "" {
+		cfg := defaultSerialOutLimit()
+		if v.cfg.SerialOutRateLimit != nil {
+			cfg = *v.cfg.SerialOutRateLimit
+		}
+		var err error
+		if lim, err = ratelimit.New(cfg); err != nil {
+			return fmt.Errorf("%w: serial rate_limiter: %w", ErrInvalidConfig, err)
+		}
 		f, err := os.OpenFile(v.cfg.SerialOutPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
 		if err != nil {
+			lim.Close()
 			return fmt.Errorf("%w: serial_out_path: %w", ErrInvalidConfig, err)
 		}
 		v.serialOut, out = f, f
 	}
-	v.serial = devices.NewSerial(out, irqLine{v.vm, devices.COM1IRQ}, v.log)
+	// The vCPU writes the serial port's output into the console's buffer,
+	// never to the host writer: a stalled reader must not stall the guest.
+	v.console = devices.NewConsoleOutput(out, devices.ConsoleBufferSize, lim, v.log)
+	v.serial = devices.NewSerial(v.console, irqLine{v.vm, devices.COM1IRQ}, v.log)
 	if err := v.pio.Insert(v.serial, devices.COM1Base, devices.COM1Size); err != nil {
 		return err
 	}
@@ -491,6 +532,9 @@ func (v *VM) Run() Fate {
 	defer stopInput()
 	f := <-v.fate
 	wg.Wait()
+	if !v.console.Flush(consoleFlushTimeout) {
+		v.log.Warn("console output not all written: its reader is stalled", "timeout", consoleFlushTimeout)
+	}
 	if f.Kind == FateStopped {
 		// Where a guest that had to be stopped was: the first clue to a hang.
 		for _, c := range v.cpus {
@@ -612,6 +656,9 @@ func (v *VM) Close() error {
 		errs = append(errs, c.fd.Close())
 	}
 	errs = append(errs, v.closeVirtio())
+	if v.console != nil {
+		v.console.Close()
+	}
 	if v.serialOut != nil {
 		errs = append(errs, v.serialOut.Close())
 	}

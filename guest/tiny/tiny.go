@@ -124,19 +124,29 @@ func Scribbler() []byte { return elfImage(scribblerCode) }
 // transmit holding register).
 const COM1Port = 0x3f8
 
-// ChatterByte is what the Chatter guest writes to the serial port.
-const ChatterByte = 'x'
+// ChatterChunk is how many bytes the Chatter guest writes to the serial
+// port at a time, with one rep outsb (which KVM hands to the VMM in exits
+// of up to a page each, so the guest prints at thousands of bytes per
+// exit), and adds to its count.
+const ChatterChunk = 4096
 
-// chatterCode is counterCode that also writes ChatterByte to COM1 on every
-// iteration: a guest that prints as fast as the VMM takes its output, for
-// console back-pressure tests. CounterAddr counts the bytes written.
+// chatterSource is where the bytes the Chatter guest prints come from:
+// RAM it never writes (zeros).
+const chatterSource = 0x20_0000
+
+// chatterCode is counterCode that writes ChatterChunk bytes to COM1 on
+// every iteration: a guest that prints as fast as the VMM takes its
+// output, for console back-pressure tests. CounterAddr counts the bytes
+// written (the chunk being written is not counted yet).
 var chatterCode = []byte{
-	0x66, 0xba, 0xf8, 0x03, // loop: mov dx, COM1Port
-	0xb0, ChatterByte, //        mov al, ChatterByte
-	0xee,                               // out dx, al
-	0xff, 0x05, 0x04, 0x08, 0x10, 0x00, // inc dword [CounterAddr]
+	0xbe, 0x00, 0x00, 0x20, 0x00, // loop: mov esi, chatterSource
+	0xb9, 0x00, 0x10, 0x00, 0x00, //       mov ecx, ChatterChunk
+	0x66, 0xba, 0xf8, 0x03, //             mov dx, COM1Port
+	0xfc,       //                         cld
+	0xf3, 0x6e, //                         rep outsb
+	0x81, 0x05, 0x04, 0x08, 0x10, 0x00, 0x00, 0x10, 0x00, 0x00, // add dword [CounterAddr], ChatterChunk
 	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
-	0x74, 0xea, // je loop
+	0x74, 0xdc, // je loop
 	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
 	0xb0, I8042ResetCPU, // mov al, 0xfe
 	0xe6, I8042CommandPort, // out 0x64, al
