@@ -92,7 +92,7 @@ func TestSerialOutCap(t *testing.T) {
 	}
 	// Not dropped: the file, the console buffer and the chunk the writer
 	// holds while the limiter makes it wait (4 KiB).
-	if uint64(fi.Size()) != m["uart.write_count"] || m["uart.missed_write_count"] < n-uint64(fi.Size())-devices.ConsoleBufferSize-4<<10-tiny.ChatterChunk {
+	if uint64(fi.Size()) < m["uart.write_count"] || m["uart.missed_write_count"] < n-uint64(fi.Size())-devices.ConsoleBufferSize-4<<10-tiny.ChatterChunk {
 		t.Errorf("the guest wrote %d bytes, the file holds %d; uart metrics %v", n, fi.Size(), m)
 	}
 	t.Logf("guest wrote %d bytes: %d in the file, %d dropped", n, fi.Size(), m["uart.missed_write_count"])
