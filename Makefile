@@ -11,7 +11,7 @@
 #                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
 #   make lab         fetch/build the lab VM's kernel and initramfs
 #   make demo        boot the minimal guest with Ember inside the lab
-#   make test        vet, unit tests, then the e2e tests inside the lab
+#   make test        vet, unit tests (with the race detector), then the e2e tests inside the lab
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
 #   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
@@ -118,7 +118,7 @@ demo: setup build guest lab
 
 test: setup build guest lab
 	$(GO) vet ./...
-	$(GO) test ./...
+	$(GO) test -race ./...
 	$(MAKE) --no-print-directory e2e
 
 # The end-to-end tests, run inside the lab by go test -exec. The test binary

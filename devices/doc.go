@@ -10,6 +10,12 @@
 // at. Devices that signal the guest do so through an [IRQ], which the VMM
 // implements on the in-kernel irqchip.
 //
+// The UART's transmitter writes into a [ConsoleOutput], a bounded buffer
+// that a goroutine of its own drains to the host (stdout or a file,
+// optionally through a rate limiter): a vCPU thread never waits for a
+// console reader, and output the host does not take in time is dropped and
+// counted rather than held.
+//
 // Devices that may be touched from more than one goroutine (a vCPU thread and
 // a host input goroutine, say) do their own locking; nothing in this package
 // holds package-level mutable state.

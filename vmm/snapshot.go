@@ -235,20 +235,35 @@ func hostKernel() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// dirtyBitmaps reads (and clears) every memory slot's dirty log.
-func (v *VM) dirtyBitmaps() ([][]uint64, error) {
-	var out [][]uint64
-	for i, r := range v.mem.Regions() {
+// takeDirty moves the pages dirtied since the last snapshot into
+// v.unsaved and returns it: one bitmap per memory slot, KVM's dirty log
+// (KVM_GET_DIRTY_LOG, which also clears it) ORed with the pages the virtio
+// devices wrote (writeTracker.take, which clears those too). Both sources
+// forget what they handed over, so the bits stay in v.unsaved until a
+// snapshot holding them is durable (CreateSnapshot then drops them); a
+// snapshot that fails leaves them there for the next one to include. On
+// error the slots read so far are kept in v.unsaved as well.
+func (v *VM) takeDirty() ([][]uint64, error) {
+	regions := v.mem.Regions()
+	if v.unsaved == nil {
+		v.unsaved = make([][]uint64, len(regions))
+		for i, r := range regions {
+			v.unsaved[i] = make([]uint64, (r.Size()/snapshot.PageSize+63)/64)
+		}
+	}
+	for i, r := range regions {
 		b, err := v.vm.DirtyBitmap(uint32(i), r.Size()/snapshot.PageSize)
 		if err != nil {
 			return nil, fmt.Errorf("dirty log of memory slot %d: %w", i, err)
 		}
-		if v.tracker != nil {
-			v.tracker.take(i, b)
+		for w, bits := range b {
+			v.unsaved[i][w] |= bits
 		}
-		out = append(out, b)
+		if v.tracker != nil {
+			v.tracker.take(i, v.unsaved[i])
+		}
 	}
-	return out, nil
+	return v.unsaved, nil
 }
 
 // CreateSnapshot writes the paused VM's state file and memory file. Full
@@ -257,7 +272,9 @@ func (v *VM) dirtyBitmaps() ([][]uint64, error) {
 // whole or not at all: on error existing files are untouched.
 //
 // The Diff's pages are those in KVM's dirty log (the guest's writes) and
-// those the virtio devices wrote (recorded by writeTracker).
+// those the virtio devices wrote (recorded by writeTracker), since the last
+// snapshot that succeeded: the pages of a failed one (a full disk, an I/O
+// error) are kept for the next (see takeDirty).
 func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	v.pauseMu.Lock()
 	defer v.pauseMu.Unlock()
@@ -304,7 +321,7 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	if v.cfg.TrackDirtyPages {
 		// Read even for Full: it clears the log, so the next Diff is
 		// relative to this snapshot.
-		if dirty, err = v.dirtyBitmaps(); err != nil {
+		if dirty, err = v.takeDirty(); err != nil {
 			return err
 		}
 	}
@@ -341,7 +358,29 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	if err = os.Rename(stateTmp, p.SnapshotPath); err != nil {
 		return err
 	}
+	if err = syncDirs(p.MemFilePath, p.SnapshotPath); err != nil {
+		return err
+	}
+	// Durable: the next Diff is relative to this snapshot.
+	v.unsaved = nil
 	v.log.Info("snapshot created", "type", typ, "snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath)
+	return nil
+}
+
+// syncDirs makes the renames of the snapshot's files durable: it syncs the
+// directory of each path.
+func syncDirs(paths ...string) error {
+	for _, p := range paths {
+		d, err := os.Open(filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("sync directory %s: %w", filepath.Dir(p), err)
+		}
+	}
 	return nil
 }
 
@@ -419,7 +458,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, bad(errors.New("the machine configuration does not match the header"))
 	}
 
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1, pauseTimeout: pauseTimeout}
 	if v.log == nil {
 		v.log = slog.Default()
 	}

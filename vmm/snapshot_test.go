@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -10,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/virtio/balloon"
@@ -77,7 +82,7 @@ func setExitFlag(t *testing.T, vm *VM) {
 // is loaded into a new VM that resumes counting from where it stopped; the
 // original carries on independently.
 func TestSnapshotFullRestore(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 8
 	cfg.BootTimer = true
@@ -169,7 +174,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 // TestSnapshotDiff: with dirty-page tracking, a Diff snapshot applied onto
 // the Full one before it gives a guest at the Diff's point.
 func TestSnapshotDiff(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.TrackDirtyPages = true
 	a, doneA := startVM(t, cfg)
@@ -234,7 +239,7 @@ func TestSnapshotDiff(t *testing.T) {
 
 // TestLoadBadSnapshot: corrupt or mismatched files fail with ErrBadSnapshot.
 func TestLoadBadSnapshot(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 0)
@@ -292,7 +297,7 @@ func TestLoadBadSnapshot(t *testing.T) {
 // restores, with the vsock socket overridden; the restored machine has the
 // same devices and runs on.
 func TestSnapshotWithDevices(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
@@ -358,7 +363,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 // TestSnapshotUffd: a restore with the Uffd backend gets its pages from
 // the page-fault handler (snapshot.UffdHandler here) and runs on.
 func TestSnapshotUffd(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, doneA := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 100)
@@ -412,7 +417,7 @@ func TestSnapshotUffd(t *testing.T) {
 // TestSnapshotCreateLeavesNothingOnError: a snapshot into a directory that
 // does not exist, or next to one, fails and leaves no file behind.
 func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	defer func() { a.Stop(); <-done }()
@@ -438,7 +443,7 @@ func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 // gives none); loaded without, it resumes where it stopped (Firecracker's
 // default).
 func TestSnapshotClockRealtime(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	_, snap, mem := snapshotAt(t, a, 0)
@@ -505,7 +510,7 @@ func TestSnapshotClockRealtime(t *testing.T) {
 // hosts: the test finds them by comparing the host's supported list with
 // what the saved vCPU holds, and logs them.
 func TestLoadSnapshotFromAnotherCPU(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 0)
@@ -628,4 +633,136 @@ func cpuidEDX(entries []kvm.CPUIDEntry, fn uint32) uint32 {
 		}
 	}
 	return 0
+}
+
+// fullTmpfs mounts a small tmpfs on a new directory, removed when the test
+// ends, and fills it: every write there fails with ENOSPC. It needs root:
+// without it the test is skipped, or failed when CI is set (CI runs as
+// root).
+func fullTmpfs(t *testing.T) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mounting a tmpfs needs root")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatalf("mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for {
+		if _, err := f.Write(make([]byte, snapshot.PageSize)); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("filling the tmpfs: %v", err)
+			}
+			return dir
+		}
+	}
+}
+
+// pointScribbler makes the Scribbler guest write to addr from now on.
+func pointScribbler(t *testing.T, vm *VM, addr uint32) {
+	t.Helper()
+	b, err := vm.Memory().Slice(tiny.PointerAddr, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(b, addr)
+}
+
+// TestSnapshotDiffAfterFailedSnapshot: a snapshot that fails on a full
+// disk has already read (and so cleared) KVM's dirty log and the devices'
+// written pages; the next Diff must still hold them. A Full base, a Diff
+// that fails with ENOSPC, then a good Diff applied onto the base give the
+// same memory as a Full snapshot taken at the good Diff's point.
+func TestSnapshotDiffAfterFailedSnapshot(t *testing.T) {
+	testkvm.Need(t)
+	noSpace := fullTmpfs(t)
+	cfg, _ := tinyConfig(t, tiny.Scribbler())
+	cfg.TrackDirtyPages = true
+	cfg.MemMiB = 16
+	cfg.RNG = &rng.Config{} // a virtio device, so device writes are tracked
+	a, done := startVM(t, cfg)
+	defer func() { a.Stop(); <-done }()
+	// The guest writes page A before the base, B before the failed Diff
+	// and C before the good one; a device writes page D before the failed
+	// Diff too.
+	const pageA, pageB, pageC, pageD = 0x20_0000, 0x30_0000, 0x40_0000, 0x50_0000
+	dir := t.TempDir()
+	snap := func(name, typ string) (string, string, error) {
+		s, m := filepath.Join(dir, name+".snap"), filepath.Join(dir, name+".mem")
+		return s, m, a.CreateSnapshot(SnapshotCreate{SnapshotPath: s, MemFilePath: m, Type: typ})
+	}
+	run := func(addr uint32) {
+		pointScribbler(t, a, addr)
+		if err := a.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		waitCount(t, a, counter(t, a)+1000)
+		if err := a.Pause(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pointScribbler(t, a, pageA)
+	waitCount(t, a, 1000)
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	_, baseMem, err := snap("base", SnapshotFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	run(pageB)
+	dev, err := a.Memory().Slice(pageD, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(dev, "dev!")
+	a.tracker.MarkDirty(pageD, 4)
+	err = a.CreateSnapshot(SnapshotCreate{SnapshotPath: filepath.Join(noSpace, "vm.snap"),
+		MemFilePath: filepath.Join(noSpace, "vm.mem"), Type: SnapshotDiff})
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("Diff onto a full disk: %v, want ENOSPC", err)
+	}
+	t.Logf("failed Diff: %v", err)
+
+	run(pageC)
+	_, diffMem, err := snap("diff", SnapshotDiff)
+	if errors.Is(err, snapshot.ErrMemoryFile) {
+		t.Skipf("sparse diffs unsupported here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fullMem, err := snap("full", SnapshotFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snapshot.ApplyDiff(baseMem, diffMem); err != nil {
+		t.Fatal(err)
+	}
+	merged, err := os.ReadFile(baseMem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(fullMem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(merged) != len(want) {
+		t.Fatalf("base+diff is %d bytes, the Full snapshot %d", len(merged), len(want))
+	}
+	for off := 0; off < len(want); off += snapshot.PageSize {
+		if !bytes.Equal(merged[off:off+snapshot.PageSize], want[off:off+snapshot.PageSize]) {
+			t.Errorf("page %#x differs between base+diff and the Full snapshot", off)
+		}
+	}
 }

@@ -8,12 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"regexp"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/logger"
@@ -35,6 +32,11 @@ const (
 	defaultInstanceID = "anonymous-instance"
 	defaultMaxPayload = 51200 // bytes, Firecracker's --http-api-max-payload-size
 	maxInstanceIDLen  = 64    // Firecracker's limit on --id
+	// maxConfigFileSize bounds what --config-file reads: 1 MiB, far more
+	// than any machine description (one with 32 drives and interfaces is
+	// a few KiB), and little enough that a wrong path (a disk image,
+	// /dev/zero) fails at once instead of filling memory.
+	maxConfigFileSize = 1 << 20
 )
 
 // instanceIDPattern is what Firecracker accepts as --id: alphanumerics and '-'.
@@ -182,7 +184,7 @@ func runFirecracker(args []string, start time.Time) int {
 		CountRequest:     requestCounter(mets.Registry()),
 	})
 	if f.configFile != "" {
-		data, err := os.ReadFile(f.configFile)
+		data, err := readConfigFile(f.configFile)
 		if err == nil {
 			err = srv.ApplyConfigFile(data)
 		}
@@ -212,14 +214,14 @@ func runFirecracker(args []string, start time.Time) int {
 		log.Info("API server listening", "socket", f.apiSock)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	select {
-	case s := <-sigs:
-		log.Info("stopping the microVM", "signal", s)
-		ctl.Stop()
-	case <-ctl.Done():
-	}
+	go watchSignals(log, notifyStop(), ctl.Done(), ctl.Stop, stopTimeout, func(reason string) {
+		log.Error("exiting at once", "reason", reason)
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		if !f.noAPI {
+			os.Remove(f.apiSock)
+		}
+		os.Exit(exitFailure)
+	})
 	fate := ctl.Fate()
 	if !f.noAPI {
 		// A request may still be answering: the 400 of a failed PUT
@@ -239,6 +241,24 @@ func runFirecracker(args []string, start time.Time) int {
 	log.Error("guest failed", "fate", fate.Kind, "err", fate.Err)
 	fmt.Fprintf(os.Stderr, "ember: guest %s: %v\n", fate.Kind, fate.Err)
 	return exitFailure
+}
+
+// readConfigFile reads the --config-file at path, refusing one larger than
+// maxConfigFileSize.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigFileSize {
+		return nil, fmt.Errorf("the file is larger than the %d-byte (%d MiB) limit on a config file", maxConfigFileSize, maxConfigFileSize>>20)
+	}
+	return data, nil
 }
 
 func deref[T any](p *T, def T) T {

@@ -19,7 +19,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
 	"time"
 
@@ -177,15 +176,17 @@ func runVM(args []string, start time.Time) int {
 			defer restore()
 		}
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	go func() {
-		s := <-sigs
-		log.Info("stopping the VM", "signal", s)
-		vm.Stop()
-	}()
+	ran := make(chan struct{})
+	go watchSignals(log, notifyStop(), ran, vm.Stop, stopTimeout, func(reason string) {
+		if restore != nil {
+			restore()
+		}
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		os.Exit(exitFailure)
+	})
 
 	fate := vm.Run()
+	close(ran)
 	if restore != nil {
 		restore()
 	}
@@ -203,10 +204,13 @@ func runVM(args []string, start time.Time) int {
 
 // escapeReader passes terminal input through and turns Ctrl-A x into EOF
 // plus a stop, so a user can leave a guest that does not exit.
-type escapeReader struct{ r io.Reader }
+type escapeReader struct{ f *os.File }
+
+// Fd lets the VMM poll the terminal, so its console input ends with the run.
+func (e escapeReader) Fd() uintptr { return e.f.Fd() }
 
 func (e escapeReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
+	n, err := e.f.Read(p)
 	for i := 0; i+1 < n; i++ {
 		if p[i] == consoleEscape && p[i+1] == 'x' {
 			unix.Kill(os.Getpid(), unix.SIGTERM)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -116,20 +117,11 @@ func TestBadInputOneLineExit2(t *testing.T) {
 	}
 }
 
-func kvmUsable(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("no usable /dev/kvm: %v", err)
-	}
-	f.Close()
-}
-
 // TestTinyGuestBootsAndResets runs the hand-made PVH guest on this host's
 // /dev/kvm: it reports to the boot timer and resets through the i8042, so
 // Ember logs the boot time and exits 0.
 func TestTinyGuestBootsAndResets(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	_, stderr, code, wall := runEmber(t, "run", "--kernel", kernel, "--boot-timer")
 	if code != 0 {
@@ -148,7 +140,7 @@ func TestHostCheckNamesProblem(t *testing.T) {
 	if vmm.HostProblem() == "" {
 		t.Skip("this host's KVM runs Linux guests natively")
 	}
-	kvmUsable(t)
+	testkvm.Need(t)
 	// A kernel-sized image: the tiny guest padded past the 1 MiB threshold
 	// stands in for a Linux kernel as far as the host check is concerned.
 	kernel := os.Getenv("EMBER_TEST_LINUX_KERNEL")

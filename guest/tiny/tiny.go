@@ -118,6 +118,70 @@ var counterCode = []byte{
 // Counter returns the counting guest (see counterCode).
 func Counter() []byte { return elfImage(counterCode) }
 
+// PointerAddr holds, for the Scribbler guest, the guest-physical address of
+// the 32-bit word it increments; the host changes it to move the guest's
+// writes to another page. It lies in the page of CounterAddr, which the
+// guest dirties on every iteration.
+const PointerAddr = LoadAddr + 0x808
+
+// scribblerCode is counterCode that also increments the word whose address
+// is at PointerAddr (address 0 until the host sets it): a guest whose
+// dirty pages the host chooses, for diff snapshot tests.
+var scribblerCode = []byte{
+	0xa1, 0x08, 0x08, 0x10, 0x00, // loop: mov eax, [PointerAddr]
+	0xff, 0x00, //                   inc dword [eax]
+	0xff, 0x05, 0x04, 0x08, 0x10, 0x00, // inc dword [CounterAddr]
+	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
+	0x74, 0xea, // je loop
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Scribbler returns the guest that counts and writes where PointerAddr
+// says (see scribblerCode).
+func Scribbler() []byte { return elfImage(scribblerCode) }
+
+// COM1Port is the first I/O port of the PC's first serial port (the UART's
+// transmit holding register).
+const COM1Port = 0x3f8
+
+// ChatterChunk is how many bytes the Chatter guest writes to the serial
+// port at a time, with one rep outsb (which KVM hands to the VMM in exits
+// of up to a page each, so the guest prints at thousands of bytes per
+// exit), and adds to its count.
+const ChatterChunk = 4096
+
+// chatterSource is where the bytes the Chatter guest prints come from:
+// RAM it never writes (zeros).
+const chatterSource = 0x20_0000
+
+// chatterCode is counterCode that writes ChatterChunk bytes to COM1 on
+// every iteration: a guest that prints as fast as the VMM takes its
+// output, for console back-pressure tests. CounterAddr counts the bytes
+// written (the chunk being written is not counted yet).
+var chatterCode = []byte{
+	0xbe, 0x00, 0x00, 0x20, 0x00, // loop: mov esi, chatterSource
+	0xb9, 0x00, 0x10, 0x00, 0x00, //       mov ecx, ChatterChunk
+	0x66, 0xba, 0xf8, 0x03, //             mov dx, COM1Port
+	0xfc,       //                         cld
+	0xf3, 0x6e, //                         rep outsb
+	0x81, 0x05, 0x04, 0x08, 0x10, 0x00, 0x00, 0x10, 0x00, 0x00, // add dword [CounterAddr], ChatterChunk
+	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
+	0x74, 0xdc, // je loop
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Chatter returns the guest that counts and writes to the serial port (see
+// chatterCode).
+func Chatter() []byte { return elfImage(chatterCode) }
+
 // Image returns the guest as an ELF64 executable for x86-64 with a PVH entry
 // note: boot timer, isa-debug-exit, i8042 reset.
 func Image() []byte { return elfImage(code) }
