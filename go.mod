@@ -12,4 +12,5 @@ require (
 require (
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
+	golang.org/x/net v0.62.0 // indirect
 )

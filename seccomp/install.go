@@ -1,0 +1,148 @@
+package seccomp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// seccomp(2) operation and flag (include/uapi/linux/seccomp.h).
+const (
+	setModeFilter = 1 // SECCOMP_SET_MODE_FILTER
+	flagTSync     = unix.SECCOMP_FILTER_FLAG_TSYNC
+)
+
+// Confinement is a compiled policy and where it is in its installation:
+// Start installs the first process-wide filter, ConfineProcess the second
+// when the guest is about to run, ConfineVCPUThread the vCPU filter on
+// each vCPU thread. It satisfies vmm.Confiner.
+type Confinement struct {
+	boot, vmm, vcpu Program // boot is nil when the policy has none
+
+	mu      sync.Mutex
+	started bool
+	running bool // the vmm filter is installed
+}
+
+// New compiles p for this process (conditions on "pid" take its pid).
+func New(p *Policy) (*Confinement, error) {
+	pid := os.Getpid()
+	c := &Confinement{}
+	var err error
+	if p.Boot != nil {
+		if c.boot, err = Compile(p.Boot, pid, dataBoot); err != nil {
+			return nil, fmt.Errorf("seccomp: %s filter: %w", NameBoot, err)
+		}
+	}
+	if c.vmm, err = Compile(&p.VMM, pid, dataVMM); err != nil {
+		return nil, fmt.Errorf("seccomp: %s filter: %w", NameVMM, err)
+	}
+	if c.vcpu, err = Compile(&p.VCPU, pid, dataVCPU); err != nil {
+		return nil, fmt.Errorf("seccomp: %s filter: %w", NameVCPU, err)
+	}
+	return c, nil
+}
+
+// Start installs the SIGSYS reporter and the first process-wide filter:
+// boot, or vmm if the policy has no boot filter. From then on a refused
+// system call calls report (which should log the Violation as one line)
+// and ends the process with ExitCode. Call it once, before the API
+// accepts a request and before anything runs guest code.
+func (c *Confinement) Start(report func(Violation)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started {
+		return errors.New("seccomp: already started")
+	}
+	preload()
+	if err := arm(report); err != nil {
+		return err
+	}
+	first := c.boot
+	if first == nil {
+		first, c.running = c.vmm, true
+	}
+	if err := install(first, true); err != nil {
+		return err
+	}
+	c.started = true
+	return nil
+}
+
+// ConfineProcess installs the vmm filter on every thread, on top of the
+// boot filter, before the guest first runs. Later calls do nothing.
+func (c *Confinement) ConfineProcess() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.started {
+		return errors.New("seccomp: ConfineProcess before Start")
+	}
+	if c.running {
+		return nil
+	}
+	if err := install(c.vmm, true); err != nil {
+		return err
+	}
+	c.running = true
+	return nil
+}
+
+// ConfineVCPUThread installs the vcpu filter on the calling thread. The
+// caller has locked its goroutine to the thread (runtime.LockOSThread)
+// and must never unlock it: the thread then ends with the goroutine
+// instead of going back to the scheduler to run other goroutines under the
+// vCPU filter.
+func (c *Confinement) ConfineVCPUThread() error {
+	c.mu.Lock()
+	running := c.running
+	c.mu.Unlock()
+	if !running {
+		return errors.New("seccomp: ConfineVCPUThread before ConfineProcess")
+	}
+	return install(c.vcpu, false)
+}
+
+// Sizes are the instruction counts of the compiled filters (0 for a
+// missing boot filter).
+func (c *Confinement) Sizes() (boot, vmm, vcpu int) { return len(c.boot), len(c.vmm), len(c.vcpu) }
+
+// install loads prog on the calling thread or, with tsync, on every thread
+// of the process. no_new_privs is set first, as seccomp requires of a
+// process without CAP_SYS_ADMIN (and as Firecracker does); TSYNC sets it on
+// every thread.
+func install(prog Program, tsync bool) error {
+	if len(prog) == 0 {
+		return errors.New("seccomp: empty filter")
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("seccomp: prctl(PR_SET_NO_NEW_PRIVS): %w", err)
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: (*unix.SockFilter)(unsafe.Pointer(&prog[0]))}
+	var flags uintptr
+	if tsync {
+		flags = flagTSync
+	}
+	r, _, e := unix.Syscall(unix.SYS_SECCOMP, setModeFilter, flags, uintptr(unsafe.Pointer(&fprog)))
+	switch {
+	case e != 0:
+		return fmt.Errorf("seccomp: install filter: %w", e)
+	case r != 0:
+		// TSYNC names a thread that could not take the filter: one
+		// already running a filter of its own (a vCPU thread).
+		return fmt.Errorf("seccomp: thread %d cannot take the process-wide filter", r)
+	}
+	return nil
+}
+
+// preload does, before the first filter, what the Go runtime and standard
+// library would otherwise do lazily with system calls the filters refuse:
+// the time package reads /etc/localtime on the first use of the local
+// time zone (a log line's time stamp).
+func preload() {
+	_ = time.Local.String()
+}
