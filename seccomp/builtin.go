@@ -283,6 +283,7 @@ func bootFilter() Filter {
 		allowIf("socket", "reading a tap's MTU (SIOCGIFMTU)",
 			argEq(0, unix.AF_INET, "AF_INET"), argEq(1, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, "SOCK_DGRAM|SOCK_CLOEXEC")),
 		allowIf("fcntl", "", argEq(1, unix.F_DUPFD_CLOEXEC, "F_DUPFD_CLOEXEC")),
+		allowIf("seccomp", "the vmm filter goes on every thread at boot", argEq(0, setModeFilter, "SECCOMP_SET_MODE_FILTER"), argEq(1, flagTSync, "SECCOMP_FILTER_FLAG_TSYNC")),
 	)
 	return Filter{DefaultAction: Trap, FilterAction: Allow, Rules: rs}
 }

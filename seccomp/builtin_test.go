@@ -113,7 +113,7 @@ func TestBuiltinDecisions(t *testing.T) {
 		{"accept4", accept, allow, allow, vcpu},
 		{"userfaultfd", userfaultfd, allow, vmm, vcpu},
 		{"seccomp on this thread", seccompThread, allow, allow, vcpu},
-		{"seccomp TSYNC", seccompTSync, boot, vmm, vcpu},
+		{"seccomp TSYNC", seccompTSync, allow, vmm, vcpu},
 	}
 	for _, c := range cases {
 		for _, f := range []struct {

@@ -339,6 +339,37 @@ type Filter struct {
 	Rules         []Rule `json:"filter"`
 }
 
+// filterJSON is a filter as read: every field is required (a missing
+// default_action must not read as the zero action, allow).
+type filterJSON struct {
+	DefaultAction *Action `json:"default_action"`
+	FilterAction  *Action `json:"filter_action"`
+	Rules         *[]Rule `json:"filter"`
+}
+
+// UnmarshalJSON reads a filter, refusing one with a field missing.
+func (f *Filter) UnmarshalJSON(b []byte) error {
+	var j filterJSON
+	if err := strictUnmarshal(b, &j); err != nil {
+		return err
+	}
+	switch {
+	case j.DefaultAction == nil:
+		return errors.New("no default_action")
+	case j.FilterAction == nil:
+		return errors.New("no filter_action")
+	case j.Rules == nil:
+		return errors.New(`no "filter" (the list of rules)`)
+	}
+	*f = Filter{DefaultAction: *j.DefaultAction, FilterAction: *j.FilterAction, Rules: *j.Rules}
+	for i := range f.Rules {
+		if len(f.Rules[i].Args) == 0 {
+			f.Rules[i].Args = nil // "args": [] is no condition, as no "args"
+		}
+	}
+	return nil
+}
+
 // Policy is what Ember installs: Boot (if set) process-wide from
 // start-up, VMM process-wide once the guest runs (stacked on Boot), VCPU
 // on each vCPU thread (stacked on both). Its JSON form is Firecracker's
