@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/embervm/ember/kvm"
 )
 
@@ -529,7 +531,9 @@ func writeAtomic(path string, fill func(*os.File) error) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", path, err)
 	}
-	if d, derr := os.Open(dir); derr == nil {
+	// O_DIRECTORY: the running VM's seccomp filter allows a read-only
+	// open only of a directory (which yields no file's data).
+	if d, derr := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0); derr == nil {
 		d.Sync()
 		d.Close()
 	}
