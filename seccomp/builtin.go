@@ -232,7 +232,7 @@ func processRules() []Rule {
 		"set_robust_list", "rseq", "brk",
 	)...)
 	rs = append(rs,
-		allowIf("unlinkat", "files only: snapshot temporaries, the vsock and API sockets", argEq(2, 0, "no AT_REMOVEDIR")),
+		allowIf("unlinkat", "snapshot temporaries, the vsock and API sockets (os.Remove tries rmdir when unlink fails)", argMasked(2, ^uint64(unix.AT_REMOVEDIR)&0xffffffff, 0, "no flag but AT_REMOVEDIR")),
 		allowIf("getsockopt", "socket errors", argEq(1, unix.SOL_SOCKET, "SOL_SOCKET")),
 		allowIf("clone", "threads only, no fork", argMasked(0, cloneThread, cloneThread, "CLONE_VM|CLONE_SIGHAND|CLONE_THREAD")),
 		Rule{Syscall: "clone3", Action: &Action{Kind: ActErrno, Data: uint16(unix.ENOSYS)},

@@ -19,12 +19,14 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/embervm/ember/loader"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -58,10 +60,12 @@ func usage(w io.Writer) {
   ember --snapshot-version | --describe-snapshot FILE
       the snapshot format version Ember writes, or the one of FILE (as Firecracker's)
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
+            [--no-seccomp | --seccomp-filter FILE]
   ember extract-vmlinux BZIMAGE OUT
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
+  ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember version
 `)
 }
@@ -89,6 +93,8 @@ func run(args []string, start time.Time) int {
 		return exitOK
 	case "snapshot":
 		return runSnapshot(args[1:])
+	case "seccomp":
+		return runSeccompCmd(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
@@ -120,6 +126,8 @@ func runVM(args []string, start time.Time) int {
 	fs.Var(rngFlag{&cfg.RNG}, "rng", "add a virtio-rng entropy device (--rng=rate=LIMIT to limit it)")
 	fs.BoolVar(&cfg.NoVirtioCmdline, "no-virtio-cmdline", false, "announce virtio devices in ACPI only, not also with virtio_mmio.device= on the kernel command line")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	var sc seccompFlags
+	sc.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -138,7 +146,15 @@ func runVM(args []string, start time.Time) int {
 		fmt.Fprintf(os.Stderr, "ember run: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	conf, err := sc.confinement()
+	if err == nil {
+		err = sc.check()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember run:", err)
+		return exitUsage
+	}
+	log := slog.New(selfTestHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
 	cfg.Logger = log
 	cfg.Console = os.Stdout
 	cfg.AllowEmulatedKVM = os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1"
@@ -153,6 +169,23 @@ func runVM(args []string, start time.Time) int {
 		cfg.ConsoleIn = os.Stdin
 	}
 
+	// Seccomp from here on, the VM's build included: a violation logs
+	// one line, puts the terminal back and exits 148.
+	var rawTerm atomic.Pointer[term.State]
+	if conf != nil {
+		err := conf.Start(func(v seccomp.Violation) {
+			if st := rawTerm.Load(); st != nil {
+				term.Restore(stdin, st)
+			}
+			log.Error(v.String())
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember:", err)
+			return exitFailure
+		}
+		cfg.Confine = conf
+	}
+
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ember:", err)
@@ -165,6 +198,7 @@ func runVM(args []string, start time.Time) int {
 
 	if term.IsTerminal(stdin) {
 		if st, err := term.MakeRaw(stdin); err == nil {
+			rawTerm.Store(st)
 			restore = func() { term.Restore(stdin, st) }
 			defer restore()
 		}
