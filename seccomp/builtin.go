@@ -6,7 +6,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/kvm"
-	"github.com/embervm/ember/snapshot"
 )
 
 // OpenAfterBoot is the flag Ember's own opens after boot add (PATCH
@@ -154,12 +153,12 @@ var (
 		{"SIOCGIFMTU", unix.SIOCGIFMTU}}
 )
 
-func uffdRequests() []named {
-	var out []named
-	for _, r := range snapshot.UffdRequests() {
-		out = append(out, named{r.Name, uint64(r.Number)})
-	}
-	return out
+// uffdRequests are the userfaultfd ioctls of a load with the Uffd backend
+// (snapshot.MapUffd), include/uapi/linux/userfaultfd.h. UFFDIO_COPY is the
+// page-fault handler's, in another process.
+var uffdRequests = []named{
+	{"UFFDIO_API", 0xc018aa3f},      // _IOWR(0xAA, 0x3F, struct uffdio_api)
+	{"UFFDIO_REGISTER", 0xc020aa00}, // _IOWR(0xAA, 0x00, struct uffdio_register)
 }
 
 // fcntl commands every filter allows: the close-on-exec flag, the status
@@ -169,11 +168,14 @@ var fcntlCmds = []named{{"F_GETFD", unix.F_GETFD}, {"F_SETFD", unix.F_SETFD}, {"
 
 // runtimeRules are what the Go runtime (and the standard library under
 // it) needs on any thread once it runs: memory, scheduling, signals,
-// the network poller, thread exit. mmap and mprotect never with PROT_EXEC:
-// Ember generates no code.
+// the network poller, thread exit; and what the SIGSYS handler uses (write,
+// writev, nanosleep, exit_group: a call it makes that a filter refused
+// would find SIGSYS blocked, and the kernel would kill the process without
+// the report). mmap and mprotect never with PROT_EXEC: Ember generates no
+// code.
 func runtimeRules() []Rule {
 	noExec := argMasked(2, unix.PROT_EXEC, 0, "no PROT_EXEC")
-	rs := allow("read", "write", "close", "munmap", "sched_yield", "nanosleep", "clock_gettime",
+	rs := allow("read", "write", "writev", "close", "munmap", "sched_yield", "nanosleep", "clock_gettime",
 		"gettid", "getpid", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
 		"exit", "exit_group", "restart_syscall", "epoll_pwait", "epoll_wait", "epoll_ctl")
 	rs = append(rs,
@@ -221,7 +223,7 @@ func processRules() []Rule {
 	rs = append(rs, allow(
 		// File I/O on open files: drives (preadv/pwritev, flush),
 		// snapshot files, logger and metrics, the console.
-		"readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "lseek",
+		"readv", "pread64", "pwrite64", "preadv", "pwritev", "lseek",
 		"fsync", "fdatasync", "ftruncate", "fallocate", "fstat", "newfstatat",
 		// The API socket's and vsock's connections (AF_UNIX only, see socket).
 		"connect", "accept4", "getsockname", "getpeername", "shutdown", "sendto", "recvfrom",
@@ -275,7 +277,7 @@ func bootFilter() Filter {
 	rs := anyOf("ioctl", 1, allKVMRequests(), "KVM")
 	rs = append(rs, anyOf("ioctl", 1, vmmIoctls, "")...)
 	rs = append(rs, anyOf("ioctl", 1, bootIoctls, "")...)
-	rs = append(rs, anyOf("ioctl", 1, uffdRequests(), "snapshot load, Uffd backend")...)
+	rs = append(rs, anyOf("ioctl", 1, uffdRequests, "snapshot load, Uffd backend")...)
 	rs = append(rs, processRules()...)
 	rs = append(rs, allow("openat", "bind", "listen", "sendmsg", "userfaultfd", "getcwd", "statx", "pipe2", "getdents64")...)
 	rs = append(rs,

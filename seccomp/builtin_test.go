@@ -128,6 +128,19 @@ func TestBuiltinDecisions(t *testing.T) {
 	}
 }
 
+// TestBuiltinAllowsTheHandler: every built-in filter allows what the
+// SIGSYS handler calls, whatever the arguments.
+func TestBuiltinAllowsTheHandler(t *testing.T) {
+	b := compileBuiltin(t)
+	for _, name := range []string{"write", "writev", "nanosleep", "exit_group", "rt_sigreturn"} {
+		for _, p := range []Program{b.boot, b.vmm, b.vcpu} {
+			if got := run(t, p, sys(name, 7, 0xdead, 99)); got != retAllow {
+				t.Errorf("%s: %#x, want allow", name, got)
+			}
+		}
+	}
+}
+
 // TestBuiltinStacking: whatever the vcpu filter allows the process-wide
 // filters allow too, and whatever vmm allows boot does: a vCPU thread runs
 // under all three, so otherwise a call the vcpu filter means to allow would

@@ -6,7 +6,7 @@ import (
 	"os"
 	"sync"
 	"time"
-	"unsafe"
+	"unsafe" // also for go:linkname
 
 	"golang.org/x/sys/unix"
 )
@@ -29,8 +29,21 @@ type Confinement struct {
 	running bool // the vmm filter is installed
 }
 
-// New compiles p for this process (conditions on "pid" take its pid).
+// iscgo is set by runtime/cgo: the binary links the C library (Go's
+// runtime exports it for such checks).
+//
+//go:linkname iscgo runtime.iscgo
+var iscgo bool
+
+// ErrCgo: the filters are built for a static binary.
+var ErrCgo = errors.New("seccomp: this binary links the C library (built with cgo), which opens files lazily with every signal blocked (malloc reads /sys/devices/system/cpu/online when a thread first needs an arena), so a filter cannot refuse opens and report them; build it with CGO_ENABLED=0, as make build does")
+
+// New compiles p for this process (conditions on "pid" take its pid). It
+// refuses a binary linked with the C library (ErrCgo).
 func New(p *Policy) (*Confinement, error) {
+	if iscgo {
+		return nil, ErrCgo
+	}
 	pid := os.Getpid()
 	c := &Confinement{}
 	var err error

@@ -65,7 +65,7 @@ var (
 const (
 	// reporterGrace is how long the faulting thread waits for the
 	// reporter goroutine before it writes the line and exits itself.
-	reporterGrace = 5 // seconds
+	reporterGrace = 2 // seconds
 	// sleepForever is the sleep of a thread that faulted after another:
 	// the first one ends the process.
 	sleepForever = 3600 // seconds, in a loop

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -48,8 +49,13 @@ func (s *seccompFlags) confinement() (*seccomp.Confinement, error) {
 		}
 	}
 	c, err := seccomp.New(p)
-	if err != nil {
+	switch {
+	case errors.Is(err, seccomp.ErrCgo):
+		return nil, fmt.Errorf("%w, or pass --no-seccomp", err)
+	case err != nil && s.file != "":
 		return nil, fmt.Errorf("--seccomp-filter %s: %w", s.file, err)
+	case err != nil:
+		return nil, err
 	}
 	return c, nil
 }
