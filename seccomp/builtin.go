@@ -205,15 +205,24 @@ func deviceRules() []Rule {
 // vcpuFilter confines each vCPU thread: KVM_RUN and what the exit path
 // runs synchronously (port I/O and MMIO devices: serial output, interrupt
 // lines, the i8042's reset, virtio-mmio registers and device activation),
-// and the runtime. No open, no socket, no new thread (Go starts threads
-// for a locked thread through its template thread), no VM-wide KVM
-// ioctls but interrupt lines.
+// and the runtime. No open, no socket, no fork, no VM-wide KVM ioctls
+// but interrupt lines.
 func vcpuFilter() Filter {
 	rs := anyOf("ioctl", 1, kvmRequests(vcpuKVM...), "KVM vCPU")
 	rs = append(rs, anyOf("ioctl", 1, vcpuIoctls, "")...)
 	rs = append(rs, runtimeRules()...)
 	rs = append(rs, deviceRules()...)
+	rs = append(rs, cloneThreadRule())
 	return Filter{DefaultAction: Trap, FilterAction: Allow, Rules: rs}
+}
+
+// cloneThreadRule allows clone(2) for threads only: no fork. The Go
+// runtime starts the threads a locked thread asks for through its template
+// thread, so a vCPU thread should never clone; the rule is there anyway,
+// as a thread that exits runs the scheduler with every signal blocked, and
+// a call refused then would kill the process without a report.
+func cloneThreadRule() Rule {
+	return allowIf("clone", "threads only, no fork", argMasked(0, cloneThread, cloneThread, "CLONE_VM|CLONE_SIGHAND|CLONE_THREAD"))
 }
 
 // processRules are the process-wide rules common to both stages.
@@ -236,7 +245,7 @@ func processRules() []Rule {
 	rs = append(rs,
 		allowIf("unlinkat", "snapshot temporaries, the vsock and API sockets (os.Remove tries rmdir when unlink fails)", argMasked(2, ^uint64(unix.AT_REMOVEDIR)&0xffffffff, 0, "no flag but AT_REMOVEDIR")),
 		allowIf("getsockopt", "socket errors", argEq(1, unix.SOL_SOCKET, "SOL_SOCKET")),
-		allowIf("clone", "threads only, no fork", argMasked(0, cloneThread, cloneThread, "CLONE_VM|CLONE_SIGHAND|CLONE_THREAD")),
+		cloneThreadRule(),
 		Rule{Syscall: "clone3", Action: &Action{Kind: ActErrno, Data: uint16(unix.ENOSYS)},
 			Comment: "its flags are out of the filter's sight: ENOSYS makes glibc fall back to clone"},
 		allowIf("seccomp", "each vCPU thread stacks its filter", argEq(0, setModeFilter, "SECCOMP_SET_MODE_FILTER"), argEq(1, 0, "this thread only")),

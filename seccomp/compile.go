@@ -67,6 +67,10 @@ func Compile(f *Filter, pid int, trapData uint16) (Program, error) {
 		return nil, err
 	}
 	c := &compiler{pid: uint64(pid), trapData: trapData}
+	// About four instructions a rule; growing the slices costs more
+	// than the whole compilation otherwise.
+	c.asm.items = make([]item, 0, 8*len(f.Rules)+64)
+	c.asm.labels = make([]int, 0, 2*len(f.Rules)+16)
 	def := c.ret(f.DefaultAction)
 	// Rules by syscall number, keeping their order within a syscall.
 	bySys := map[uint32][]Rule{}
@@ -97,14 +101,14 @@ func Compile(f *Filter, pid int, trapData uint16) (Program, error) {
 	}
 	a.mark(deny)
 	a.emit(bpf.RetConstant{Val: def})
-	insns, err := a.assemble()
+	prog, err := a.assemble()
 	if err != nil {
 		return nil, err
 	}
-	if len(insns) > maxInstructions {
-		return nil, fmt.Errorf("the filter compiles to %d BPF instructions, over the kernel's limit of %d", len(insns), maxInstructions)
+	if len(prog) > maxInstructions {
+		return nil, fmt.Errorf("the filter compiles to %d BPF instructions, over the kernel's limit of %d", len(prog), maxInstructions)
 	}
-	return bpf.Assemble(insns)
+	return prog, nil
 }
 
 type compiler struct {
@@ -284,7 +288,7 @@ const (
 
 type item struct {
 	kind itemKind
-	insn bpf.Instruction
+	insn bpf.RawInstruction
 	cond bpf.JumpTest
 	val  uint32
 	t, f label
@@ -302,7 +306,15 @@ func (a *assembler) mark(l label) {
 	a.items = append(a.items, item{kind: kindMark})
 }
 
-func (a *assembler) emit(i bpf.Instruction) { a.items = append(a.items, item{kind: kindInsn, insn: i}) }
+// emit adds a plain instruction (a load, an ALU operation, a return:
+// none of which fails to assemble).
+func (a *assembler) emit(i bpf.Instruction) {
+	raw, err := i.Assemble()
+	if err != nil {
+		panic("seccomp compiler: " + err.Error())
+	}
+	a.items = append(a.items, item{kind: kindInsn, insn: raw})
+}
 
 func (a *assembler) load(off uint32) {
 	a.emit(bpf.LoadAbsolute{Off: off, Size: wordSize})
@@ -328,8 +340,8 @@ func (it *item) size() int {
 	return 1
 }
 
-// assemble resolves the labels and returns the instructions.
-func (a *assembler) assemble() ([]bpf.Instruction, error) {
+// assemble resolves the labels and returns the program.
+func (a *assembler) assemble() (Program, error) {
 	for l, at := range a.labels {
 		if at < 0 {
 			return nil, fmt.Errorf("seccomp compiler: label %d never placed", l)
@@ -349,8 +361,16 @@ func (a *assembler) assemble() ([]bpf.Instruction, error) {
 		}
 	}
 	a.layout()
-	var out []bpf.Instruction
-	ja := func(from int, to int) bpf.Instruction { return bpf.Jump{Skip: uint32(to - from - 1)} }
+	last := &a.items[len(a.items)-1]
+	out := make(Program, 0, last.pos+last.size())
+	raw := func(i bpf.Instruction) bpf.RawInstruction {
+		r, err := i.Assemble()
+		if err != nil {
+			panic("seccomp compiler: " + err.Error()) // only known-good jumps are assembled here
+		}
+		return r
+	}
+	ja := func(from int, to int) bpf.RawInstruction { return raw(bpf.Jump{Skip: uint32(to - from - 1)}) }
 	for i := range a.items {
 		it := &a.items[i]
 		t, f := a.target(it, it.t), a.target(it, it.f)
@@ -360,14 +380,14 @@ func (a *assembler) assemble() ([]bpf.Instruction, error) {
 		case it.kind == kindJump:
 			out = append(out, ja(it.pos, t))
 		case it.kind == kindCJump && !it.long:
-			out = append(out, bpf.JumpIf{Cond: it.cond, Val: it.val,
-				SkipTrue: uint8(t - it.pos - 1), SkipFalse: uint8(f - it.pos - 1)})
+			out = append(out, raw(bpf.JumpIf{Cond: it.cond, Val: it.val,
+				SkipTrue: uint8(t - it.pos - 1), SkipFalse: uint8(f - it.pos - 1)}))
 		case it.kind == kindCJump && it.t == fall:
-			out = append(out, bpf.JumpIf{Cond: it.cond, Val: it.val, SkipTrue: 1}, ja(it.pos+1, f))
+			out = append(out, raw(bpf.JumpIf{Cond: it.cond, Val: it.val, SkipTrue: 1}), ja(it.pos+1, f))
 		case it.kind == kindCJump && it.f == fall:
-			out = append(out, bpf.JumpIf{Cond: it.cond, Val: it.val, SkipFalse: 1}, ja(it.pos+1, t))
+			out = append(out, raw(bpf.JumpIf{Cond: it.cond, Val: it.val, SkipFalse: 1}), ja(it.pos+1, t))
 		case it.kind == kindCJump:
-			out = append(out, bpf.JumpIf{Cond: it.cond, Val: it.val, SkipFalse: 1}, ja(it.pos+1, t), ja(it.pos+2, f))
+			out = append(out, raw(bpf.JumpIf{Cond: it.cond, Val: it.val, SkipFalse: 1}), ja(it.pos+1, t), ja(it.pos+2, f))
 		}
 	}
 	return out, nil

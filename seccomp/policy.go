@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Filter names: the keys of a policy file, and the filters Ember installs.
@@ -473,17 +474,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// syscallNumber is the x86-64 number of a system call name.
-func syscallNumber(name string) (int, bool) {
-	if name == "" {
-		return 0, false
-	}
+// syscallNumbers maps the x86-64 system call names to their numbers, made
+// once from syscallNames (constant data, read-only once made).
+var syscallNumbers = sync.OnceValue(func() map[string]int {
+	m := make(map[string]int, len(syscallNames))
 	for n, s := range syscallNames {
-		if s == name {
-			return n, true
+		if s != "" {
+			m[s] = n
 		}
 	}
-	return 0, false
+	return m
+})
+
+// syscallNumber is the x86-64 number of a system call name.
+func syscallNumber(name string) (int, bool) {
+	n, ok := syscallNumbers()[name]
+	return n, ok
 }
 
 // SyscallName is the x86-64 name of a system call number, or "" if the
