@@ -3,11 +3,14 @@
 //	ember --api-sock PATH [--config-file FILE [--no-api]] ...   (Firecracker's flags and API)
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
+//	          [--no-seccomp | --seccomp-filter FILE]
 //	ember extract-vmlinux BZIMAGE OUT
+//	ember seccomp print [--json]
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
-// crashes or Ember fails, 2 for bad flags or files.
+// crashes or Ember fails, 2 for bad flags or files, 148 when a seccomp
+// filter refuses a system call.
 package main
 
 import (
@@ -56,6 +59,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
         [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
+        [--no-seccomp | --seccomp-filter FILE]
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember --snapshot-version | --describe-snapshot FILE
       the snapshot format version Ember writes, or the one of FILE (as Firecracker's)
