@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/pierrec/lz4/v4 v4.1.33
 	github.com/u-root/u-root v0.16.0
+	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.47.0
 )
@@ -12,5 +13,4 @@ require (
 require (
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/u-root/uio v0.0.0-20240224005618-d2acac8f3701 // indirect
-	golang.org/x/net v0.62.0 // indirect
 )
