@@ -2,6 +2,7 @@ package seccomp
 
 import (
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -87,12 +88,19 @@ type named struct {
 	val  uint64
 }
 
-// kvmRequests picks KVM ioctls by name from kvm.Requests.
-func kvmRequests(names ...string) []named {
+// kvmNumbers maps the names of kvm.Requests to their numbers (constant
+// data, made once).
+var kvmNumbers = sync.OnceValue(func() map[string]uintptr {
 	all := map[string]uintptr{}
 	for _, r := range kvm.Requests() {
 		all[r.Name] = r.Number
 	}
+	return all
+})
+
+// kvmRequests picks KVM ioctls by name from kvm.Requests.
+func kvmRequests(names ...string) []named {
+	all := kvmNumbers()
 	out := make([]named, len(names))
 	for i, n := range names {
 		nr, ok := all[n]

@@ -13,13 +13,18 @@
 // (a thread runs every filter it has, and the strictest answer wins), so
 // Ember installs three:
 //
-//   - boot, on every thread (SECCOMP_FILTER_FLAG_TSYNC), at start-up:
-//     before the API accepts its first request and before a config file's
-//     VM is built. It allows what configuring and building a VM needs:
-//     opening any file the (trusted) API names, /dev/kvm and every KVM
-//     ioctl Ember issues, taps, AF_UNIX sockets, loading a snapshot.
-//   - vmm, on every thread (TSYNC again, stacked on boot), when the VM
-//     starts running (vmm.VM.Run, before any vCPU thread starts): the guest
+//   - boot, on every thread (SECCOMP_FILTER_FLAG_TSYNC), at start-up of
+//     the Firecracker mode (Start): before the API accepts its first
+//     request and before a config file's VM is built. It allows what
+//     configuring and building a VM needs: opening any file the (trusted)
+//     API names, /dev/kvm and every KVM ioctl Ember issues, taps, AF_UNIX
+//     sockets, loading a snapshot. ember run, whose VM comes from trusted
+//     flags with nothing untrusted running before it, only arms the
+//     reporter at start-up (Arm) and goes without: Firecracker too puts
+//     its vmm filter on just before the guest runs, and the boot filter
+//     would cost its installation and a layer on every later call.
+//   - vmm, on every thread (TSYNC again, stacked on boot if any), when the
+//     VM starts running (vmm.VM.Run, before any vCPU thread starts): the guest
 //     is hostile from then on. It allows what the running VMM and the API
 //     do, and no more: no KVM ioctl that builds a VM, AF_UNIX sockets only,
 //     the few opens described below.
@@ -105,14 +110,20 @@
 // crash dump. So this package installs its own SIGSYS handler (trap_amd64.s,
 // plain Go assembly, no cgo) with rt_sigaction. On the signal stack, all
 // signals blocked, it records the siginfo, wakes a reporter goroutine
-// through an eventfd and waits: the reporter logs Violation.String through
-// the caller's logger (Ember's own log format and destination; the
+// (waiting in a blocking read on a thread of its own, so that it needs no
+// new thread) through an eventfd and waits: the reporter logs
+// Violation.String through the caller's logger (Ember's own log format
+// and destination; the
 // Firecracker mode also stores seccomp.num_faults and flushes the metrics),
 // then exits with ExitCode. If the reporter has not ended the process
-// within two seconds (the faulting thread holds something the runtime
-// needs: execve holds Go's exec lock, which stops new threads), the
-// handler writes the line to standard error itself and exits 148. Threads
-// that fault later sleep until the first one ends the process.
+// within two seconds, the handler writes the line to standard error itself
+// and exits 148; threads that fault later sleep until the first one ends
+// the process. That happens when the faulting thread holds what Go needs
+// to run the reporter: a call made with RawSyscall (syscall.Exec's execve)
+// keeps its P, and a garbage collection that starts then waits for it;
+// execve also holds Go's exec lock, which stops new threads. The line then
+// goes to standard error rather than the logger, and the metrics are not
+// flushed.
 //
 // Two limits. A call refused while the thread blocks SIGSYS cannot be
 // reported: the kernel then kills the process with SIGSYS (exit by signal,
@@ -136,6 +147,9 @@
 // and 11.6. It also lacks what the policy needs (masked_eq with a value,
 // 64-bit comparisons, a rule's own action, trap data, the pid). The
 // built-in filters are 505 (boot), 350 (vmm) and 170 (vcpu) instructions;
-// a KVM_RUN on a vCPU thread runs 14 + 13 + 13 of them, which the kernel's
-// BPF JIT compiles to native code.
+// a KVM_RUN on a vCPU thread runs 13 + 13 of them (14 more under the
+// Firecracker mode's boot filter), which the kernel's BPF JIT compiles to
+// native code. Building the policy, compiling it and installing it cost
+// about 0.9 ms of CPU at start-up in ember run, 1.3 ms in the Firecracker
+// mode (measured on a loaded 2-core host).
 package seccomp

@@ -18,14 +18,16 @@ const (
 )
 
 // Confinement is a compiled policy and where it is in its installation:
-// Start installs the first process-wide filter, ConfineProcess the second
-// when the guest is about to run, ConfineVCPUThread the vCPU filter on
-// each vCPU thread. It satisfies vmm.Confiner.
+// Start (or Arm) before anything else, ConfineProcess when the guest is
+// about to run, ConfineVCPUThread on each vCPU thread. It satisfies
+// vmm.Confiner.
 type Confinement struct {
-	boot, vmm, vcpu Program // boot is nil when the policy has none
+	bootPolicy *Filter // compiled by Start
+	vmm, vcpu  Program
+	pid        int
 
 	mu      sync.Mutex
-	started bool
+	armed   bool
 	running bool // the vmm filter is installed
 }
 
@@ -45,13 +47,8 @@ func New(p *Policy) (*Confinement, error) {
 		return nil, ErrCgo
 	}
 	pid := os.Getpid()
-	c := &Confinement{}
+	c := &Confinement{bootPolicy: p.Boot, pid: pid}
 	var err error
-	if p.Boot != nil {
-		if c.boot, err = Compile(p.Boot, pid, dataBoot); err != nil {
-			return nil, fmt.Errorf("seccomp: %s filter: %w", NameBoot, err)
-		}
-	}
 	if c.vmm, err = Compile(&p.VMM, pid, dataVMM); err != nil {
 		return nil, fmt.Errorf("seccomp: %s filter: %w", NameVMM, err)
 	}
@@ -61,39 +58,58 @@ func New(p *Policy) (*Confinement, error) {
 	return c, nil
 }
 
-// Start installs the SIGSYS reporter and the first process-wide filter:
-// boot, or vmm if the policy has no boot filter. From then on a refused
-// system call calls report (which should log the Violation as one line)
-// and ends the process with ExitCode. Call it once, before the API
-// accepts a request and before anything runs guest code.
-func (c *Confinement) Start(report func(Violation)) error {
+// Arm installs the SIGSYS reporter without a filter: ConfineProcess
+// then installs the first. For ember run, whose VM is built from trusted
+// flags before anything untrusted runs (as Firecracker installs its vmm
+// filter just before the guest runs): the boot filter would only cost its
+// installation and a layer on every later system call. From then on a
+// refused system call calls report (which should log the Violation as one
+// line) and ends the process with ExitCode.
+func (c *Confinement) Arm(report func(Violation)) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.started {
+	if c.armed {
 		return errors.New("seccomp: already started")
 	}
 	preload()
 	if err := arm(report); err != nil {
 		return err
 	}
-	first := c.boot
-	if first == nil {
-		first, c.running = c.vmm, true
-	}
-	if err := install(first, true); err != nil {
-		return err
-	}
-	c.started = true
+	c.armed = true
 	return nil
 }
 
-// ConfineProcess installs the vmm filter on every thread, on top of the
-// boot filter, before the guest first runs. Later calls do nothing.
+// Start arms the reporter (see Arm) and installs the first process-wide
+// filter: boot, or vmm if the policy has no boot filter. Call it once,
+// before the API accepts a request and before anything runs guest code.
+func (c *Confinement) Start(report func(Violation)) error {
+	if err := c.Arm(report); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bootPolicy == nil {
+		if err := install(c.vmm, true); err != nil {
+			return err
+		}
+		c.running = true
+		return nil
+	}
+	boot, err := Compile(c.bootPolicy, c.pid, dataBoot)
+	if err != nil {
+		return fmt.Errorf("seccomp: %s filter: %w", NameBoot, err)
+	}
+	return install(boot, true)
+}
+
+// ConfineProcess installs the vmm filter on every thread (on top of the
+// boot filter, if Start installed it) before the guest first runs. Later
+// calls do nothing.
 func (c *Confinement) ConfineProcess() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.started {
-		return errors.New("seccomp: ConfineProcess before Start")
+	if !c.armed {
+		return errors.New("seccomp: ConfineProcess before Start or Arm")
 	}
 	if c.running {
 		return nil
@@ -119,10 +135,6 @@ func (c *Confinement) ConfineVCPUThread() error {
 	}
 	return install(c.vcpu, false)
 }
-
-// Sizes are the instruction counts of the compiled filters (0 for a
-// missing boot filter).
-func (c *Confinement) Sizes() (boot, vmm, vcpu int) { return len(c.boot), len(c.vmm), len(c.vcpu) }
 
 // install loads prog on the calling thread or, with tsync, on every thread
 // of the process. no_new_privs is set first, as seccomp requires of a

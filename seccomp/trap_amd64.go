@@ -1,9 +1,9 @@
 package seccomp
 
 import (
-	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -23,7 +23,8 @@ import (
 //  1. the first faulting thread claims trap (later ones sleep for good)
 //     and stores the siginfo fields;
 //  2. it writes to trap.wakeFD, an eventfd the reporter goroutine waits
-//     on, and sleeps for reporterGrace; the reporter logs the violation
+//     on (on a thread of its own), and sleeps for reporterGrace; the
+//     reporter logs the violation
 //     through the caller's report function (the process's own logger and
 //     metrics) and exits the process with ExitCode;
 //  3. should the reporter not have done so by then (the faulting thread
@@ -159,7 +160,7 @@ func arm(report func(Violation)) error {
 	if !armed.CompareAndSwap(false, true) {
 		return nil
 	}
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		armed.Store(false)
 		return fmt.Errorf("seccomp: eventfd: %w", err)
@@ -181,8 +182,7 @@ func arm(report func(Violation)) error {
 		armed.Store(false)
 		return fmt.Errorf("seccomp: rt_sigaction(SIGSYS): %w", e)
 	}
-	wake := os.NewFile(uintptr(fd), "seccomp-sigsys")
-	go reporter(wake, report)
+	go reporter(fd, report)
 	return nil
 }
 
@@ -192,11 +192,15 @@ func setIov(v *unix.Iovec, s string) {
 }
 
 // reporter waits for the handler's wake-up, reports the violation and ends
-// the process.
-func reporter(wake *os.File, report func(Violation)) {
+// the process. It waits on a thread of its own, in a blocking read, so
+// that reporting needs no new thread: the faulting thread may hold what
+// starting one takes (execve holds Go's exec lock, which stops new
+// threads).
+func reporter(fd int, report func(Violation)) {
+	runtime.LockOSThread()
 	var b [8]byte
 	for {
-		if _, err := wake.Read(b[:]); err == nil || !errors.Is(err, unix.EINTR) {
+		if _, err := unix.Read(fd, b[:]); err != unix.EINTR {
 			break
 		}
 	}

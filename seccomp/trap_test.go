@@ -48,7 +48,11 @@ func child(mode string) {
 	if mode == "fallback" {
 		report = func(Violation) { select {} } // a reporter that never finishes
 	}
-	if err := c.Start(report); err != nil {
+	start := c.Start
+	if mode == "armed-vmm" {
+		start = c.Arm // no boot filter: vmm is the first
+	}
+	if err := start(report); err != nil {
 		panic(err)
 	}
 	if mode == "fallback" {
@@ -74,7 +78,7 @@ func child(mode string) {
 		<-done
 	}
 	switch mode {
-	case "vmm", "fallback":
+	case "vmm", "fallback", "armed-vmm":
 		unix.Getppid()
 	case "vcpu":
 		onVCPU(func() { unix.Getppid() })
@@ -122,6 +126,7 @@ func TestViolationReported(t *testing.T) {
 	}{
 		{"boot", "report: seccomp: bad syscall 110 (getppid) on a vmm thread (boot filter); exiting with status 148"},
 		{"vmm", "report: seccomp: bad syscall 110 (getppid) on a vmm thread (vmm filter); exiting with status 148"},
+		{"armed-vmm", "report: seccomp: bad syscall 110 (getppid) on a vmm thread (vmm filter); exiting with status 148"},
 		{"vcpu", "report: seccomp: bad syscall 110 (getppid) on a vcpu thread (vcpu filter); exiting with status 148"},
 		{"fallback", "ember: seccomp: bad syscall 110 (getppid) on a vmm thread (vmm filter); exiting with status 148"},
 		{"builtin-execve", "report: seccomp: bad syscall 59 (execve) on a vmm thread (vmm filter)"},

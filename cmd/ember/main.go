@@ -173,11 +173,13 @@ func runVM(args []string, start time.Time) int {
 		cfg.ConsoleIn = os.Stdin
 	}
 
-	// Seccomp from here on, the VM's build included: a violation logs
-	// one line, puts the terminal back and exits 148.
+	// Seccomp: the vmm and vcpu filters go on when the VM starts running
+	// (vmm.VM.Run), Firecracker's points; the flags that built it are
+	// trusted, so there is no boot filter. A violation logs one line, puts
+	// the terminal back and exits 148.
 	var rawTerm atomic.Pointer[term.State]
 	if conf != nil {
-		err := conf.Start(func(v seccomp.Violation) {
+		err := conf.Arm(func(v seccomp.Violation) {
 			if st := rawTerm.Load(); st != nil {
 				term.Restore(stdin, st)
 			}
