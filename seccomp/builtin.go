@@ -176,10 +176,10 @@ var fcntlCmds = []named{{"F_GETFD", unix.F_GETFD}, {"F_SETFD", unix.F_SETFD}, {"
 
 // runtimeRules are what the Go runtime (and the standard library under
 // it) needs on any thread once it runs: memory, scheduling, signals,
-// the network poller, thread exit; and what the SIGSYS handler uses (write,
-// writev, nanosleep, exit_group: a call it makes that a filter refused
-// would find SIGSYS blocked, and the kernel would kill the process without
-// the report). mmap and mprotect never with PROT_EXEC: Ember generates no
+// the network poller, thread exit; and what the SIGSYS and SIGALRM
+// handlers use (setitimer, write, writev, nanosleep, exit_group: a call
+// they make that a filter refused would find SIGSYS blocked, and the
+// kernel would kill the process without the report). mmap and mprotect never with PROT_EXEC: Ember generates no
 // code.
 func runtimeRules() []Rule {
 	noExec := argMasked(2, unix.PROT_EXEC, 0, "no PROT_EXEC")
@@ -190,7 +190,8 @@ func runtimeRules() []Rule {
 		allowIf("mmap", "memory", noExec),
 		allowIf("mprotect", "guard pages", noExec),
 		allowIf("tgkill", "the vCPU kick, the runtime's preemption and crash signals, to this process only", argPID(0)),
-		allowIf("prctl", "the runtime names its memory mappings", argEq(0, unix.PR_SET_VMA, "PR_SET_VMA")))
+		allowIf("prctl", "the runtime names its memory mappings", argEq(0, unix.PR_SET_VMA, "PR_SET_VMA")),
+		allowIf("setitimer", "the SIGSYS handler's deadline for the report", argEq(0, unix.ITIMER_REAL, "ITIMER_REAL")))
 	for _, m := range []named{{"MADV_DONTNEED", unix.MADV_DONTNEED}, {"MADV_FREE", unix.MADV_FREE},
 		{"MADV_HUGEPAGE", unix.MADV_HUGEPAGE}, {"MADV_NOHUGEPAGE", unix.MADV_NOHUGEPAGE}, {"MADV_COLLAPSE", unix.MADV_COLLAPSE}} {
 		rs = append(rs, allowIf("madvise", "the runtime returns and shapes memory; the balloon releases guest pages", argEq(2, m.val, m.name)))

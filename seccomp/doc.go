@@ -109,23 +109,25 @@
 // lets the kernel kill it or, when debugging, reads the Go runtime's SIGSYS
 // crash dump. So this package installs its own SIGSYS handler (trap_amd64.s,
 // plain Go assembly, no cgo) with rt_sigaction. On the signal stack, all
-// signals blocked, it records the siginfo, wakes a reporter goroutine
-// (waiting in a blocking read on a thread of its own, so that it needs no
-// new thread) through an eventfd and waits: the reporter logs
-// Violation.String through the caller's logger (Ember's own log format
-// and destination; the
-// Firecracker mode also stores seccomp.num_faults and flushes the metrics),
-// then exits with ExitCode. If the reporter has not ended the process
-// within two seconds, the handler writes the line to standard error itself
-// and exits 148; threads that fault later sleep until the first one ends
-// the process. That happens when the faulting thread holds what Go needs
-// to run the reporter: a call made with RawSyscall (syscall.Exec's execve)
-// keeps its P, and a garbage collection that starts then waits for it;
-// execve also holds Go's exec lock, which stops new threads. The line then
-// goes to standard error rather than the logger, and the metrics are not
-// flushed.
+// signals blocked, it records the siginfo, arms a deadline (setitimer) and
+// wakes a reporter goroutine through an eventfd; the reporter waits in a
+// blocking read on a thread of its own, so reporting needs no new thread.
+// The reporter logs Violation.String through the caller's logger (Ember's
+// own log format and destination; the Firecracker mode also stores
+// seccomp.num_faults and flushes the metrics), then exits with ExitCode.
+// The faulting thread waits 100 ms in the handler, ample for that, then
+// goes on with the call failed (EPERM), as do later faults: a thread held
+// longer could keep what Go needs to run the reporter (a call made with
+// RawSyscall keeps its P, and a garbage collection that starts waits for
+// every P; execve holds Go's exec lock, which stops new threads). If the
+// reporter has not ended the process within two seconds, the deadline's
+// SIGALRM handler writes the line to standard error itself and exits 148.
 //
-// Two limits. A call refused while the thread blocks SIGSYS cannot be
+// Limits. The faulting code goes on for a moment with the call failed: a
+// caller that treats EPERM as fatal (the Go runtime throws when it cannot
+// make a thread, say) may end the process first, with its own message and
+// status; the filters allow every call the runtime makes. A call refused
+// while the thread blocks SIGSYS cannot be
 // reported: the kernel then kills the process with SIGSYS (exit by signal,
 // no line). Go blocks every signal around os/exec's fork, so a fork through
 // os/exec ends that way; fork(2) itself, and everything else, is reported.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -20,20 +21,25 @@ import (
 // signal stack with every signal blocked, touches nothing but trap and
 // makes raw system calls:
 //
-//  1. the first faulting thread claims trap (later ones sleep for good)
-//     and stores the siginfo fields;
-//  2. it writes to trap.wakeFD, an eventfd the reporter goroutine waits
-//     on (on a thread of its own), and sleeps for reporterGrace; the
-//     reporter logs the violation
-//     through the caller's report function (the process's own logger and
-//     metrics) and exits the process with ExitCode;
-//  3. should the reporter not have done so by then (the faulting thread
-//     holds a lock the runtime needs, say), the handler writes the line
-//     itself to standard error, unless the reporter already had, and
-//     exits with ExitCode.
+//  1. the first faulting thread claims trap and stores the siginfo
+//     fields, arms a deadline (setitimer: SIGALRM in reporterGrace) and
+//     writes to trap.wakeFD, an eventfd the reporter goroutine waits on
+//     (on a thread of its own, so reporting needs no new thread); the
+//     reporter logs the violation through the caller's report function
+//     (the process's own logger and metrics) and exits the process with
+//     ExitCode;
+//  2. the handler sleeps for reporterHold, which is ample for the
+//     reporter, then returns with the call failed (EPERM): a thread held
+//     longer would keep what Go may need to run the reporter (a call made
+//     with RawSyscall keeps its P, and a garbage collection that starts
+//     waits for every P; execve holds Go's exec lock). Later faults, on
+//     any thread, do the same;
+//  3. should the reporter not have ended the process by the deadline,
+//     sigalrmHandler writes the line itself to standard error, unless the
+//     reporter already had, and exits with ExitCode.
 //
 // trap is process-wide state, the one exception to the package's rule:
-// the SIGSYS disposition it goes with is process-wide too.
+// the signal dispositions it goes with are process-wide too.
 
 // ExitCode is the exit status after a seccomp violation (Firecracker's).
 const ExitCode = 148
@@ -62,14 +68,15 @@ var (
 	trapFilter = [numTrapData]string{"unknown", NameBoot, NameVMM, NameVCPU}
 )
 
-// Timing of the handler's fallback.
+// Timing of the report.
 const (
-	// reporterGrace is how long the faulting thread waits for the
-	// reporter goroutine before it writes the line and exits itself.
-	reporterGrace = 2 // seconds
-	// sleepForever is the sleep of a thread that faulted after another:
-	// the first one ends the process.
-	sleepForever = 3600 // seconds, in a loop
+	// reporterHold is how long a faulting thread waits, in the handler,
+	// for the reporter to end the process before it goes on with the
+	// call failed.
+	reporterHold = 100 * time.Millisecond
+	// reporterGrace is the deadline of the reporter: then the SIGALRM
+	// handler writes the line and exits itself.
+	reporterGrace = 2 * time.Second
 )
 
 // Signal-handling constants (include/uapi/asm-generic/signal-defs.h,
@@ -98,13 +105,13 @@ type trapState struct {
 	nr       uint32 // si_syscall
 	data     uint32 // si_errno: the filter's trap datum
 	_        uint32
-	addr     uint64 // si_call_addr
-	wakeFD   int64  // the reporter's eventfd, or -1
-	logFD    int64  // where the fallback line goes
-	one      uint64 // the eventfd increment
-	grace    unix.Timespec
-	forever  unix.Timespec
-	names    *string // &syscallNames[0]
+	addr     uint64         // si_call_addr
+	wakeFD   int64          // the reporter's eventfd, or -1
+	logFD    int64          // where the fallback line goes
+	one      uint64         // the eventfd increment
+	hold     unix.Timespec  // reporterHold
+	deadline unix.Itimerval // reporterGrace, once
+	names    *string        // &syscallNames[0]
 	nnames   uint64
 	unknown  string
 	tails    [numTrapData]string
@@ -125,8 +132,10 @@ var (
 
 // Implemented in trap_amd64.s.
 func sigsysHandler()
+func sigalrmHandler()
 func sigsysRestorer()
 func sigsysHandlerPC() uintptr
+func sigalrmHandlerPC() uintptr
 func sigsysRestorerPC() uintptr
 
 // Violation is a system call a filter refused.
@@ -166,8 +175,8 @@ func arm(report func(Violation)) error {
 		return fmt.Errorf("seccomp: eventfd: %w", err)
 	}
 	trap.wakeFD, trap.logFD, trap.one = int64(fd), int64(unix.Stderr), 1
-	trap.grace = unix.Timespec{Sec: reporterGrace}
-	trap.forever = unix.Timespec{Sec: sleepForever}
+	trap.hold = unix.NsecToTimespec(int64(reporterHold))
+	trap.deadline.Value = unix.NsecToTimeval(int64(reporterGrace))
 	trap.names, trap.nnames = &syscallNames[0], uint64(len(syscallNames))
 	trap.unknown = "unknown"
 	for d := range trap.tails {
@@ -175,12 +184,17 @@ func arm(report func(Violation)) error {
 	}
 	setIov(&trap.iov[0], linePrefix)
 	setIov(&trap.iov[2], lineOpen)
-	act := sigaction{handler: sigsysHandlerPC(), flags: saSigInfo | saOnStack | saRestorer,
-		restorer: sigsysRestorerPC(), mask: ^uint64(0)}
-	if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(unix.SIGSYS), uintptr(unsafe.Pointer(&act)), 0, sigsetSize, 0, 0); e != 0 {
-		unix.Close(fd)
-		armed.Store(false)
-		return fmt.Errorf("seccomp: rt_sigaction(SIGSYS): %w", e)
+	for _, h := range []struct {
+		sig     unix.Signal
+		handler uintptr
+	}{{unix.SIGALRM, sigalrmHandlerPC()}, {unix.SIGSYS, sigsysHandlerPC()}} {
+		act := sigaction{handler: h.handler, flags: saSigInfo | saOnStack | saRestorer,
+			restorer: sigsysRestorerPC(), mask: ^uint64(0)}
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(h.sig), uintptr(unsafe.Pointer(&act)), 0, sigsetSize, 0, 0); e != 0 {
+			unix.Close(fd)
+			armed.Store(false)
+			return fmt.Errorf("seccomp: rt_sigaction(%v): %w", h.sig, e)
+		}
 	}
 	go reporter(fd, report)
 	return nil

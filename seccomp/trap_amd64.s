@@ -7,6 +7,7 @@
 #define SYS_nanosleep 35
 #define SYS_rt_sigreturn 15
 #define SYS_exit_group 231
+#define SYS_setitimer 38
 
 // struct siginfo for SIGSYS on x86-64 (include/uapi/asm-generic/siginfo.h).
 #define si_errno 4
@@ -24,17 +25,27 @@
 #define STRING_SIZE 16
 #define IOV_SIZE 16
 
+// ucontext_t's saved RAX on x86-64: uc_mcontext (offset 40) gregs[REG_RAX
+// = 13] (sys/ucontext.h): the refused call's return value.
+#define uc_rax (40+13*8)
+// -EPERM, what the refused call returns if the handler returns.
+#define EPERM_RET $-1
+// setitimer(2)'s ITIMER_REAL.
+#define ITIMER_REAL 0
+
 // sigsysHandler is the SIGSYS handler, entered by the kernel with the C
 // calling convention: DI = signal, SI = siginfo, DX = ucontext. It runs on
-// the thread's signal stack with all signals blocked, uses no stack and
-// never returns (see trap_amd64.go).
+// the thread's signal stack with all signals blocked and uses no stack
+// (see trap_amd64.go).
 TEXT ·sigsysHandler(SB),NOSPLIT|NOFRAME,$0
+	MOVQ	DX, R12 // the ucontext, kept across the system calls below
+
 	// The first faulting thread claims the report.
 	MOVL	$0, AX
 	MOVL	$1, CX
 	LOCK
 	CMPXCHGL	CX, ·trap+trapState_taken(SB)
-	JNE	sleep
+	JNE	wait
 
 	MOVL	si_errno(SI), AX
 	MOVL	AX, ·trap+trapState_data(SB)
@@ -45,22 +56,37 @@ TEXT ·sigsysHandler(SB),NOSPLIT|NOFRAME,$0
 	MOVL	si_arch(SI), AX
 	MOVL	AX, ·trap+trapState_arch(SB)
 
-	// Wake the reporter, then give it reporterGrace to end the process.
+	// The deadline: SIGALRM (sigalrmHandler) after reporterGrace.
+	MOVQ	$ITIMER_REAL, DI
+	LEAQ	·trap+trapState_deadline(SB), SI
+	MOVQ	$0, DX
+	MOVQ	$SYS_setitimer, AX
+	SYSCALL
+
+	// Wake the reporter.
 	MOVQ	·trap+trapState_wakeFD(SB), DI
 	CMPQ	DI, $0
-	JLT	fallback
+	JLT	wait
 	LEAQ	·trap+trapState_one(SB), SI
 	MOVQ	$8, DX
 	MOVQ	$SYS_write, AX
 	SYSCALL
-	LEAQ	·trap+trapState_grace(SB), DI
+
+wait:
+	// Give the reporter time to end the process, then let the thread go
+	// on with the call failed (EPERM): a thread that held on would keep
+	// what the runtime may need to run the reporter.
+	LEAQ	·trap+trapState_hold(SB), DI
 	MOVQ	$0, SI
 	MOVQ	$SYS_nanosleep, AX
 	SYSCALL
+	MOVQ	EPERM_RET, uc_rax(R12)
+	RET
 
-fallback:
-	// The reporter did not end the process: write the line unless it
-	// did, then exit.
+// sigalrmHandler is the deadline's SIGALRM handler: the reporter has not
+// ended the process, so this writes the line itself (unless the reporter
+// did) and exits.
+TEXT ·sigalrmHandler(SB),NOSPLIT|NOFRAME,$0
 	MOVL	·trap+trapState_reported(SB), AX
 	CMPL	AX, $0
 	JNE	exit
@@ -129,16 +155,8 @@ exit:
 	SYSCALL
 	JMP	exit
 
-sleep:
-	// Another thread reports; this one waits for the end.
-	LEAQ	·trap+trapState_forever(SB), DI
-	MOVQ	$0, SI
-	MOVQ	$SYS_nanosleep, AX
-	SYSCALL
-	JMP	sleep
-
 // sigsysRestorer returns from a signal handler (SA_RESTORER, which x86-64
-// requires; sigsysHandler never returns).
+// requires).
 TEXT ·sigsysRestorer(SB),NOSPLIT|NOFRAME,$0
 	MOVQ	$SYS_rt_sigreturn, AX
 	SYSCALL
@@ -147,6 +165,12 @@ TEXT ·sigsysRestorer(SB),NOSPLIT|NOFRAME,$0
 // func sigsysHandlerPC() uintptr
 TEXT ·sigsysHandlerPC(SB),NOSPLIT,$0-8
 	MOVQ	$·sigsysHandler(SB), AX
+	MOVQ	AX, ret+0(FP)
+	RET
+
+// func sigalrmHandlerPC() uintptr
+TEXT ·sigalrmHandlerPC(SB),NOSPLIT,$0-8
+	MOVQ	$·sigalrmHandler(SB), AX
 	MOVQ	AX, ret+0(FP)
 	RET
 

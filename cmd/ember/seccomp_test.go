@@ -123,11 +123,7 @@ func TestSeccompMetric(t *testing.T) {
 		"machine-config": map[string]any{"vcpu_count": 1, "mem_size_mib": 32},
 	})
 	metricsPath := filepath.Join(t.TempDir(), "metrics.json")
-	// open-shadow: os.Open releases its P for the call (execve through
-	// syscall.Exec does not, and a garbage collection that starts then
-	// waits for the faulting thread, so the handler reports alone after
-	// its grace period, without the metrics).
-	stderr, code := runSelfTest(t, bin, "vmm:open-shadow", "--no-api", "--boot-timer",
+	stderr, code := runSelfTest(t, bin, "vmm:execve", "--no-api", "--boot-timer",
 		"--metrics-path", metricsPath, "--config-file", write(t, "vm.json", cfg))
 	if code != seccomp.ExitCode {
 		t.Fatalf("exit %d, want %d\n%s", code, seccomp.ExitCode, stderr)
