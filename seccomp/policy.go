@@ -474,6 +474,8 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
+//go:generate go run gen_syscalls.go
+
 // syscallNumbers maps the x86-64 system call names to their numbers, made
 // once from syscallNames (constant data, read-only once made).
 var syscallNumbers = sync.OnceValue(func() map[string]int {
