@@ -98,6 +98,18 @@ type Config struct {
 	// AllowEmulatedKVM skips the host check that refuses to boot a Linux
 	// kernel on a KVM that would emulate it (see CheckHost).
 	AllowEmulatedKVM bool
+	// Confine, if set, confines the process before the guest's first
+	// instruction (package seccomp's filters).
+	Confine Confiner
+}
+
+// Confiner confines the threads that run a guest. Run calls
+// ConfineProcess once before any vCPU starts, then each vCPU thread,
+// locked to its goroutine for good, calls ConfineVCPUThread before its
+// first KVM_RUN.
+type Confiner interface {
+	ConfineProcess() error
+	ConfineVCPUThread() error
 }
 
 // Huge page modes of the guest memory (Firecracker's huge_pages).

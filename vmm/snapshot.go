@@ -371,14 +371,8 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 // directory of each path.
 func syncDirs(paths ...string) error {
 	for _, p := range paths {
-		d, err := os.Open(filepath.Dir(p))
-		if err != nil {
+		if err := snapshot.SyncDir(filepath.Dir(p)); err != nil {
 			return err
-		}
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("sync directory %s: %w", filepath.Dir(p), err)
 		}
 	}
 	return nil

@@ -516,9 +516,16 @@ func (v *VM) setFate(f Fate) {
 // Stop ends the run from the host side (a signal, the API); Run returns FateStopped.
 func (v *VM) Stop() { v.setFate(Fate{Kind: FateStopped}) }
 
-// Run starts the vCPUs and the console input, and returns when the guest's
-// fate is known. All vCPU threads have left KVM_RUN when it returns.
+// Run confines the process (Config.Confine), starts the vCPUs and the
+// console input, and returns when the guest's fate is known. All vCPU
+// threads have left KVM_RUN when it returns.
 func (v *VM) Run() Fate {
+	if v.cfg.Confine != nil {
+		if err := v.cfg.Confine.ConfineProcess(); err != nil {
+			v.setFate(Fate{Kind: FateInternalError, Err: err})
+			return <-v.fate
+		}
+	}
 	if v.bootTimer != nil {
 		v.bootTimer.MarkGuestStart()
 	}

@@ -158,6 +158,7 @@ func boot(args []string) error {
 	bench.Line(os.Stdout, "lab_boot_ratio_vs_qemu", e/q, "ratio")
 	bench.Line(os.Stdout, "tiny_exec_to_guest_ms", tr.EmberGuestMS, "ms")
 	bench.Line(os.Stdout, "tiny_exec_to_exit_ms", tr.EmberMS, "ms")
+	bench.Line(os.Stdout, "tiny_exec_to_exit_seccomp_ms", tr.EmberSeccompMS, "ms")
 	bench.Line(os.Stdout, "tiny_peak_rss_mib", tr.EmberRSSMiB, "MiB")
 	bench.Line(os.Stdout, "qemu_tiny_exec_to_exit_ms", tr.QEMUMS, "ms")
 	bench.Line(os.Stdout, "qemu_tiny_peak_rss_mib", tr.QEMURSSMiB, "MiB")

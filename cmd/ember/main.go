@@ -3,13 +3,16 @@
 //	ember --api-sock PATH [--config-file FILE [--no-api]] ...   (Firecracker's flags and API)
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
+//	          [--no-seccomp | --seccomp-filter FILE]
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember image import|pull|ls|inspect|rm|prune ...
 //	ember doctor [--vms N] [--fix]
+//	ember seccomp print [--json]
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
-// crashes or Ember fails, 2 for bad flags or files.
+// crashes or Ember fails, 2 for bad flags or files, 148 when a seccomp
+// filter refuses a system call.
 package main
 
 import (
@@ -20,12 +23,14 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/embervm/ember/loader"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -55,16 +60,19 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
         [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
+        [--no-seccomp | --seccomp-filter FILE]
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember --snapshot-version | --describe-snapshot FILE
       the snapshot format version Ember writes, or the one of FILE (as Firecracker's)
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
+            [--no-seccomp | --seccomp-filter FILE]
   ember extract-vmlinux BZIMAGE OUT
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
+  ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember version
 `)
 }
@@ -96,6 +104,8 @@ func run(args []string, start time.Time) int {
 		return runImage(args[1:])
 	case "doctor":
 		return runDoctor(args[1:])
+	case "seccomp":
+		return runSeccompCmd(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
@@ -127,6 +137,8 @@ func runVM(args []string, start time.Time) int {
 	fs.Var(rngFlag{&cfg.RNG}, "rng", "add a virtio-rng entropy device (--rng=rate=LIMIT to limit it)")
 	fs.BoolVar(&cfg.NoVirtioCmdline, "no-virtio-cmdline", false, "announce virtio devices in ACPI only, not also with virtio_mmio.device= on the kernel command line")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	var sc seccompFlags
+	sc.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -145,7 +157,15 @@ func runVM(args []string, start time.Time) int {
 		fmt.Fprintf(os.Stderr, "ember run: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	conf, err := sc.confinement()
+	if err == nil {
+		err = sc.check()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember run:", err)
+		return exitUsage
+	}
+	log := slog.New(selfTestHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
 	cfg.Logger = log
 	cfg.Console = os.Stdout
 	cfg.AllowEmulatedKVM = os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1"
@@ -160,6 +180,25 @@ func runVM(args []string, start time.Time) int {
 		cfg.ConsoleIn = os.Stdin
 	}
 
+	// Seccomp: the vmm and vcpu filters go on when the VM starts running
+	// (vmm.VM.Run), Firecracker's points; the flags that built it are
+	// trusted, so there is no boot filter. A violation logs one line, puts
+	// the terminal back and exits 148.
+	var rawTerm atomic.Pointer[term.State]
+	if conf != nil {
+		err := conf.Arm(func(v seccomp.Violation) {
+			if st := rawTerm.Load(); st != nil {
+				term.Restore(stdin, st)
+			}
+			log.Error(v.String())
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember:", err)
+			return exitFailure
+		}
+		cfg.Confine = conf
+	}
+
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ember:", err)
@@ -172,6 +211,7 @@ func runVM(args []string, start time.Time) int {
 
 	if term.IsTerminal(stdin) {
 		if st, err := term.MakeRaw(stdin); err == nil {
+			rawTerm.Store(st)
 			restore = func() { term.Restore(stdin, st) }
 			defer restore()
 		}

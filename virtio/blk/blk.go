@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/virtio"
 )
 
@@ -232,7 +233,9 @@ func (d *Device) SetBackingFile(path string) error {
 	if d.cfg.ReadOnly {
 		flags = os.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	// OpenAfterBoot: the seccomp filter of a running VM lets this open
+	// through and refuses plain ones.
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC|seccomp.OpenAfterBoot, 0)
 	if err != nil {
 		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
 	}
