@@ -53,7 +53,7 @@ func (t *MMIO) SaveState() (MMIOState, error) {
 	defer t.mu.Unlock()
 	s := MMIOState{DeviceType: t.dev.Type(), Status: t.status, DriverFeatures: t.driverFeatures,
 		DevFeaturesSel: t.devFeaturesSel, DrvFeaturesSel: t.drvFeaturesSel, QueueSel: t.queueSel,
-		ConfigGen: t.configGen, InterruptStat: t.irq.Status(), Active: t.active}
+		ConfigGen: t.configGen.Load(), InterruptStat: t.irq.Status(), Active: t.active}
 	for _, q := range t.queues {
 		s.Queues = append(s.Queues, QueueState{Size: q.Size, Ready: q.Ready, DescAddr: q.DescAddr,
 			AvailAddr: q.AvailAddr, UsedAddr: q.UsedAddr, EventIdx: q.EventIdx,
@@ -86,7 +86,8 @@ func (t *MMIO) RestoreState(s MMIOState) error {
 		return errors.New("virtio state: the device is already active")
 	}
 	t.status, t.driverFeatures = s.Status, s.DriverFeatures
-	t.devFeaturesSel, t.drvFeaturesSel, t.queueSel, t.configGen = s.DevFeaturesSel, s.DrvFeaturesSel, s.QueueSel, s.ConfigGen
+	t.devFeaturesSel, t.drvFeaturesSel, t.queueSel = s.DevFeaturesSel, s.DrvFeaturesSel, s.QueueSel
+	t.configGen.Store(s.ConfigGen)
 	for i, qs := range s.Queues {
 		q := t.queues[i]
 		if qs.Size > q.MaxSize {

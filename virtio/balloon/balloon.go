@@ -201,6 +201,9 @@ type Device struct {
 
 	Metrics Metrics
 
+	// mu guards the fields below it. Lock order: the transport's lock,
+	// then mu; the config-change notifier (the transport) is called
+	// without mu.
 	mu        sync.Mutex
 	numPages  uint32 // target, 4 KiB pages
 	actual    uint32 // driver-reported balloon size, 4 KiB pages
@@ -435,6 +438,9 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if tfd >= 0 {
 		err = d.armLocked(d.statsPeriod, d.statsPeriod)
 	}
+	if err == nil {
+		d.worker = w // under mu: Pause and Resume read it from the API thread
+	}
 	d.mu.Unlock()
 	if err != nil {
 		w.Stop()
@@ -442,7 +448,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 		d.Metrics.ActivateFails.Add(1)
 		return err
 	}
-	d.worker, d.statsActive, d.held, d.broken = w, stats, false, [3]bool{}
+	d.statsActive, d.held, d.broken = stats, false, [3]bool{}
 	w.Start()
 	return nil
 }
@@ -450,7 +456,11 @@ func (d *Device) Activate(a *virtio.Activation) error {
 // Reset stops the worker and the timer. The driver's balloon is gone with
 // it (actual returns to 0); the target and the statistics stay.
 func (d *Device) Reset() {
-	d.worker.Stop()
+	d.mu.Lock()
+	w := d.worker
+	d.worker = nil
+	d.mu.Unlock()
+	w.Stop() // without mu: the worker takes it (readStats)
 	d.mu.Lock()
 	if d.timerfd >= 0 {
 		unix.Close(d.timerfd)
@@ -458,7 +468,7 @@ func (d *Device) Reset() {
 	}
 	d.act, d.actual = nil, 0
 	d.mu.Unlock()
-	d.worker, d.statsActive, d.held = nil, false, false
+	d.statsActive, d.held = false, false
 }
 
 // Close stops the device.

@@ -101,7 +101,9 @@ type Device struct {
 	Metrics Metrics
 
 	// mu orders Activate and Reset (vCPU threads) against the host's
-	// run-time updates; the data path never takes it.
+	// run-time updates; the data path never takes it. Lock order: the
+	// transport's lock, then mu (the transport calls Activate and Reset
+	// holding its own), so nothing calls into the transport holding mu.
 	mu sync.Mutex
 	// configChanged, if set, tells the driver the configuration space
 	// changed (the capacity, after a new backing file).
@@ -242,16 +244,20 @@ func (d *Device) SetBackingFile(path string) error {
 		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	var old *os.File
 	d.worker.Do(func() {
 		old = d.file
 		d.file, d.fd, d.cfg.Path = f, int(f.Fd()), path
 		d.sectors.Store(size / SectorSize)
 	})
+	notify := d.configChanged
+	d.mu.Unlock()
 	old.Close()
-	if d.configChanged != nil {
-		if err := d.configChanged(); err != nil {
+	// The transport is called without d.mu: a vCPU resetting or
+	// activating the device holds the transport's lock into Reset and
+	// Activate, which take d.mu.
+	if notify != nil {
+		if err := notify(); err != nil {
 			return fmt.Errorf("drive %s: config-change interrupt: %w", d.cfg.ID, err)
 		}
 	}

@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/virtio"
 	"github.com/embervm/ember/virtio/virtiotest"
 )
 
@@ -73,4 +75,62 @@ func TestUpdateRateLimit(t *testing.T) {
 	if err := d.UpdateRateLimit(ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{Size: 1, RefillTime: ratelimit.MaxRefillTime + 1}}); err == nil {
 		t.Fatal("an invalid limiter was accepted")
 	}
+}
+
+// TestSetBackingFileDuringReset: a drive update (which tells the driver of
+// the new capacity through the transport) racing the guest resetting and
+// re-initialising the device (a vCPU holding the transport's lock into the
+// device's Reset and Activate) finishes on both sides. It used to deadlock:
+// SetBackingFile held the device's lock into the transport's.
+func TestSetBackingFileDuringReset(t *testing.T) {
+	d, err := New(Config{ID: "data", Path: disk(t, 4)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := virtiotest.NewMMIOMemory()
+	tr, err := virtio.NewMMIO(d, mem, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.SetConfigNotifier(tr.ConfigChanged)
+	if _, err := virtiotest.SetupMMIO(tr, mem, ^uint64(0), 0x10000); err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{disk(t, 4), disk(t, 8)}
+	const rounds = 300
+	done := make(chan error, 2)
+	go func() {
+		for i := range rounds {
+			if err := d.SetBackingFile(paths[i%2]); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	go func() {
+		for range rounds {
+			// SetupMMIO begins with a reset (status 0).
+			if _, err := virtiotest.SetupMMIO(tr, mem, ^uint64(0), 0x10000); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	// A deadlock shows as neither side finishing; the devices are then
+	// left as they are (closing them would hang too).
+	deadline := time.After(60 * time.Second)
+	for range 2 {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatal("deadlock: SetBackingFile and a guest reset did not both finish within a minute")
+		}
+	}
+	tr.Close()
+	d.Close()
 }
