@@ -282,8 +282,10 @@ func (d *Device) UpdateRateLimit(cfg ratelimit.Config) error {
 		if fd >= 0 && d.worker != nil {
 			err = d.worker.Watch(fd, limiterToken)
 		}
-		if d.act != nil && !d.broken && !d.limiter.Blocked() {
-			d.process() // serve what waited for the old limits
+		// Serve what waited for the old limits, on the worker: after
+		// Resume if the VM is paused.
+		if d.act != nil && d.worker.Kick(0) != nil {
+			d.Metrics.EventFails.Add(1)
 		}
 	})
 	if err != nil {

@@ -1,6 +1,7 @@
 package blk
 
 import (
+	"bytes"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -133,4 +134,82 @@ func TestSetBackingFileDuringReset(t *testing.T) {
 	}
 	tr.Close()
 	d.Close()
+}
+
+// TestUpdateWhilePaused: a rate-limiter update or a backing-file change on
+// a paused device changes nothing the guest can see and writes no file: the
+// request that waited for the old limits stays in the ring, unanswered and
+// unwritten, no interrupt is raised for it, until Resume, when it goes to
+// the new file.
+func TestUpdateWhilePaused(t *testing.T) {
+	oldPath := disk(t, 4)
+	d, m := start(t, Config{ID: "data", Path: oldPath, RateLimit: &ratelimit.Config{
+		Ops: &ratelimit.TokenBucketConfig{Size: 1, RefillTime: ratelimit.MaxRefillTime}}})
+	d.SetConfigNotifier(m.T.ConfigChanged)
+	if _, st, _ := do(t, m, virtiotest.Buf{Data: header(typeIn, 0)}, virtiotest.Buf{WriteLen: 512}); st != statusOK {
+		t.Fatalf("first read: status %d", st)
+	}
+	// The second request, a write, waits for a token.
+	data := bytes.Repeat([]byte{0xee}, SectorSize)
+	head := m.Queues[0].Add(virtiotest.Buf{Data: header(typeOut, 2)}, virtiotest.Buf{Data: data}, virtiotest.Buf{WriteLen: 1})
+	m.Notify(0)
+	deadline := time.Now().Add(wait)
+	for d.Metrics.RateLimiterThrottled.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request was not throttled")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	d.Pause()
+	if st := m.Reg(0x060); st != 0 {
+		m.SetReg(0x064, st)
+	}
+	m.Interrupts()
+	used := m.UsedIdx(0)
+	unchanged := func(when string) {
+		t.Helper()
+		if got := m.UsedIdx(0); got != used {
+			t.Fatalf("%s: used index %d, was %d: the paused device answered a request", when, got, used)
+		}
+		if f, _ := os.ReadFile(oldPath); f[2*SectorSize] != 2 {
+			t.Fatalf("%s: the paused device wrote the disk", when)
+		}
+	}
+
+	if err := d.UpdateRateLimit(ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{}}); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("after a limiter update")
+	if n := m.Interrupts(); n != 0 {
+		t.Fatalf("after a limiter update: %d interrupts raised by the paused device", n)
+	}
+
+	newPath := disk(t, 8)
+	if err := d.SetBackingFile(newPath); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("after a backing-file change")
+	// The change itself is announced (the configuration is the new
+	// file's), but no used buffer is.
+	if st := m.Reg(0x060); st != 2 {
+		t.Fatalf("after a backing-file change: interrupt status %#x, want only the configuration change (2)", st)
+	}
+	if f, _ := os.ReadFile(newPath); f[2*SectorSize] != 2 {
+		t.Fatal("the paused device wrote the new disk")
+	}
+
+	d.Resume()
+	h, n, err := m.WaitUsed(0, wait)
+	if err != nil || h != head || n != 1 {
+		t.Fatalf("after resume: used %d,%d,%v; want the waiting write %d", h, n, err, head)
+	}
+	if st := m.Queues[0].Written(head, 0, 1)[0]; st != statusOK {
+		t.Fatalf("the write after resume: status %d", st)
+	}
+	if f, _ := os.ReadFile(newPath); !bytes.Equal(f[2*SectorSize:3*SectorSize], data) {
+		t.Fatal("the write after resume did not reach the new file")
+	}
+	if f, _ := os.ReadFile(oldPath); f[2*SectorSize] != 2 {
+		t.Fatal("the write after resume reached the old file")
+	}
 }

@@ -441,9 +441,14 @@ func (d *Device) UpdateRateLimits(rx, tx *ratelimit.Config) error {
 		if err = d.updateLimiter(&d.txLimiter, tx, txLimiterToken); err != nil {
 			return
 		}
-		if d.act != nil { // serve what waited for the old limits
-			d.processRx()
-			d.processTx()
+		// Serve what waited for the old limits, on the worker: after
+		// Resume if the VM is paused.
+		if d.act != nil {
+			for _, q := range []int{rxQueue, txQueue} {
+				if d.worker.Kick(q) != nil {
+					d.Metrics.EventFails.Add(1)
+				}
+			}
 		}
 	})
 	if err != nil {
