@@ -46,11 +46,27 @@ type StatefulDevice interface {
 	RestoreDeviceState([]byte) error
 }
 
+// SavePreparer is a Device that holds chains it has popped but not used
+// (virtio-net's receive buffers, popped ahead of frames). A snapshot that
+// recorded the queue's next available index past them, and not the chains,
+// would lose them: the restored device starts with none held, and the
+// driver never offers them again. PrepareSave puts them back (Queue.Undo),
+// so that the saved index covers them and the restored device pops them
+// again, as Firecracker's net device does before a save. The device is
+// paused; it pops them again itself after Resume.
+type SavePreparer interface {
+	PrepareSave()
+}
+
 // SaveState returns the transport's state. The device must be quiescent
-// (its worker paused, the vCPUs out of the guest).
+// (its worker paused, the vCPUs out of the guest). A SavePreparer device
+// first puts back the chains it holds unused.
 func (t *MMIO) SaveState() (MMIOState, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if sp, ok := t.dev.(SavePreparer); ok && t.active {
+		sp.PrepareSave()
+	}
 	s := MMIOState{DeviceType: t.dev.Type(), Status: t.status, DriverFeatures: t.driverFeatures,
 		DevFeaturesSel: t.devFeaturesSel, DrvFeaturesSel: t.drvFeaturesSel, QueueSel: t.queueSel,
 		ConfigGen: t.configGen.Load(), InterruptStat: t.irq.Status(), Active: t.active}

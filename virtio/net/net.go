@@ -485,6 +485,20 @@ func (d *Device) queueBroken(name string, err error) {
 	d.log.Warn("virtio-net: queue broken; waiting for a device reset", "queue", name, "err", err)
 }
 
+// PrepareSave implements virtio.SavePreparer: the receive chains the
+// device holds ahead of frames go back into the queue, so that a snapshot's
+// queue state covers them. The worker must be paused; after Resume it pops
+// them again.
+func (d *Device) PrepareSave() {
+	if d.act == nil {
+		return
+	}
+	d.rewindRx()
+	if d.worker.Kick(rxQueue) != nil {
+		d.Metrics.EventFails.Add(1)
+	}
+}
+
 // Pause parks the device's worker: until Resume it touches neither guest
 // memory nor its queues (a VM pause or snapshot).
 func (d *Device) Pause() {
