@@ -391,7 +391,11 @@ func TestGuestConnect(t *testing.T) {
 	}
 	defer ln.Close()
 
-	g.send(hdr(opRequest, 7777, 5000), nil)
+	// The REQUEST advertises the guest's buffer of the stream below: the
+	// device may send as soon as it has answered.
+	req := hdr(opRequest, 7777, 5000)
+	req.BufAlloc = 32 << 10
+	g.send(req, nil)
 	resp := g.expect(opResponse, 5000, 7777)
 	if resp.BufAlloc != ConnBufAlloc {
 		t.Fatalf("buf_alloc %d", resp.BufAlloc)
