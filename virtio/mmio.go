@@ -61,7 +61,7 @@ const (
 type MMIO struct {
 	dev    Device
 	mem    Memory
-	log    *slog.Logger
+	log    *GuestLog // every line the transport writes is guest-caused
 	irq    *Interrupt
 	notify []*EventFD
 
@@ -83,10 +83,7 @@ type MMIO struct {
 // device's notify eventfds (one per queue) and its interrupt eventfd; the
 // VMM binds them to KVM with NotifyFDs and IRQ.
 func NewMMIO(dev Device, mem Memory, log *slog.Logger) (*MMIO, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	t := &MMIO{dev: dev, mem: mem, log: log}
+	t := &MMIO{dev: dev, mem: mem, log: NewGuestLog(log)}
 	fd, err := NewEventFD()
 	if err != nil {
 		return nil, err
@@ -106,6 +103,17 @@ func NewMMIO(dev Device, mem Memory, log *slog.Logger) (*MMIO, error) {
 
 // Device is the wrapped device.
 func (t *MMIO) Device() Device { return t.dev }
+
+// SuppressedLogs counts the guest-caused log lines left out by the rate
+// limit (GuestLog) of the transport and, if it has one, of its device: the
+// VMM reports the sum in its metrics.
+func (t *MMIO) SuppressedLogs() uint64 {
+	n := t.log.Suppressed()
+	if d, ok := t.dev.(SuppressedLogger); ok {
+		n += d.SuppressedLogs()
+	}
+	return n
+}
 
 // NotifyFDs are the per-queue doorbells: bind NotifyFDs()[i] with
 // KVM_IOEVENTFD to base+RegQueueNotify, 4 bytes, datamatch i.

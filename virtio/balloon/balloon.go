@@ -196,6 +196,7 @@ type Metrics struct {
 type Device struct {
 	mem      Memory
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 	features uint64
 	hostPage int
 
@@ -245,7 +246,7 @@ func New(cfg Config, mem Memory, log *slog.Logger) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{
-		mem: mem, log: log, hostPage: os.Getpagesize(), chain: virtio.NewChain(),
+		mem: mem, log: log, glog: virtio.NewGuestLog(log), hostPage: os.Getpagesize(), chain: virtio.NewChain(),
 		numPages: pages, intervalS: cfg.StatsPollingIntervalS,
 		statsPeriod: time.Duration(cfg.StatsPollingIntervalS) * time.Second, timerfd: -1,
 	}
@@ -269,6 +270,10 @@ func targetPages(mib uint32, memSize uint64) (uint32, error) {
 	}
 	return mib * pagesPerMiB, nil
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 func (d *Device) Type() uint32     { return virtio.IDBalloon }
 func (d *Device) Features() uint64 { return d.features }
@@ -506,7 +511,7 @@ func (d *Device) process(qi int) {
 			switch {
 			case err != nil:
 				d.Metrics.InvalidReqs.Add(1)
-				d.log.Debug("virtio-balloon: bad descriptor chain", "queue", qi, "err", err)
+				d.glog.Debug("virtio-balloon: bad descriptor chain", "queue", qi, "err", err)
 			case qi == inflateQ:
 				d.inflate(c)
 			default:
@@ -526,7 +531,7 @@ func (d *Device) process(qi int) {
 
 func (d *Device) queueBroken(qi int, err error) {
 	d.Metrics.QueueBroken.Add(1)
-	d.log.Warn("virtio-balloon: queue broken; waiting for a device reset", "queue", qi, "err", err)
+	d.glog.Warn("virtio-balloon: queue broken; waiting for a device reset", "queue", qi, "err", err)
 	d.broken[qi] = true
 }
 
@@ -575,7 +580,7 @@ func (d *Device) pfnBatches(c *virtio.Chain, fn func([]uint32)) {
 	}
 	if extra := readable(c)/4 - uint64(seen); extra > 0 {
 		d.Metrics.BadPFNs.Add(extra)
-		d.log.Debug("virtio-balloon: PFNs past the per-request limit ignored", "count", extra)
+		d.glog.Debug("virtio-balloon: PFNs past the per-request limit ignored", "count", extra)
 	}
 }
 
@@ -638,7 +643,7 @@ func (d *Device) discard(pfn, n uint64) {
 		d.Metrics.MadviseFails.Add(1)
 		if !d.warnedMadv {
 			d.warnedMadv = true
-			d.log.Warn("virtio-balloon: madvise(MADV_DONTNEED) failed; guest pages stay resident", "pfn", pfn, "pages", n, "err", err)
+			d.glog.Warn("virtio-balloon: madvise(MADV_DONTNEED) failed; guest pages stay resident", "pfn", pfn, "pages", n, "err", err)
 		}
 	}
 }
@@ -660,13 +665,13 @@ func (d *Device) processStats() {
 			if d.held {
 				// The driver keeps one buffer in flight; a second one is
 				// a protocol error. Return the older.
-				d.log.Debug("virtio-balloon: driver sent a stats buffer while one was held")
+				d.glog.Debug("virtio-balloon: driver sent a stats buffer while one was held")
 				q.PushUsed(d.heldHead, 0)
 				pushed, d.held = true, false
 			}
 			if err != nil {
 				d.Metrics.StatsUpdateFails.Add(1)
-				d.log.Debug("virtio-balloon: bad stats chain", "err", err)
+				d.glog.Debug("virtio-balloon: bad stats chain", "err", err)
 				q.PushUsed(c.Head, 0)
 				pushed = true
 				continue

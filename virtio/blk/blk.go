@@ -96,6 +96,7 @@ type Device struct {
 	features uint64
 	id       [IDBytes]byte
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 	limiter  *ratelimit.Limiter
 
 	Metrics Metrics
@@ -147,7 +148,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
 	}
-	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, chain: virtio.NewChain(),
+	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain(),
 		iov: make([]unix.Iovec, 0, virtio.MaxChainLen)}
 	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
@@ -194,6 +195,10 @@ func (d *Device) Close() error {
 	d.limiter.Close()
 	return d.file.Close()
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // Sectors is the capacity the guest sees.
 func (d *Device) Sectors() uint64 { return d.sectors.Load() }
@@ -346,7 +351,7 @@ func (d *Device) process() {
 			if !ok {
 				if err != nil {
 					d.Metrics.QueueBroken.Add(1)
-					d.log.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
+					d.glog.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
 					d.broken = true
 					return
 				}
@@ -354,7 +359,7 @@ func (d *Device) process() {
 			}
 			if err != nil {
 				d.Metrics.InvalidReqs.Add(1)
-				d.log.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
+				d.glog.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
 				q.PushUsed(c.Head, 0)
 				continue
 			}
@@ -469,7 +474,7 @@ func (d *Device) serve(c *virtio.Chain) uint32 {
 	var r request
 	if err := parse(c, &r); err != nil {
 		d.Metrics.InvalidReqs.Add(1)
-		d.log.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
+		d.glog.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
 		return 0
 	}
 	status, written := d.execute(c, &r)
@@ -493,7 +498,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 				return statusIOErr, 0
 			}
 			if err := d.io(c, r, off, unix.SYS_PREADV); err != nil {
-				d.log.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+				d.glog.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 				return statusIOErr, 0
 			}
 			d.Metrics.ReadCount.Add(1)
@@ -504,7 +509,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 			return statusIOErr, 0
 		}
 		if err := d.io(c, r, off, unix.SYS_PWRITEV); err != nil {
-			d.log.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+			d.glog.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 			return statusIOErr, 0
 		}
 		d.Metrics.WriteCount.Add(1)
@@ -514,7 +519,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 		d.Metrics.FlushCount.Add(1)
 		if d.cfg.CacheType == CacheWriteback && !d.cfg.ReadOnly {
 			if err := unix.Fsync(d.fd); err != nil {
-				d.log.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
+				d.glog.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
 				return statusIOErr, 0
 			}
 		}

@@ -2,9 +2,12 @@ package blk
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,5 +292,66 @@ func TestEmptyNotifyNoInterrupt(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// lineCounter is a slog handler that counts the lines written.
+type lineCounter struct{ n atomic.Int64 }
+
+func (h *lineCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *lineCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *lineCounter) WithGroup(string) slog.Handler            { return h }
+func (h *lineCounter) Handle(context.Context, slog.Record) error {
+	h.n.Add(1)
+	return nil
+}
+
+// TestGuestLogsRateLimited: a guest that breaks its queue, resets the
+// device and breaks it again, 500 times, and sends a malformed request
+// each time, gets a few lines into the log; the rest are counted.
+func TestGuestLogsRateLimited(t *testing.T) {
+	h := &lineCounter{}
+	log := slog.New(h)
+	d, err := New(Config{ID: "d", Path: disk(t, 4)}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := virtiotest.NewMMIOMemory()
+	tr, err := virtio.NewMMIO(d, mem, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { tr.Close(); d.Close() }()
+	const rounds = 500
+	rings, _ := mem.Slice(0x10000, 0x3000)
+	for i := range rounds {
+		tr.Write(0x070, make([]byte, 4)) // reset, then start from zeroed rings as a fresh driver
+		clear(rings)
+		m, err := virtiotest.SetupMMIO(tr, mem, ^uint64(0), 0x10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Queues[0].Add(virtiotest.Buf{Data: []byte{1}}, virtiotest.Buf{WriteLen: 1}) // header too short
+		m.Notify(0)
+		if _, _, err := m.WaitUsed(0, wait); err != nil {
+			t.Fatal(err)
+		}
+		m.Queues[0].SetAvailIdx(1 + 1000) // 1000 past the one request: broken
+		m.Notify(0)
+		deadline := time.Now().Add(wait)
+		for d.Metrics.QueueBroken.Load() != uint64(i+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the queue was not found broken", i)
+			}
+			time.Sleep(10 * time.Microsecond)
+		}
+	}
+	if n := h.n.Load(); n > 100 {
+		t.Fatalf("%d log lines for %d rounds of a hostile guest", n, rounds)
+	}
+	// Two lines a round; the metric is counted just before the last
+	// round's line, which may not be written yet.
+	if s := tr.SuppressedLogs(); s < 2*rounds-100 {
+		t.Fatalf("SuppressedLogs %d, want at least %d", s, 2*rounds-100)
 	}
 }

@@ -290,7 +290,7 @@ func (d *Device) readFrame() {
 		d.Metrics.TapReadErrors.Add(1)
 		if !s.readErrLog {
 			s.readErrLog = true
-			d.log.Warn("virtio-net: reading the tap failed; receive stopped until it is readable again", "err", err)
+			d.glog.Warn("virtio-net: reading the tap failed; receive stopped until it is readable again", "err", err)
 		}
 		return
 	}
