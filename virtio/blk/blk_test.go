@@ -207,47 +207,6 @@ func TestNewRejects(t *testing.T) {
 	}
 }
 
-// FuzzRequest parses arbitrary request headers and chain shapes.
-func FuzzRequest(f *testing.F) {
-	f.Add(uint32(typeIn), uint64(0), uint16(512), uint16(1), true)
-	f.Add(uint32(typeOut), uint64(3), uint16(512), uint16(2), false)
-	f.Add(uint32(typeGetID), uint64(0), uint16(20), uint16(1), true)
-	path := filepath.Join(f.TempDir(), "disk.img")
-	if err := os.WriteFile(path, make([]byte, 8*SectorSize), 0o644); err != nil {
-		f.Fatal(err)
-	}
-	f.Fuzz(func(t *testing.T, typ uint32, sector uint64, segLen, segs uint16, write bool) {
-		d, err := New(Config{ID: "f", Path: path}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
-		mem := virtiotest.NewMemory(1 << 20)
-		q := virtio.NewQueue(virtio.MaxQueueSize)
-		drv, err := virtiotest.New(mem, q, 0x1000, 16, false, 1<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bufs := []virtiotest.Buf{{Data: header(typ, sector)}}
-		for i := 0; i < int(segs%8); i++ {
-			if write {
-				bufs = append(bufs, virtiotest.Buf{WriteLen: int(segLen%4096) + 1})
-			} else {
-				bufs = append(bufs, virtiotest.Buf{Data: make([]byte, int(segLen%4096)+1)})
-			}
-		}
-		bufs = append(bufs, virtiotest.Buf{WriteLen: 1})
-		drv.Add(bufs...)
-		c := virtio.NewChain()
-		if ok, err := q.Pop(c); !ok || err != nil {
-			t.Fatal(ok, err)
-		}
-		if n := d.serve(c); n > 1+8*4096 {
-			t.Fatalf("serve reported %d bytes written", n)
-		}
-	})
-}
-
 // TestEmptyNotifyNoInterrupt: a notification that finds no new request
 // raises no interrupt, with or without EVENT_IDX; one that finds a request
 // raises one. The handler is run on the test's goroutine with the worker
