@@ -104,11 +104,13 @@ func (t *MMIO) RestoreState(s MMIOState) error {
 	t.status, t.driverFeatures = s.Status, s.DriverFeatures
 	t.devFeaturesSel, t.drvFeaturesSel, t.queueSel = s.DevFeaturesSel, s.DrvFeaturesSel, s.QueueSel
 	t.configGen.Store(s.ConfigGen)
+	// Queue sizes are restored as the driver wrote them, even above
+	// QueueNumMax: the register holds what the driver wrote, and a saved
+	// state with such a queue is one SaveState makes (a guest that wrote
+	// a bad QueueNum). Activation checks the sizes of the queues it
+	// activates, as on DRIVER_OK.
 	for i, qs := range s.Queues {
 		q := t.queues[i]
-		if qs.Size > q.MaxSize {
-			return fmt.Errorf("virtio state: queue %d size %d above the maximum %d", i, qs.Size, q.MaxSize)
-		}
 		q.Size, q.Ready, q.DescAddr, q.AvailAddr, q.UsedAddr = qs.Size, qs.Ready, qs.DescAddr, qs.AvailAddr, qs.UsedAddr
 		q.EventIdx, q.NextAvail, q.NextUsed = qs.EventIdx, qs.NextAvail, qs.NextUsed
 	}
