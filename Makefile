@@ -12,6 +12,7 @@
 #   make lab         fetch/build the lab VM's kernel and initramfs
 #   make demo        boot the minimal guest with Ember inside the lab
 #   make test        vet, unit tests (with the race detector), then the e2e tests inside the lab
+#   make fuzz        every Fuzz* target in the repository, FUZZTIME each
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
 #   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
@@ -50,7 +51,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot bench-io bench-api bench-snapshot bench-scale clean
+	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
 
 all: build
 
@@ -127,6 +128,32 @@ e2e:
 	@mkdir -p $(GOTMP)
 	EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) GOTMPDIR=$(GOTMP) \
 		$(GO) test -v -count=1 -timeout 60m -exec "$(LAB) run --" ./e2e/
+
+# Fuzzing: every Fuzz* target of every package, found with go test -list
+# (so targets added later are run too), one after the other for FUZZTIME
+# each. FUZZPARALLEL workers each (one: the machine's other core is the
+# lab's or another job's). FUZZMINIMIZETIME bounds the minimisation of each
+# new interesting input (go test's default, 60 s, can take a short run's
+# whole time). A failing input is written to the package's testdata/fuzz
+# (where plain go test then runs it); every target runs, and the failures
+# are listed at the end.
+FUZZTIME ?= 30s
+FUZZPARALLEL ?= 1
+FUZZMINIMIZETIME ?= 100x
+
+fuzz:
+	@failed=""; \
+	for pkg in $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \
+		names=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$names"; exit 1; }; \
+		for name in $$(echo "$$names" | grep '^Fuzz' || true); do \
+			echo "fuzz: $$pkg $$name for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) \
+				-fuzzminimizetime $(FUZZMINIMIZETIME) -parallel $(FUZZPARALLEL) $$pkg \
+				|| failed="$$failed $$pkg.$$name"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed"; exit 1; fi; \
+	echo "fuzz: every target ran clean for $(FUZZTIME)"
 
 # Boot benchmark (cmd/ember-bench, the lead's): tiny guests natively, Linux
 # guests in the lab; bin/ is put first on PATH so it finds ember and ember-lab.

@@ -3,6 +3,8 @@ package vmm
 import (
 	"maps"
 	"slices"
+
+	"github.com/embervm/ember/metrics"
 )
 
 // Metric groups and names follow Firecracker's metrics (src/vmm/src/logger/
@@ -19,8 +21,15 @@ type metricValue struct {
 // readMetrics reports the cumulative counters of the VM's devices: one
 // group per drive and interface ("block_ID", "net_ID"; the metrics writer
 // sums them into "block" and "net"), and "uart", "vsock", "entropy" and
-// "balloon".
+// "balloon"; and, in logger.missed_log_count, the guest-caused log lines
+// the virtio devices' rate limits left out (the writer adds them to the
+// lines the log itself lost).
 func (v *VM) readMetrics(add func(group, name string, value uint64)) {
+	var suppressed uint64
+	for _, d := range v.virtio {
+		suppressed += d.transport.SuppressedLogs()
+	}
+	add(metrics.LoggerGroup, metrics.MissedLogCount, suppressed)
 	// The serial console, in bytes (Firecracker counts its one-byte
 	// writes and reads): write_count reached the host, missed_write_count
 	// was dropped (a stalled reader, the serial_out_path cap) or refused

@@ -97,12 +97,15 @@ type Device struct {
 	features uint64
 	id       [IDBytes]byte
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 	limiter  *ratelimit.Limiter
 
 	Metrics Metrics
 
 	// mu orders Activate and Reset (vCPU threads) against the host's
-	// run-time updates; the data path never takes it.
+	// run-time updates; the data path never takes it. Lock order: the
+	// transport's lock, then mu (the transport calls Activate and Reset
+	// holding its own), so nothing calls into the transport holding mu.
 	mu sync.Mutex
 	// configChanged, if set, tells the driver the configuration space
 	// changed (the capacity, after a new backing file).
@@ -146,7 +149,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
 	}
-	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, chain: virtio.NewChain(),
+	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain(),
 		iov: make([]unix.Iovec, 0, virtio.MaxChainLen)}
 	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
@@ -193,6 +196,10 @@ func (d *Device) Close() error {
 	d.limiter.Close()
 	return d.file.Close()
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // Sectors is the capacity the guest sees.
 func (d *Device) Sectors() uint64 { return d.sectors.Load() }
@@ -245,16 +252,20 @@ func (d *Device) SetBackingFile(path string) error {
 		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
 	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	var old *os.File
 	d.worker.Do(func() {
 		old = d.file
 		d.file, d.fd, d.cfg.Path = f, int(f.Fd()), path
 		d.sectors.Store(size / SectorSize)
 	})
+	notify := d.configChanged
+	d.mu.Unlock()
 	old.Close()
-	if d.configChanged != nil {
-		if err := d.configChanged(); err != nil {
+	// The transport is called without d.mu: a vCPU resetting or
+	// activating the device holds the transport's lock into Reset and
+	// Activate, which take d.mu.
+	if notify != nil {
+		if err := notify(); err != nil {
 			return fmt.Errorf("drive %s: config-change interrupt: %w", d.cfg.ID, err)
 		}
 	}
@@ -279,8 +290,10 @@ func (d *Device) UpdateRateLimit(cfg ratelimit.Config) error {
 		if fd >= 0 && d.worker != nil {
 			err = d.worker.Watch(fd, limiterToken)
 		}
-		if d.act != nil && !d.broken && !d.limiter.Blocked() {
-			d.process() // serve what waited for the old limits
+		// Serve what waited for the old limits, on the worker: after
+		// Resume if the VM is paused.
+		if d.act != nil && d.worker.Kick(0) != nil {
+			d.Metrics.EventFails.Add(1)
 		}
 	})
 	if err != nil {
@@ -341,7 +354,7 @@ func (d *Device) process() {
 			if !ok {
 				if err != nil {
 					d.Metrics.QueueBroken.Add(1)
-					d.log.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
+					d.glog.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
 					d.broken = true
 					return
 				}
@@ -349,7 +362,7 @@ func (d *Device) process() {
 			}
 			if err != nil {
 				d.Metrics.InvalidReqs.Add(1)
-				d.log.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
+				d.glog.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
 				q.PushUsed(c.Head, 0)
 				continue
 			}
@@ -464,7 +477,7 @@ func (d *Device) serve(c *virtio.Chain) uint32 {
 	var r request
 	if err := parse(c, &r); err != nil {
 		d.Metrics.InvalidReqs.Add(1)
-		d.log.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
+		d.glog.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
 		return 0
 	}
 	status, written := d.execute(c, &r)
@@ -488,7 +501,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 				return statusIOErr, 0
 			}
 			if err := d.io(c, r, off, unix.SYS_PREADV); err != nil {
-				d.log.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+				d.glog.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 				return statusIOErr, 0
 			}
 			d.Metrics.ReadCount.Add(1)
@@ -499,7 +512,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 			return statusIOErr, 0
 		}
 		if err := d.io(c, r, off, unix.SYS_PWRITEV); err != nil {
-			d.log.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+			d.glog.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 			return statusIOErr, 0
 		}
 		d.Metrics.WriteCount.Add(1)
@@ -509,7 +522,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 		d.Metrics.FlushCount.Add(1)
 		if d.cfg.CacheType == CacheWriteback && !d.cfg.ReadOnly {
 			if err := unix.Fsync(d.fd); err != nil {
-				d.log.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
+				d.glog.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
 				return statusIOErr, 0
 			}
 		}
