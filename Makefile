@@ -83,7 +83,7 @@ guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
 
 guest-initramfs: setup lab-bin
-	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+	$(LAB) guest-initramfs --init guest/testinit/init -o $(GUEST_DIR)/initramfs.cpio.gz
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:
@@ -95,7 +95,7 @@ guest-probe:
 CLOUD_MODULES := virtio_mmio,virtio_blk,virtio_net,virtio_rng,virtio_balloon,vmw_vsock_virtio_transport,ext4
 
 guest-cloud-initramfs: guest-cloud lab-bin
-	$(LAB) guest-initramfs --init guest/init/init --modules $(GUEST_DIR)/cloud-modules \
+	$(LAB) guest-initramfs --init guest/testinit/init --modules $(GUEST_DIR)/cloud-modules \
 		--module $(CLOUD_MODULES) -o $(GUEST_DIR)/cloud-initramfs.cpio.gz
 
 guest-cloud: setup

@@ -17,7 +17,7 @@ const guestInitramfsFormat = "ember-guest-initramfs-1"
 
 // GuestInitramfsOptions describe the test guests' initramfs.
 type GuestInitramfsOptions struct {
-	// Init is the host path of the init script (guest/init/init).
+	// Init is the host path of the init script (guest/testinit/init).
 	Init string
 	// Busybox is the static busybox binary (default /bin/busybox).
 	Busybox string
