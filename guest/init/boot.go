@@ -24,10 +24,13 @@ const exitInitFailure = 125
 // not keep the VM from ending.
 const shutdownWait = 5 * time.Second
 
-// forwarded are the signals PID 1 passes on to the workload (tini's set
-// of those a user sends to stop or poke a program). The kernel turns
-// Ctrl-Alt-Del into SIGINT for PID 1 (see reboot(LINUX_REBOOT_CMD_CAD_OFF)).
-var forwarded = []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2}
+// forwardedSignals are the signals PID 1 passes on to the workload (those
+// a user sends to stop or poke a program, as tini forwards them). The
+// kernel turns Ctrl-Alt-Del into SIGINT for PID 1 (see
+// reboot(LINUX_REBOOT_CMD_CAD_OFF) in prepare).
+func forwardedSignals() []os.Signal {
+	return []os.Signal{unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2}
+}
 
 func main() {
 	if os.Getpid() != 1 {
@@ -87,15 +90,17 @@ func (in *initProcess) boot() (status int) {
 // prepare does everything both modes need: the initramfs's own mounts,
 // the exit-status register, the config, the root, the hostname.
 func (in *initProcess) prepare() (*initconfig.Config, error) {
-	if err := execute("/", earlyPlan(), func(string) {}); err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	ensureStdio()
+	// The register first: its node lives in the initramfs itself, so even
+	// a failure to mount /dev below reaches the host as 125.
 	reg, err := openStatusRegister(memNode, exitStatusAddr)
 	if err != nil {
 		in.logf("cannot reach Ember's exit-status register (%v); the host will not learn the exit status", err)
 	}
 	in.reg = reg
+	if err := execute("/", earlyPlan(), func(string) {}); err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	ensureStdio()
 	// Ctrl-Alt-Del: SIGINT to PID 1 (forwarded) rather than an immediate
 	// reboot. Failure leaves the kernel's default, which is no worse.
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
@@ -176,7 +181,7 @@ func (in *initProcess) runWorkload(cfg *initconfig.Config) int {
 
 	// Registered before the start, so that no SIGCHLD is missed.
 	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
+	signal.Notify(sigs, append(forwardedSignals(), unix.SIGCHLD)...)
 	defer signal.Stop(sigs)
 
 	env := workloadEnv(cfg, id)
