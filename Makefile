@@ -6,7 +6,7 @@
 # Binaries go to bin/ (gitignored).
 #
 #   make setup       install the Debian packages needed (apt-get update once)
-#   make build       go build -o bin/ ./cmd/...
+#   make build       go build -o bin/ ./cmd/..., and bin/ember-init (guest/init)
 #   make guest       build/guest/{minimal-vmlinux,minimal-bzImage,cloud-bzImage,
 #                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
 #   make lab         fetch/build the lab VM's kernel and initramfs
@@ -50,7 +50,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
-.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
+.PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
 	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
 
 all: build
@@ -73,8 +73,14 @@ setup:
 # Static binaries (CGO_ENABLED=0): net/http would otherwise link libc for
 # the resolver, and the dynamic loader and libc's pages cost each VMM about
 # 1.5 MiB of RSS and half a millisecond of start-up.
-build:
+build: ember-init
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
+
+# The PID 1 of image VMs, which ember finds beside itself (or at
+# $EMBER_INIT) and puts in their initramfs. Static like the rest, and
+# stripped (-s -w): it is copied into every image VM's initrd.
+ember-init:
+	CGO_ENABLED=0 $(GO) build -ldflags="-s -w" -o bin/ember-init ./guest/init
 
 # ember-lab alone, for targets that must not depend on the rest compiling.
 lab-bin:
@@ -86,7 +92,7 @@ guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
 
 guest-initramfs: setup lab-bin
-	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+	$(LAB) guest-initramfs --init guest/testinit/init -o $(GUEST_DIR)/initramfs.cpio.gz
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:
@@ -98,7 +104,7 @@ guest-probe:
 CLOUD_MODULES := virtio_mmio,virtio_blk,virtio_net,virtio_rng,virtio_balloon,vmw_vsock_virtio_transport,ext4
 
 guest-cloud-initramfs: guest-cloud lab-bin
-	$(LAB) guest-initramfs --init guest/init/init --modules $(GUEST_DIR)/cloud-modules \
+	$(LAB) guest-initramfs --init guest/testinit/init --modules $(GUEST_DIR)/cloud-modules \
 		--module $(CLOUD_MODULES) -o $(GUEST_DIR)/cloud-initramfs.cpio.gz
 
 guest-cloud: setup

@@ -16,7 +16,7 @@ import (
 
 // Settings shared by the boot benchmarks.
 const (
-	// InitMarker is the first line the test init prints (guest/init/init).
+	// InitMarker is the first line the test init prints (guest/testinit/init).
 	InitMarker = "ember-guest: init reached"
 	// qemuDebugExitOK is QEMU's exit status when the guest writes 0 to
 	// isa-debug-exit: (value << 1) | 1.

@@ -1,7 +1,8 @@
 // Package devices holds Ember's device bus and its legacy (non-virtio)
 // devices: the 16550A-compatible 8250 UART on COM1, the minimal i8042 PS/2
-// keyboard controller used for guest reboot and Ctrl+Alt+Del, and
-// Firecracker's boot-timer pseudo-device.
+// keyboard controller used for guest reboot and Ctrl+Alt+Del,
+// Firecracker's boot-timer pseudo-device, and Ember's exit-status register,
+// through which a guest's init reports its workload's exit status.
 //
 // The vCPU loop dispatches every port-I/O and MMIO exit through a [Bus]. A
 // Bus is filled with [Bus.Insert] before any vCPU runs and is read-only

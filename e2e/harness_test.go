@@ -46,7 +46,7 @@ const (
 	unkillableGrace = time.Minute
 )
 
-// Test init markers (guest/init/init).
+// Test init markers (guest/testinit/init).
 const (
 	initMarker = "ember-guest: init reached"
 )

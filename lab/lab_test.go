@@ -407,56 +407,6 @@ func TestQEMUArgs(t *testing.T) {
 	}
 }
 
-func TestWriteInitramfs(t *testing.T) {
-	entries := []Entry{
-		{Name: "/init", Mode: modeExec, Data: []byte("#!/bin/sh\n")},
-		{Name: "bin/sh", Target: "busybox"},
-		{Name: "lib/modules/a.ko", Mode: modeFile, Data: []byte("x")},
-	}
-	var a, b bytes.Buffer
-	if err := WriteInitramfs(&a, entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteInitramfs(&b, entries); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
-		t.Error("WriteInitramfs is not reproducible")
-	}
-	names, err := ReadInitramfsNames(bytes.NewReader(a.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"bin", "bin/sh", "init", "lib", "lib/modules", "lib/modules/a.ko"}
-	if !reflect.DeepEqual(names, want) {
-		t.Errorf("archive names = %v, want %v", names, want)
-	}
-	if cpio, err := exec.LookPath("cpio"); err == nil {
-		// Cross-check with GNU cpio when it is installed.
-		zcat := exec.Command("gzip", "-dc")
-		zcat.Stdin = bytes.NewReader(a.Bytes())
-		raw, err := zcat.Output()
-		if err != nil {
-			t.Fatalf("gzip -dc: %v", err)
-		}
-		list := exec.Command(cpio, "-t", "--quiet")
-		list.Stdin = bytes.NewReader(raw)
-		out, err := list.Output()
-		if err != nil {
-			t.Fatalf("cpio -t: %v", err)
-		}
-		if got := strings.Fields(string(out)); !reflect.DeepEqual(got, want) {
-			t.Errorf("cpio -t = %v", got)
-		}
-	}
-	if err := WriteInitramfs(&a, []Entry{{Name: "x"}, {Name: "/x"}}); err == nil {
-		t.Error("duplicate names: want an error")
-	}
-	if err := WriteInitramfs(&a, []Entry{{Name: "f"}, {Name: "f/g"}}); err == nil {
-		t.Error("entry under a file: want an error")
-	}
-}
-
 func TestSplitModules(t *testing.T) {
 	db, err := ParseModulesDep(strings.NewReader(sampleModulesDep), strings.NewReader(sampleModulesBuiltin))
 	if err != nil {

@@ -80,6 +80,12 @@ func (k FateKind) String() string {
 type Fate struct {
 	Kind FateKind
 	Err  error
+	// ExitStatus is the last status (0-255) the guest wrote to the
+	// exit-status register (devices.ExitStatus) before the run ended;
+	// HasExitStatus says whether it wrote one. An image's init writes its
+	// workload's status there just before it resets the machine.
+	ExitStatus    int
+	HasExitStatus bool
 }
 
 // VM is a built machine.
@@ -108,6 +114,7 @@ type VM struct {
 	serialOut *os.File               // the serial_out_path file, if any
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
+	exitStat  devices.ExitStatus
 	virtio    []*virtioDev
 	vmgenid   *vmgenid
 	balloon   *balloon.Device
@@ -483,6 +490,11 @@ func (v *VM) setupDevices() error {
 			return err
 		}
 	}
+	// Always there: an unannounced page no guest touches unless it means
+	// to report an exit status.
+	if err := v.mmio.Insert(&v.exitStat, devices.ExitStatusBase, devices.ExitStatusSize); err != nil {
+		return err
+	}
 	var err error
 	v.devCmdline, err = v.setupVirtio()
 	return err
@@ -543,6 +555,7 @@ func (v *VM) Run() Fate {
 	if !v.console.Flush(consoleFlushTimeout) {
 		v.log.Warn("console output not all written: its reader is stalled", "timeout", consoleFlushTimeout)
 	}
+	f.ExitStatus, f.HasExitStatus = v.exitStat.Status()
 	if f.Kind == FateStopped {
 		// Where a guest that had to be stopped was: the first clue to a hang.
 		for _, c := range v.cpus {

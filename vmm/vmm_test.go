@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/embervm/ember/devices"
 	"github.com/embervm/ember/guest/tiny"
 	"github.com/embervm/ember/internal/testkvm"
+	"github.com/embervm/ember/x86"
 )
 
 func tinyConfig(t *testing.T, image []byte) (Config, *bytes.Buffer) {
@@ -55,6 +57,32 @@ func TestTinyGuestResetIsNormalEnd(t *testing.T) {
 	}
 	if _, ok := vm.BootTimer().Result(); !ok {
 		t.Errorf("boot timer saw no 123; log:\n%s", log)
+	}
+}
+
+// A guest that writes its exit status and resets ends with the status in
+// its fate; one that writes none has none.
+func TestExitStatusInFate(t *testing.T) {
+	testkvm.Need(t)
+	if devices.ExitStatusBase != x86.ExitStatusAddr || tiny.ExitStatusAddr != x86.ExitStatusAddr {
+		t.Fatalf("exit-status register at %#x (devices), %#x (x86 layout), %#x (tiny guest)",
+			devices.ExitStatusBase, x86.ExitStatusAddr, tiny.ExitStatusAddr)
+	}
+	for _, status := range []uint32{0, 3, 137, 255} {
+		cfg, _ := tinyConfig(t, tiny.ExitStatus(status))
+		f := runGuest(t, cfg)
+		if f.Kind != FateReset || !f.HasExitStatus || f.ExitStatus != int(status) {
+			t.Errorf("status %d: fate %+v", status, f)
+		}
+	}
+	// Out of range: ignored, as if never written.
+	cfg, _ := tinyConfig(t, tiny.ExitStatus(256))
+	if f := runGuest(t, cfg); f.Kind != FateReset || f.HasExitStatus {
+		t.Errorf("status 256: fate %+v", f)
+	}
+	cfg, _ = tinyConfig(t, tiny.Image())
+	if f := runGuest(t, cfg); f.Kind != FateReset || f.HasExitStatus {
+		t.Errorf("guest without a status: fate %+v", f)
 	}
 }
 

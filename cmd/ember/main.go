@@ -12,7 +12,11 @@
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
 // crashes or Ember fails, 2 for bad flags or files, 148 when a seccomp
-// filter refuses a system call.
+// filter refuses a system call. A guest that wrote a status (0-255) to
+// Ember's exit-status register (devices.ExitStatus) before it reset or
+// powered off makes run exit with that status instead: an image's init
+// reports its workload's exit code there (128+N for a workload killed by
+// signal N; 125, 126, 127 when the init could not start it).
 package main
 
 import (
@@ -232,7 +236,10 @@ func runVM(args []string, start time.Time) int {
 	}
 	switch fate.Kind {
 	case vmm.FateReset, vmm.FatePoweroff:
-		log.Debug("guest ended", "fate", fate.Kind)
+		log.Debug("guest ended", "fate", fate.Kind, "exit_status", fate.ExitStatus, "has_exit_status", fate.HasExitStatus)
+		if fate.HasExitStatus {
+			return fate.ExitStatus
+		}
 		return exitOK
 	case vmm.FateStopped:
 		fmt.Fprintln(os.Stderr, "ember: VM stopped before the guest ended")

@@ -137,6 +137,19 @@ func TestTinyGuestBootsAndResets(t *testing.T) {
 	t.Logf("tiny guest: %v exec to exit", wall)
 }
 
+// TestExitsWithGuestStatus: a guest that writes its workload's status to
+// the exit-status register before it resets makes ember exit with it.
+func TestExitsWithGuestStatus(t *testing.T) {
+	testkvm.Need(t)
+	for _, status := range []int{0, 7, 125, 137} {
+		kernel := write(t, "exit.elf", tiny.ExitStatus(uint32(status)))
+		_, stderr, code, _ := runEmber(t, "run", "--kernel", kernel)
+		if code != status {
+			t.Errorf("guest status %d: ember exited %d\n%s", status, code, stderr)
+		}
+	}
+}
+
 // TestHostCheckNamesProblem: on a host whose KVM would emulate a Linux
 // kernel (this machine's PVM), ember refuses a real kernel at once, in one
 // line that names the host problem and the lab.

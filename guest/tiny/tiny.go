@@ -25,6 +25,8 @@ const (
 	BootTimerAddr = 0xC000_0000
 	// BootTimerMagic is the byte that tells the boot timer the guest is up.
 	BootTimerMagic = 123
+	// ExitStatusAddr is Ember's exit-status register (devices.ExitStatus).
+	ExitStatusAddr = 0xEEBF_F000
 	// DebugExitPort is where QEMU's isa-debug-exit device is placed for the
 	// comparison runs (-device isa-debug-exit,iobase=0xf4,iosize=4).
 	DebugExitPort = 0xf4
@@ -113,6 +115,28 @@ var counterCode = []byte{
 	0xe6, I8042CommandPort, // out 0x64, al
 	0xf4,       // hlt
 	0xeb, 0xfd, // jmp back to hlt
+}
+
+// exitStatusCode stores a 32-bit status in Ember's exit-status register,
+// then resets the machine; the status's bytes are patched in by ExitStatus.
+var exitStatusCode = []byte{
+	0xc7, 0x05, 0x00, 0xf0, 0xbf, 0xee, 0, 0, 0, 0, // mov dword [0xEEBFF000], status
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// exitStatusImm is the offset of the status immediate in exitStatusCode.
+const exitStatusImm = 6
+
+// ExitStatus returns a guest that writes status to Ember's exit-status
+// register and resets the machine: what an image's init does when its
+// workload has exited.
+func ExitStatus(status uint32) []byte {
+	code := append([]byte(nil), exitStatusCode...)
+	binary.LittleEndian.PutUint32(code[exitStatusImm:], status)
+	return elfImage(code)
 }
 
 // Counter returns the counting guest (see counterCode).

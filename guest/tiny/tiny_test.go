@@ -47,3 +47,20 @@ func checkPVHELF(t *testing.T, img []byte) {
 		t.Fatalf("load %v note %v", sawLoad, sawNote)
 	}
 }
+
+func TestExitStatusGuestStoresToTheRegister(t *testing.T) {
+	f, err := elf.NewFile(bytes.NewReader(ExitStatus(0x01020304)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{0xc7, 0x05}
+	want = binary.LittleEndian.AppendUint32(want, ExitStatusAddr)
+	want = binary.LittleEndian.AppendUint32(want, 0x01020304)
+	code := make([]byte, len(want))
+	if _, err := f.Progs[0].ReadAt(code, int64(f.Entry-LoadAddr)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(code, want) {
+		t.Errorf("code % x, want % x", code, want)
+	}
+}
