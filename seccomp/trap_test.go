@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +34,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "child: the process did not end")
 		os.Exit(3)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if staticTestDir != "" {
+		os.RemoveAll(staticTestDir)
+	}
+	os.Exit(code)
 }
 
 // denyGetppid traps getppid and allows everything else.
@@ -109,9 +115,37 @@ func child(mode string) {
 	}
 }
 
+// staticTestDir holds the static copy of the test binary, if one was built.
+var staticTestDir string
+
+// staticTestBinary is this test binary, or, when it links the C library
+// (go test -race needs cgo, and New refuses such a binary), a copy built
+// with CGO_ENABLED=0 for the children.
+var staticTestBinary = sync.OnceValues(func() (string, error) {
+	if !iscgo {
+		return os.Args[0], nil
+	}
+	dir, err := os.MkdirTemp("", "seccomp-test-")
+	if err != nil {
+		return "", err
+	}
+	staticTestDir = dir
+	bin := filepath.Join(dir, "seccomp.test")
+	cmd := exec.Command("go", "test", "-c", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building a static test binary: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
 func runChild(t *testing.T, mode string) (stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	bin, err := staticTestBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
