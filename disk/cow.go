@@ -278,7 +278,7 @@ func checkBase(overlay, basePath string, h *header) error {
 	case got.Size != want.Size:
 		what = fmt.Sprintf("its size is %d bytes, was %d", got.Size, want.Size)
 	case got.MtimeNs != want.MtimeNs:
-		what = fmt.Sprintf("it was modified at %s, after the overlay was made on the version of %s",
+		what = fmt.Sprintf("it was modified at %s; the overlay was made on the version modified at %s",
 			time.Unix(0, got.MtimeNs).UTC().Format(time.RFC3339Nano), time.Unix(0, want.MtimeNs).UTC().Format(time.RFC3339Nano))
 	default:
 		what = "its content differs (same size and time)"
