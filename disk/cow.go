@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -189,6 +190,10 @@ func (s *COW) loadMaps() error {
 	// mapping never needs the file system to allocate (which, on a full
 	// disk, would be SIGBUS). Not every file system can; then it is left
 	// to chance.
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		// The mapped map is used as little-endian words in place.
+		return errors.New("a writable overlay needs a little-endian host")
+	}
 	_ = unix.Fallocate(s.fd, unix.FALLOC_FL_KEEP_SIZE, h.VolatileOffset, mapPage+h.MapLength)
 	vol, err := unix.Mmap(s.fd, h.volatileMap(), int(h.MapLength), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
