@@ -6,13 +6,15 @@
 # Binaries go to bin/ (gitignored).
 #
 #   make setup       install the Debian packages needed (apt-get update once)
-#   make build       go build -o bin/ ./cmd/...
+#   make build       go build -o bin/ ./cmd/..., and bin/ember-init (guest/init)
 #   make guest       build/guest/{minimal-vmlinux,minimal-bzImage,cloud-bzImage,
 #                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
 #   make lab         fetch/build the lab VM's kernel and initramfs
 #   make demo        boot the minimal guest with Ember inside the lab
-#   make test        vet, unit tests, then the e2e tests inside the lab
+#   make test        vet, unit tests (with the race detector), then the e2e tests inside the lab
+#   make fuzz        every Fuzz* target in the repository, FUZZTIME each
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
+#   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
 # Cache layout ($(EMBER_CACHE)):
 #   apt-updated.stamp                  apt-get update was run (refreshed weekly)
@@ -39,16 +41,17 @@ APT_UPDATE_DAYS := 7
 
 # Debian packages: QEMU for the lab; busybox, cpio, kmod (depmod) for the
 # initramfs images; the kernel source and its build dependencies; e2fsprogs
-# for disk images in tests; acpica-tools (iasl) to check the ACPI tables.
+# for disk images in tests; acpica-tools (iasl) to check the ACPI tables;
+# erofs-utils (mkfs.erofs) for the image store's layer filesystems.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates acpica-tools iproute2
+	e2fsprogs ca-certificates acpica-tools iproute2 erofs-utils
 
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
-.PHONY: all setup build lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
-	lab demo test unit-test e2e bench-boot bench-io bench-api bench-snapshot clean
+.PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
+	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
 
 all: build
 
@@ -70,8 +73,14 @@ setup:
 # Static binaries (CGO_ENABLED=0): net/http would otherwise link libc for
 # the resolver, and the dynamic loader and libc's pages cost each VMM about
 # 1.5 MiB of RSS and half a millisecond of start-up.
-build:
+build: ember-init
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
+
+# The PID 1 of image VMs, which ember finds beside itself (or at
+# $EMBER_INIT) and puts in their initramfs. Static like the rest, and
+# stripped (-s -w): it is copied into every image VM's initrd.
+ember-init:
+	CGO_ENABLED=0 $(GO) build -ldflags="-s -w" -o bin/ember-init ./guest/init
 
 # ember-lab alone, for targets that must not depend on the rest compiling.
 lab-bin:
@@ -83,7 +92,7 @@ guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
 
 guest-initramfs: setup lab-bin
-	$(LAB) guest-initramfs --init guest/init/init -o $(GUEST_DIR)/initramfs.cpio.gz
+	$(LAB) guest-initramfs --init guest/testinit/init -o $(GUEST_DIR)/initramfs.cpio.gz
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:
@@ -95,7 +104,7 @@ guest-probe:
 CLOUD_MODULES := virtio_mmio,virtio_blk,virtio_net,virtio_rng,virtio_balloon,vmw_vsock_virtio_transport,ext4
 
 guest-cloud-initramfs: guest-cloud lab-bin
-	$(LAB) guest-initramfs --init guest/init/init --modules $(GUEST_DIR)/cloud-modules \
+	$(LAB) guest-initramfs --init guest/testinit/init --modules $(GUEST_DIR)/cloud-modules \
 		--module $(CLOUD_MODULES) -o $(GUEST_DIR)/cloud-initramfs.cpio.gz
 
 guest-cloud: setup
@@ -116,7 +125,7 @@ demo: setup build guest lab
 
 test: setup build guest lab
 	$(GO) vet ./...
-	$(GO) test ./...
+	$(GO) test -race ./...
 	$(MAKE) --no-print-directory e2e
 
 # The end-to-end tests, run inside the lab by go test -exec. The test binary
@@ -125,6 +134,32 @@ e2e:
 	@mkdir -p $(GOTMP)
 	EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) GOTMPDIR=$(GOTMP) \
 		$(GO) test -v -count=1 -timeout 60m -exec "$(LAB) run --" ./e2e/
+
+# Fuzzing: every Fuzz* target of every package, found with go test -list
+# (so targets added later are run too), one after the other for FUZZTIME
+# each. FUZZPARALLEL workers each (one: the machine's other core is the
+# lab's or another job's). FUZZMINIMIZETIME bounds the minimisation of each
+# new interesting input (go test's default, 60 s, can take a short run's
+# whole time). A failing input is written to the package's testdata/fuzz
+# (where plain go test then runs it); every target runs, and the failures
+# are listed at the end.
+FUZZTIME ?= 30s
+FUZZPARALLEL ?= 1
+FUZZMINIMIZETIME ?= 100x
+
+fuzz:
+	@failed=""; \
+	for pkg in $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \
+		names=$$($(GO) test -list '^Fuzz' $$pkg) || { echo "$$names"; exit 1; }; \
+		for name in $$(echo "$$names" | grep '^Fuzz' || true); do \
+			echo "fuzz: $$pkg $$name for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) \
+				-fuzzminimizetime $(FUZZMINIMIZETIME) -parallel $(FUZZPARALLEL) $$pkg \
+				|| failed="$$failed $$pkg.$$name"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: FAILED:$$failed"; exit 1; fi; \
+	echo "fuzz: every target ran clean for $(FUZZTIME)"
 
 # Boot benchmark (cmd/ember-bench, the lead's): tiny guests natively, Linux
 # guests in the lab; bin/ is put first on PATH so it finds ember and ember-lab.
@@ -145,6 +180,18 @@ bench-api: build
 # snapshot, then a fresh ember per restore.
 bench-snapshot: build
 	bin/ember-bench snapshot
+
+# Scale on this host (tiny guests, natively): ember doctor --fix first
+# raises the kernel limits SCALE_VMS VMs need and says what it changed (it
+# fails, and stops here, when something it cannot fix stands in the way);
+# then the density ramp to SCALE_VMS VMs and the launch and restore rates,
+# each against QEMU's microvm.
+SCALE_VMS ?= 4000
+
+bench-scale: setup build
+	bin/ember doctor --vms $(SCALE_VMS) --fix
+	bin/ember-bench density --max $(SCALE_VMS)
+	bin/ember-bench launch
 
 clean:
 	rm -rf bin build

@@ -92,7 +92,7 @@ func TestBadValues(t *testing.T) {
 		{"free page hinting", "PUT", "/balloon", `{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}`, []string{"not supported", "free_page_hinting"}},
 		{"free page reporting", "PUT", "/balloon", `{"amount_mib": 1, "deflate_on_oom": true, "free_page_reporting": true}`, []string{"not supported", "free_page_reporting"}},
 		{"stats interval", "PUT", "/balloon", `{"amount_mib": 1, "deflate_on_oom": true, "stats_polling_interval_s": 65536}`, []string{"stats_polling_interval_s 65536"}},
-		{"serial limiter", "PUT", "/serial", `{"serial_out_path": "/s", "rate_limiter": {"size": 10, "refill_time": 10}}`, []string{"not supported", "serial rate_limiter"}},
+		{"serial limiter", "PUT", "/serial", `{"serial_out_path": "/s", "rate_limiter": {"size": 10, "refill_time": 18446744073709551615}}`, []string{"serial", "refill_time"}},
 		{"bad register", "PUT", "/cpu-config", `{"cpuid_modifiers": [{"leaf": 1, "subleaf": 0, "flags": 0, "modifiers": [{"register": "rax", "bitmap": "0b1"}]}]}`, []string{"cpuid_modifiers[0].modifiers[0].register", `"rax"`}},
 		{"short bitmap", "PUT", "/cpu-config", `{"cpuid_modifiers": [{"leaf": 1, "subleaf": 0, "flags": 0, "modifiers": [{"register": "eax", "bitmap": "0b1"}]}]}`, []string{"cpuid_modifiers[0].modifiers[0].bitmap"}},
 		{"bad leaf", "PUT", "/cpu-config", `{"cpuid_modifiers": [{"leaf": "0xZZ", "subleaf": 0, "flags": 0, "modifiers": []}]}`, []string{`"cpuid_modifiers[0].leaf"`, `"0xZZ"`}},

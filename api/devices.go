@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
@@ -174,15 +175,21 @@ func balloonOf(b *balloon.Config) Balloon {
 	return Balloon{AmountMiB: b.AmountMiB, DeflateOnOOM: b.DeflateOnOOM, StatsPollingIntervalS: b.StatsPollingIntervalS}
 }
 
-// serialChange validates PUT /serial. Ember's serial port has no output
-// rate limiter yet: an enabled one is refused rather than ignored.
+// serialChange validates PUT /serial. Its rate_limiter (one bucket, of
+// bytes) caps what reaches serial_out_path; without one the VMM's default
+// cap applies, and a bucket of size 0 removes the cap.
 func serialChange(s SerialConfig) (change, error) {
-	if b := s.RateLimiter; b != nil && b.Size != 0 && b.RefillTime != 0 {
-		return nil, notSupported("serial rate_limiter is not implemented by Ember")
+	var limit *ratelimit.Config
+	if s.RateLimiter != nil {
+		limit = &ratelimit.Config{Bandwidth: s.RateLimiter.toVMM()}
+		if err := limit.Validate(); err != nil {
+			return nil, fmt.Errorf("serial: %w", err)
+		}
 	}
 	return func(c *vmm.Config) error {
 		c.SerialOutPath = ""
 		setIf(&c.SerialOutPath, s.SerialOutPath)
+		c.SerialOutRateLimit = limit
 		return nil
 	}, nil
 }

@@ -208,8 +208,8 @@ type Metrics struct {
 // SerialConfig is the body of PUT /serial (swagger's SerialDevice).
 type SerialConfig struct {
 	SerialOutPath *string `json:"serial_out_path,omitempty"`
-	// RateLimiter limits the serial output; Ember does not support it
-	// yet and refuses an enabled bucket.
+	// RateLimiter caps the bytes written to serial_out_path; beyond it
+	// the guest's output is dropped. Absent, Ember's default cap applies.
 	RateLimiter *TokenBucket `json:"rate_limiter,omitempty"`
 }
 

@@ -54,7 +54,7 @@ func TestConfigureAndBoot(t *testing.T) {
 	h.ok("PUT", "/vsock", `{"guest_cid": 3, "uds_path": "/tmp/v.sock"}`)
 	h.ok("PUT", "/entropy", `{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}`)
 	h.ok("PUT", "/balloon", `{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}`)
-	h.ok("PUT", "/serial", `{"serial_out_path": "/tmp/serial.log"}`)
+	h.ok("PUT", "/serial", `{"serial_out_path": "/tmp/serial.log", "rate_limiter": {"size": 4096, "refill_time": 100}}`)
 	h.ok("PUT", "/cpu-config", `{"kvm_capabilities": ["!56"], "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
 		"modifiers": [{"register": "ecx", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx10"}]}],
 		"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0000000000000000000000000000000000000000000000000000000000000001"}]}`)
@@ -65,7 +65,8 @@ func TestConfigureAndBoot(t *testing.T) {
 	wantCfg := vmm.Config{
 		KernelPath: h.kernel, InitrdPath: h.initrd, Cmdline: "console=ttyS0",
 		VCPUs: 4, MemMiB: 256, SMT: true, TrackDirtyPages: true, HugePages: vmm.HugePagesTransparent,
-		SerialOutPath: "/tmp/serial.log",
+		SerialOutPath:      "/tmp/serial.log",
+		SerialOutRateLimit: &ratelimit.Config{Bandwidth: &ratelimit.TokenBucketConfig{Size: 4096, RefillTime: 100}},
 	}
 	got := c
 	got.Drives, got.Nets, got.Vsock, got.RNG, got.Balloon, got.CPU = nil, nil, nil, nil, nil, nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/vmm"
 	"github.com/embervm/ember/x86"
@@ -159,12 +160,13 @@ func checkReadable(field, path string) error {
 }
 
 // checkOpen opens path with flag and closes it; path must not be a
-// directory.
+// directory. It may run after boot (PATCH /drives), so it marks the open
+// as one the running VM's seccomp filter allows.
 func checkOpen(field, path string, flag int) error {
 	if path == "" {
 		return fmt.Errorf("%s: the path is empty", field)
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, err := os.OpenFile(path, flag|seccomp.OpenAfterBoot, 0)
 	if err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}

@@ -16,7 +16,7 @@ import (
 
 // Settings shared by the boot benchmarks.
 const (
-	// InitMarker is the first line the test init prints (guest/init/init).
+	// InitMarker is the first line the test init prints (guest/testinit/init).
 	InitMarker = "ember-guest: init reached"
 	// qemuDebugExitOK is QEMU's exit status when the guest writes 0 to
 	// isa-debug-exit: (value << 1) | 1.
@@ -27,9 +27,13 @@ const (
 // QEMUBinary is the reference VMM.
 const QEMUBinary = "qemu-system-x86_64"
 
-// TinyResult holds the on-host tiny-guest figures (medians).
+// TinyResult holds the on-host tiny-guest figures (medians). The Ember
+// figures are without seccomp (--no-seccomp) but EmberSeccompMS, the same
+// run with the built-in filters: their difference is what confinement
+// costs.
 type TinyResult struct {
 	EmberMS, EmberRSSMiB float64
+	EmberSeccompMS       float64
 	// EmberGuestMS is exec until the guest runs its first instruction
 	// (Ember's boot timer, boot_us: the guest's first port write).
 	EmberGuestMS       float64
@@ -40,21 +44,23 @@ type TinyResult struct {
 // bootUS is the boot timer's figure in Ember's log.
 var bootUS = regexp.MustCompile(`boot_us=(\d+)`)
 
-// Tiny boots the tiny PVH guest runs times with Ember and with QEMU's
-// microvm machine, alternately, on this host's /dev/kvm.
+// Tiny boots the tiny PVH guest runs times with Ember without seccomp,
+// with Ember with it, and with QEMU's microvm machine, alternately, on this
+// host's /dev/kvm.
 func Tiny(ctx context.Context, ember string, runs int, progress io.Writer) (TinyResult, error) {
 	img, err := WriteTemp("", "ember-tiny-*.elf", tiny.Image())
 	if err != nil {
 		return TinyResult{}, err
 	}
 	defer os.Remove(img)
-	emberArgv := []string{ember, "run", "--kernel", img, "--mem-mib", fmt.Sprint(guestMemMiB), "--boot-timer"}
+	emberArgv := []string{ember, "run", "--kernel", img, "--mem-mib", fmt.Sprint(guestMemMiB), "--boot-timer", "--no-seccomp"}
+	seccompArgv := emberArgv[:len(emberArgv)-1]
 	// "host" minus arch-capabilities: on this project's PVM host QEMU aborts
 	// when KVM refuses MSR_IA32_ARCH_CAPABILITIES (0x10a).
 	qemuArgv := []string{QEMUBinary, "-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
 		"-m", fmt.Sprint(guestMemMiB), "-nodefaults", "-no-user-config", "-display", "none",
 		"-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=4", tiny.DebugExitPort), "-kernel", img}
-	var em, er, eg, qm, qr []float64
+	var em, er, eg, es, qm, qr []float64
 	for i := 0; i < runs; i++ {
 		s, out, err := RunToExit(ctx, emberArgv, 0)
 		if err != nil {
@@ -66,14 +72,19 @@ func Tiny(ctx context.Context, ember string, runs int, progress io.Writer) (Tiny
 		}
 		us, _ := strconv.Atoi(string(m[1]))
 		em, er, eg = append(em, ms(s.Wall)), append(er, mib(s.PeakRSS)), append(eg, float64(us)/1000)
+		if s, _, err = RunToExit(ctx, seccompArgv, 0); err != nil {
+			return TinyResult{}, fmt.Errorf("ember tiny guest with seccomp: %w", err)
+		}
+		es = append(es, ms(s.Wall))
 		s, _, err = RunToExit(ctx, qemuArgv, qemuDebugExitOK)
 		if err != nil {
 			return TinyResult{}, fmt.Errorf("qemu tiny guest: %w", err)
 		}
 		qm, qr = append(qm, ms(s.Wall)), append(qr, mib(s.PeakRSS))
-		fmt.Fprintf(progress, "tiny run %d: ember %.2f ms (guest running at %.2f ms) %.1f MiB, qemu %.2f ms %.1f MiB\n", i+1, em[i], eg[i], er[i], qm[i], qr[i])
+		fmt.Fprintf(progress, "tiny run %d: ember %.2f ms (guest running at %.2f ms) %.1f MiB, with seccomp %.2f ms, qemu %.2f ms %.1f MiB\n",
+			i+1, em[i], eg[i], er[i], es[i], qm[i], qr[i])
 	}
-	return TinyResult{EmberMS: Median(em), EmberRSSMiB: Median(er), EmberGuestMS: Median(eg),
+	return TinyResult{EmberMS: Median(em), EmberRSSMiB: Median(er), EmberGuestMS: Median(eg), EmberSeccompMS: Median(es),
 		QEMUMS: Median(qm), QEMURSSMiB: Median(qr), Runs: runs}, nil
 }
 

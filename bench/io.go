@@ -294,7 +294,7 @@ func runIO(ctx context.Context, argv []string, peer *tcpPeer) (IOSample, []byte,
 }
 
 // guestDoneMarker is what the test init prints when the guest's commands
-// have finished (guest/init/init).
+// have finished (guest/testinit/init).
 const guestDoneMarker = "ember-guest: cmd exit="
 
 // kvmInternalError starts the message with which QEMU reports a KVM

@@ -186,8 +186,7 @@ func emberLabRestore(ctx context.Context, ember, dir, snap, mem string) (time.Du
 	return at.Sub(t0), nil
 }
 
-// qemuLabSnapshot boots the tick guest in QEMU and migrates it to a file
-// (QEMU stops the guest when the migration completes).
+// qemuLabSnapshot boots the tick guest in QEMU and migrates it to a file.
 func qemuLabSnapshot(ctx context.Context, argv []string, dir, mig string) error {
 	sock := filepath.Join(dir, "qmp.sock")
 	os.Remove(sock)
@@ -199,12 +198,19 @@ func qemuLabSnapshot(ctx context.Context, argv []string, dir, mig string) error 
 	if _, err := w.wait(labRestoreTimeout); err != nil {
 		return fmt.Errorf("%w\n%s", err, w.output())
 	}
+	return qmpMigrateToFile(sock, mig, labRestoreTimeout)
+}
+
+// qmpMigrateToFile connects to the QMP socket of a running QEMU and
+// migrates the VM to the file mig (QEMU stops the guest when the migration
+// completes), within timeout.
+func qmpMigrateToFile(sock, mig string, timeout time.Duration) error {
 	conn, err := net.Dial("unix", sock)
 	if err != nil {
 		return fmt.Errorf("QMP: %w", err)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(labRestoreTimeout))
+	conn.SetDeadline(time.Now().Add(timeout))
 	q := qmp{r: bufio.NewReader(conn), w: conn}
 	if _, err := q.read(); err != nil { // the greeting
 		return err

@@ -68,23 +68,11 @@ func Snapshot(ctx context.Context, ember string, memMiB, runs int, progress io.W
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	kernel := filepath.Join(dir, "counter.elf")
-	if err := os.WriteFile(kernel, tiny.Counter(), 0o644); err != nil {
-		return r, err
-	}
-	if r.SnapshotMS, err = takeSnapshot(ctx, ember, dir, kernel, memMiB, snap, mem); err != nil {
-		return r, fmt.Errorf("taking the snapshot: %w", err)
-	}
-	f, err := os.OpenFile(mem, os.O_RDWR, 0)
+	snap, mem, createMS, err := exitingSnapshot(ctx, ember, dir, memMiB)
 	if err != nil {
 		return r, err
 	}
-	_, err = f.WriteAt([]byte{1}, tiny.ExitFlagAddr)
-	f.Close()
-	if err != nil {
-		return r, err
-	}
+	r.SnapshotMS = createMS
 	var restores, responses []float64
 	for i := range runs {
 		total, resp, phases, err := restoreOnce(ctx, ember, dir, snap, &api.MemoryBackend{BackendType: api.BackendFile, BackendPath: mem})
@@ -125,6 +113,31 @@ func Snapshot(ctx context.Context, ember string, memMiB, runs int, progress io.W
 	fmt.Fprintf(progress, "%d MiB: snapshot %.1f ms; restore to guest running: median %.2f ms (load answered: %.2f ms), with Uffd %.2f ms, over %d runs each\n",
 		memMiB, r.SnapshotMS, r.RestoreMS, r.LoadResponseMS, r.UffdRestoreMS, runs)
 	return r, nil
+}
+
+// exitingSnapshot takes a Full snapshot of the Counter guest with memMiB
+// of RAM into dir and sets the guest's exit flag in its memory file, so
+// that a restored guest signals the boot timer and resets as soon as it
+// runs. It returns the state and memory files and how long the snapshot
+// took.
+func exitingSnapshot(ctx context.Context, ember, dir string, memMiB int) (snap, mem string, createMS float64, err error) {
+	snap, mem = filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+	kernel := filepath.Join(dir, "counter.elf")
+	if err := os.WriteFile(kernel, tiny.Counter(), 0o644); err != nil {
+		return "", "", 0, err
+	}
+	if createMS, err = takeSnapshot(ctx, ember, dir, kernel, memMiB, snap, mem); err != nil {
+		return "", "", 0, fmt.Errorf("taking the snapshot: %w", err)
+	}
+	f, err := os.OpenFile(mem, os.O_RDWR, 0)
+	if err != nil {
+		return "", "", 0, err
+	}
+	_, err = f.WriteAt([]byte{1}, tiny.ExitFlagAddr)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return snap, mem, createMS, err
 }
 
 // takeSnapshot boots the Counter guest in one ember, pauses it and takes a

@@ -130,7 +130,9 @@ type SerialStats struct {
 }
 
 // Serial is a 16550A-compatible 8250 UART. Transmitted bytes go straight to
-// an io.Writer, so the transmitter is always empty (LSR.THRE and LSR.TEMT
+// an io.Writer (the VMM's is a ConsoleOutput, which never blocks: Write
+// runs on a vCPU thread under the UART's lock), so the transmitter is
+// always empty (LSR.THRE and LSR.TEMT
 // are always set). Received bytes come from the host through Enqueue into a
 // bounded FIFO.
 //

@@ -54,7 +54,12 @@ type COW struct {
 	// boot that wrote them, the volatile map's. In a writable overlay it
 	// is vol, the volatile map mapped shared from the file.
 	words []uint64
-	vol   []byte
+	// vol maps the boot-ID page and the volatile map (writable overlays);
+	// gen points at the write generation in it.
+	vol []byte
+	gen *uint64
+	// flags are added to every open (Options.OpenFlags).
+	flags int
 
 	mu sync.Mutex
 	// dirty has a bit per map page whose bits are not all in the durable
@@ -67,6 +72,8 @@ type COW struct {
 	scratchVec [1][]byte
 	page       []byte
 	closed     bool
+	// marked: Mark recorded the overlay, and no write has followed.
+	marked bool
 }
 
 // OpenCOW opens the overlay o.Path over the base o.BasePath (the path in
@@ -78,18 +85,18 @@ type COW struct {
 // flushed are in the volatile map: they are kept, and a writable open
 // flushes them into the durable map at once.
 func OpenCOW(o Options) (*COW, error) {
-	return openCOW(o.Path, o.BasePath, o.ReadOnly, 0)
+	return openCOW(o.Path, o.BasePath, o.ReadOnly, o.OpenFlags, 0)
 }
 
-func openCOW(path, basePath string, ro bool, depth int) (_ *COW, err error) {
+func openCOW(path, basePath string, ro bool, flags, depth int) (_ *COW, err error) {
 	if depth >= MaxChain {
 		return nil, errTooDeep
 	}
-	f, err := openFile(path, ro)
+	f, err := openFile(path, ro, flags)
 	if err != nil {
 		return nil, err
 	}
-	s := &COW{f: f, fd: int(f.Fd()), ro: ro}
+	s := &COW{f: f, fd: int(f.Fd()), ro: ro, flags: flags}
 	defer func() {
 		if err != nil {
 			if s.base != nil {
@@ -118,10 +125,10 @@ func openCOW(path, basePath string, ro bool, depth int) (_ *COW, err error) {
 	if basePath == "" {
 		basePath = h.BasePath
 	}
-	if err := checkBase(path, basePath, h); err != nil {
+	if err := checkBase(path, basePath, h, flags); err != nil {
 		return nil, err
 	}
-	s.base, err = openLayer(basePath, h.Flags&FlagBaseIsOverlay != 0, depth+1)
+	s.base, err = openLayer(basePath, h.Flags&FlagBaseIsOverlay != 0, flags, depth+1)
 	switch {
 	case errors.Is(err, errTooDeep) && depth > 0:
 		return nil, err
@@ -163,7 +170,7 @@ func (s *COW) loadMaps() error {
 	if err := decodeMap(h, m, durable); err != nil {
 		return err
 	}
-	boot := currentBoot()
+	boot := currentBoot(s.flags)
 	var written [bootIDSize]byte
 	if err := pread(s.fd, written[:], h.VolatileOffset); err != nil {
 		return fmt.Errorf("reading the volatile map's boot: %w", err)
@@ -195,12 +202,13 @@ func (s *COW) loadMaps() error {
 		return errors.New("a writable overlay needs a little-endian host")
 	}
 	_ = unix.Fallocate(s.fd, unix.FALLOC_FL_KEEP_SIZE, h.VolatileOffset, mapPage+h.MapLength)
-	vol, err := unix.Mmap(s.fd, h.volatileMap(), int(h.MapLength), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	vol, err := unix.Mmap(s.fd, h.VolatileOffset, int(mapPage+h.MapLength), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("mapping the volatile map: %w", err)
 	}
 	s.vol = vol
-	s.words = unsafe.Slice((*uint64)(unsafe.Pointer(&vol[0])), len(vol)/8)
+	s.gen = (*uint64)(unsafe.Pointer(&vol[genOffset]))
+	s.words = unsafe.Slice((*uint64)(unsafe.Pointer(&vol[mapPage])), h.MapLength/8)
 	if thisBoot {
 		if err := checkTail(h, s.words); err != nil {
 			return fmt.Errorf("volatile %w", err)
@@ -212,9 +220,7 @@ func (s *COW) loadMaps() error {
 	// reached the disk: start it again from the durable map before
 	// claiming it for this boot.
 	copy(s.words, durable)
-	if err := pwrite(s.fd, boot[:], h.VolatileOffset); err != nil {
-		return fmt.Errorf("writing the volatile map's boot: %w", err)
-	}
+	copy(vol, boot[:])
 	return nil
 }
 
@@ -239,15 +245,15 @@ func (s *COW) markDirty(p int64) {
 
 // openLayer opens a base read-only: an overlay at the given depth of a
 // chain, or a raw file. It returns a nil interface on error.
-func openLayer(path string, overlay bool, depth int) (layer, error) {
+func openLayer(path string, overlay bool, flags, depth int) (layer, error) {
 	if overlay {
-		s, err := openCOW(path, "", true, depth)
+		s, err := openCOW(path, "", true, flags, depth)
 		if err != nil {
 			return nil, err
 		}
 		return s, nil
 	}
-	r, err := OpenRaw(path, true)
+	r, err := openRaw(path, true, flags)
 	if err != nil {
 		return nil, err
 	}
@@ -269,8 +275,8 @@ func readHeader(f *os.File) (*header, error) {
 
 // checkBase fails with ErrBaseChanged, saying what differs, unless the file
 // at basePath has the identity overlay's header recorded.
-func checkBase(overlay, basePath string, h *header) error {
-	got, err := IdentityOf(basePath)
+func checkBase(overlay, basePath string, h *header, flags int) error {
+	got, err := identityOfPath(basePath, flags)
 	if err != nil {
 		return fmt.Errorf("overlay %s: base: %w", overlay, err)
 	}
@@ -365,6 +371,12 @@ func (s *COW) WriteVec(bufs [][]byte, off int64) error {
 	defer s.mu.Unlock()
 	if s.closed {
 		return os.ErrClosed
+	}
+	if s.marked {
+		// The first write since a snapshot recorded the overlay: the
+		// new generation shows the snapshot's record is out of date.
+		atomic.AddUint64(s.gen, 1)
+		s.marked = false
 	}
 	end := off + n
 	first, last := off>>s.shift, (end-1)>>s.shift
@@ -495,6 +507,49 @@ func (s *COW) flush() error {
 	clear(s.dirty)
 	s.ndirty = 0
 	return nil
+}
+
+// Mark makes the overlay durable (Flush) and returns its Identity with its
+// write generation, for a snapshot to record: the next write raises the
+// generation, so OverlayIdentity differs from then on, however soon it
+// comes. It uses only the open file (no path is opened).
+func (s *COW) Mark() (Identity, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return Identity{}, os.ErrClosed
+	}
+	if !s.ro {
+		if err := s.flush(); err != nil {
+			return Identity{}, err
+		}
+	}
+	id, err := identityOf(s.f)
+	if err != nil {
+		return Identity{}, err
+	}
+	if id.Generation, err = s.generation(); err != nil {
+		return Identity{}, err
+	}
+	s.marked = !s.ro
+	return id, nil
+}
+
+// generation reads the write generation.
+func (s *COW) generation() (uint64, error) {
+	if s.gen != nil {
+		return atomic.LoadUint64(s.gen), nil
+	}
+	return readGeneration(s.fd, s.h)
+}
+
+// readGeneration reads the write generation of the overlay open as fd.
+func readGeneration(fd int, h *header) (uint64, error) {
+	var b [8]byte
+	if err := pread(fd, b[:], h.VolatileOffset+genOffset); err != nil {
+		return 0, fmt.Errorf("reading the write generation: %w", err)
+	}
+	return binary.LittleEndian.Uint64(b[:]), nil
 }
 
 // Close closes the overlay and its bases. Clusters not yet in the durable

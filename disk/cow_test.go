@@ -374,10 +374,10 @@ func TestOverlayChainsAndClones(t *testing.T) {
 		t.Fatal(err)
 	}
 	copy(model[4096:], shared)
-	if err := src.Close(); err != nil {
+	if _, err := src.Mark(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Stamp(srcPath); err != nil {
+	if err := src.Close(); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
@@ -474,20 +474,30 @@ func TestCommitRefusesExistingAndIsSparse(t *testing.T) {
 	}
 }
 
-func TestStampShowsLaterWrites(t *testing.T) {
+// TestMarkShowsLaterWrites: the identity Mark records is the overlay's
+// until a write, however soon after, and a clean close keeps it.
+func TestMarkShowsLaterWrites(t *testing.T) {
 	base := makeBase(t, 1<<20)
 	s, path := newOverlay(t, base, CreateOptions{})
-	defer s.Close()
-	id, err := Stamp(path)
+	s.WriteVec([][]byte{make([]byte, 4096)}, 8192)
+	id, err := s.Mark()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := IdentityOf(path); again != id {
-		t.Fatal("identity changed without a write")
+	if again, err := OverlayIdentity(path); err != nil || again != id {
+		t.Fatalf("identity %+v after Mark, %+v now (%v)", id, again, err)
 	}
 	s.WriteVec([][]byte{make([]byte, 4096)}, 0)
-	if after, _ := IdentityOf(path); after == id {
-		t.Fatal("a write right after the stamp left the identity unchanged")
+	after, _ := OverlayIdentity(path)
+	if after == id || after.Generation != id.Generation+1 {
+		t.Fatalf("a write right after Mark: identity %+v, was %+v", after, id)
+	}
+	id2, _ := s.Mark()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := OverlayIdentity(path); again != id2 {
+		t.Fatal("closing a marked overlay changed its identity")
 	}
 }
 

@@ -55,6 +55,17 @@
 // read (no /proc), the volatile map is never believed, and unflushed
 // writes are lost to kill -9 too.
 //
+// # Seccomp
+//
+// A store opened while the guest runs (PATCH /drives) adds
+// Options.OpenFlags (seccomp.OpenAfterBoot) to each open: the overlay, the
+// base, the boot ID. Serving the guest, flushing, Mark and Close use only
+// preadv, pwritev, fdatasync, fstat and munmap, and stores into the
+// mapped volatile map, which the running VM's filter allows. Making
+// overlays and merging them (CreateOverlay, Commit) run before boot or in
+// the ember disk command: they reserve a name with O_EXCL and rename onto
+// it, as renameat2 is not in the filters.
+//
 // # Cluster size
 //
 // 4 KiB by default: the size of a guest page and file-system block, so a
@@ -66,8 +77,9 @@
 // # Snapshots and chains
 //
 // A base may itself be an overlay, opened read-only (FlagBaseIsOverlay in
-// the header): a snapshot records its drive's overlay, stamped (Stamp) so
-// that any later write to it is seen, and each clone loaded from the
+// the header): a snapshot records its drive's overlay (COW.Mark: its
+// identity and write generation, which the next write raises, so that any
+// later write to it is seen), and each clone loaded from the
 // snapshot gets a new empty overlay over that one in constant time
 // (CreateOverlay), instead of a copy of the disk. Chains are at most
 // MaxChain deep; Commit merges an overlay and its bases into a new raw

@@ -21,6 +21,7 @@ import (
 //	[0, HeaderSize)                 header: the fields below, CRC-32C in the last 4 bytes
 //	[MapOffset, +MapLength)         durable map: bit c (byte c/8, bit c%8) set = cluster c is in the overlay
 //	[VolatileOffset, +bootIDSize)   the boot the volatile map was written in (random(4)'s boot_id)
+//	[VolatileOffset+bootIDSize, +8) write generation: counts the writes that followed a snapshot's mark
 //	[VolatileOffset+mapPage, +MapLength)  volatile map, same layout
 //	[DataOffset, +VirtualSize)      data: guest byte x lives at DataOffset + x, holes where never written
 //
@@ -96,6 +97,9 @@ type Identity struct {
 	Size    int64    `json:"size"`
 	MtimeNs int64    `json:"mtime_ns"`
 	Sample  [32]byte `json:"sample"` // SHA-256 of the samples (sampleCount blocks of sampleSize)
+	// Generation is an overlay's write generation (COW.Mark), 0 for
+	// other files.
+	Generation uint64 `json:"generation,omitempty"`
 }
 
 // Content sampling of Identity.
@@ -105,8 +109,11 @@ const (
 )
 
 // IdentityOf computes the identity of the file at path.
-func IdentityOf(path string) (Identity, error) {
-	f, err := os.Open(path)
+func IdentityOf(path string) (Identity, error) { return identityOfPath(path, 0) }
+
+// identityOfPath is IdentityOf opening path with extra flags.
+func identityOfPath(path string, extra int) (Identity, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_CLOEXEC|extra, 0)
 	if err != nil {
 		return Identity{}, err
 	}
@@ -311,14 +318,26 @@ const bootIDPath = "/proc/sys/kernel/random/boot_id"
 // bootIDSize is the length of a boot ID (a UUID).
 const bootIDSize = 16
 
+// genOffset is where the write generation (a uint64) lies in the boot-ID
+// page.
+const genOffset = bootIDSize
+
 // currentBoot is the ID of the running boot, or zeros if it cannot be read
-// (no /proc): then no volatile map is ever believed.
-func currentBoot() [bootIDSize]byte {
+// (no /proc): then no volatile map is ever believed. extra flags are added
+// to the open (Options.OpenFlags).
+func currentBoot(extra int) [bootIDSize]byte {
 	var id [bootIDSize]byte
-	b, err := os.ReadFile(bootIDPath)
+	f, err := os.OpenFile(bootIDPath, os.O_RDONLY|unix.O_CLOEXEC|extra, 0)
 	if err != nil {
 		return id
 	}
+	defer f.Close()
+	b := make([]byte, 64)
+	n, err := f.Read(b)
+	if err != nil {
+		return id
+	}
+	b = b[:n]
 	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", ""))
 	if err != nil || len(h) != bootIDSize {
 		return id

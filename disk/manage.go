@@ -3,11 +3,9 @@ package disk
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/bits"
 	"os"
 	"path/filepath"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,7 +49,7 @@ func CreateOverlay(path, basePath string, o CreateOptions) error {
 			base = s
 		}
 	} else {
-		base, err = openLayer(abs, false, 0)
+		base, err = openLayer(abs, false, 0, 0)
 	}
 	switch {
 	case errors.Is(err, errTooDeep):
@@ -94,32 +92,38 @@ func CreateOverlay(path, basePath string, o CreateOptions) error {
 // volatile map only (which a reboot would take away from under the new
 // overlay).
 func openFrozen(path string) (*COW, error) {
-	s, err := openCOW(path, "", true, 1)
+	s, err := openCOW(path, "", true, 0, 1)
 	if err != nil || s.ndirty == 0 {
 		return s, err
 	}
 	s.Close()
-	w, err := openCOW(path, "", false, 1) // flushes at open
+	w, err := openCOW(path, "", false, 0, 1) // flushes at open
 	if err != nil {
 		return nil, err
 	}
 	if err := w.Close(); err != nil {
 		return nil, err
 	}
-	return openCOW(path, "", true, 1)
+	return openCOW(path, "", true, 0, 1)
 }
 
-// writeNew makes the file at path, which must not exist: fill writes it
-// under a temporary name beside path, which is synced and then renamed to
-// path without replacing anything, and the directory synced. On error
-// nothing is left behind.
+// writeNew makes the file at path, which must not exist: it reserves the
+// name (O_EXCL, so nothing is ever replaced), has fill write the content
+// under a temporary name beside it, syncs that, renames it onto the
+// reservation and syncs the directory. On error nothing is left behind; a
+// crash part-way leaves at worst an empty file at path, which no open
+// takes for an overlay or a base. (renameat2's RENAME_NOREPLACE would
+// spare the reservation, but Ember's seccomp filters allow renameat only.)
 func writeNew(path string, fill func(*os.File) error) (err error) {
-	if _, err := os.Lstat(path); err == nil {
-		return fmt.Errorf("%s: %w", path, fs.ErrExist)
+	r, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
 	}
+	r.Close()
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".new-*")
 	if err != nil {
+		os.Remove(path)
 		return err
 	}
 	tmp := f.Name()
@@ -127,6 +131,7 @@ func writeNew(path string, fill func(*os.File) error) (err error) {
 		if err != nil {
 			f.Close()
 			os.Remove(tmp)
+			os.Remove(path)
 		}
 	}()
 	if err = fill(f); err != nil {
@@ -138,7 +143,7 @@ func writeNew(path string, fill func(*os.File) error) (err error) {
 	if err = f.Close(); err != nil {
 		return err
 	}
-	if err = renameNoReplace(tmp, path); err != nil {
+	if err = os.Rename(tmp, path); err != nil {
 		return err
 	}
 	if d, derr := os.Open(dir); derr == nil {
@@ -146,25 +151,6 @@ func writeNew(path string, fill func(*os.File) error) (err error) {
 		d.Close()
 	}
 	return err
-}
-
-// renameNoReplace renames oldpath to newpath unless newpath exists:
-// renameat2(RENAME_NOREPLACE), or link and unlink where the file system
-// lacks it.
-func renameNoReplace(oldpath, newpath string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-		if err = os.Link(oldpath, newpath); err == nil {
-			return os.Remove(oldpath)
-		}
-	}
-	if errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("%s: %w", newpath, fs.ErrExist)
-	}
-	if err != nil {
-		return fmt.Errorf("rename %s to %s: %w", oldpath, newpath, err)
-	}
-	return nil
 }
 
 // commitChunk is how much Commit reads at a time.
@@ -269,25 +255,24 @@ func Inspect(path string) (*Info, error) {
 	return in, nil
 }
 
-// Stamp gives the file at path a modification time of its own (now, to the
-// nanosecond) and returns its Identity. A snapshot stamps the overlay it
-// records: any later write to it sets the time again, to the kernel's
-// coarser clock, so the identity no longer matches and loading the
-// snapshot on a changed overlay is refused, even for a write in the same
-// clock tick as the snapshot.
-func Stamp(path string) (Identity, error) {
-	now := unix.NsecToTimespec(time.Now().UnixNano())
-	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, now}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, 0); err != nil {
-		return Identity{}, fmt.Errorf("stamping %s: %w", path, err)
-	}
+// OverlayIdentity is the Identity of the overlay at path, with its write
+// generation: what COW.Mark returned if nothing has written it since.
+func OverlayIdentity(path string) (Identity, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Identity{}, err
 	}
 	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return Identity{}, fmt.Errorf("fsync %s: %w", path, err)
+	h, err := readHeader(f)
+	if err != nil {
+		return Identity{}, err
 	}
-	return identityOf(f)
+	id, err := identityOf(f)
+	if err != nil {
+		return Identity{}, err
+	}
+	if id.Generation, err = readGeneration(int(f.Fd()), h); err != nil {
+		return Identity{}, fmt.Errorf("overlay %s: %w", path, err)
+	}
+	return id, nil
 }

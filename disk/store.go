@@ -39,6 +39,10 @@ type Options struct {
 	BasePath string
 	// ReadOnly opens Path for reading only.
 	ReadOnly bool
+	// OpenFlags are added to every open(2) the store makes (of Path, the
+	// base, the boot ID): seccomp.OpenAfterBoot for a store opened while
+	// the guest runs, which the running VM's filter lets through.
+	OpenFlags int
 }
 
 // Open opens the store o describes: a Raw file, or a COW overlay when
@@ -47,7 +51,7 @@ func Open(o Options) (Store, error) {
 	if o.BasePath != "" {
 		return OpenCOW(o)
 	}
-	return OpenRaw(o.Path, o.ReadOnly)
+	return openRaw(o.Path, o.ReadOnly, o.OpenFlags)
 }
 
 // errReadOnly refuses writes to a store opened read-only.
@@ -71,8 +75,10 @@ type Raw struct {
 }
 
 // OpenRaw opens path, read-write or read-only.
-func OpenRaw(path string, readOnly bool) (*Raw, error) {
-	f, err := openFile(path, readOnly)
+func OpenRaw(path string, readOnly bool) (*Raw, error) { return openRaw(path, readOnly, 0) }
+
+func openRaw(path string, readOnly bool, flags int) (*Raw, error) {
+	f, err := openFile(path, readOnly, flags)
 	if err != nil {
 		return nil, err
 	}
@@ -84,13 +90,14 @@ func OpenRaw(path string, readOnly bool) (*Raw, error) {
 	return &Raw{f: f, fd: int(f.Fd()), size: size, ro: readOnly}, nil
 }
 
-// openFile opens path for reading, or reading and writing.
-func openFile(path string, readOnly bool) (*os.File, error) {
+// openFile opens path for reading, or reading and writing, with extra
+// flags (Options.OpenFlags).
+func openFile(path string, readOnly bool, extra int) (*os.File, error) {
 	flags := os.O_RDWR
 	if readOnly {
 		flags = os.O_RDONLY
 	}
-	return os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	return os.OpenFile(path, flags|unix.O_CLOEXEC|extra, 0)
 }
 
 // fileSize is the length of a regular file or block device; other files

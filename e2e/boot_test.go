@@ -13,12 +13,13 @@ import (
 	"github.com/embervm/ember/vmm"
 )
 
-// baseCmdline is Ember's default command line, as a user would run it.
 // baseCmdline is Ember's default command line plus quiet: the kernel's boot
 // log at full verbosity is thousands of serial port exits, and the lab's
 // nested-SVM faults (see bootTimeout) were seen mostly while the guest
-// wrote to its serial port. The tests read what init prints.
-const baseCmdline = vmm.DefaultCmdline + " quiet"
+// wrote to its serial port. The tests read what init prints. The test init
+// prints a heartbeat line every guestHeartbeat seconds, so a guest silent
+// for stallTimeout has hung.
+const baseCmdline = vmm.DefaultCmdline + " quiet ember_heartbeat=" + guestHeartbeat
 
 func cmdline(extra string) string { return baseCmdline + " " + extra }
 

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -32,16 +33,20 @@ import (
 // kernel's module area (kvm_amd): the nested guest was given its host's
 // state on a VMRUN.
 const (
-	// stallTimeout: no guest output for this long means a hang.
-	stallTimeout = 2 * time.Minute
-	bootTimeout  = 75 * time.Second
-	bootAttempts = 4
+	// stallTimeout: no guest output for this long means a hang. A guest
+	// prints a heartbeat every guestHeartbeat seconds from the start of
+	// its init (see baseCmdline), and quiet kernels reach init in about 5 s
+	// in the lab.
+	stallTimeout   = 30 * time.Second
+	guestHeartbeat = "5"
+	bootTimeout    = 75 * time.Second
+	bootAttempts   = 4
 	// unkillableGrace: how long after SIGKILL an ember process may take to
 	// go before the harness gives up on it.
 	unkillableGrace = time.Minute
 )
 
-// Test init markers (guest/init/init).
+// Test init markers (guest/testinit/init).
 const (
 	initMarker = "ember-guest: init reached"
 )
@@ -102,12 +107,12 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		r, hung := emberOnce(t, timeout, prefix, args...)
-		died := !hung && r.code != 0 &&
+		died := hung == "" && r.code != 0 &&
 			(strings.Contains(r.stderr, "triple fault") || strings.Contains(r.stderr, "internal error"))
-		if !hung && !died {
+		if hung == "" && !died {
 			return r
 		}
-		what := fmt.Sprintf("did not finish within %v", timeout)
+		what := hung
 		if died {
 			what = "died of a triple fault or internal error"
 		}
@@ -118,7 +123,9 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	}
 }
 
-func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...string) (r result, hung bool) {
+// emberOnce runs ember once; hung says why it was stopped ("" if it ended
+// by itself).
+func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...string) (r result, hung string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -134,6 +141,7 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	// stop it then rather than at the end of a long timeout.
 	done := make(chan struct{})
 	defer close(done)
+	var stalled atomic.Bool
 	go func() {
 		last, since := -1, time.Now()
 		for {
@@ -145,6 +153,7 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 			if n := out.Len(); n != last {
 				last, since = n, time.Now()
 			} else if time.Since(since) > stallTimeout {
+				stalled.Store(true)
 				cancel()
 				return
 			}
@@ -174,11 +183,14 @@ func emberOnce(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	default:
 		t.Fatalf("ember: %v", err)
 	}
-	if ctx.Err() != nil {
-		return r, true
+	switch {
+	case stalled.Load():
+		return r, fmt.Sprintf("printed nothing for %v (its guest hung)", stallTimeout)
+	case ctx.Err() != nil:
+		return r, fmt.Sprintf("did not finish within %v", timeout)
 	}
 	t.Logf("ember %s: %v after %v", strings.Join(args, " "), cmd.ProcessState, r.wall.Round(time.Millisecond))
-	return r, false
+	return r, ""
 }
 
 // labFault ends the test run on a lab fault nothing inside the lab can

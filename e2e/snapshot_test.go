@@ -153,12 +153,14 @@ func fileSHA(t *testing.T, path string) string {
 }
 
 // bootCounter boots the counting guest with the data drive at drive (and
-// vsock at uds, if set) and waits for its count to reach 5.
+// vsock at uds, if set) and waits for its count to reach 6, so that the
+// report line of count 5 is whole (a slow host was seen to be snapshotted
+// with count 5 on the drive and its line still half printed).
 func bootCounter(t *testing.T, drive, uds string, trackDirty bool) *apiVM {
 	t.Helper()
 	kernel, initrd := guestFile(t, "minimal-bzImage"), guestFile(t, "initramfs.cpio.gz")
 	args := cmdline(`ember_mode=cmd ember_cmd="` + counterScript + `"`)
-	return bootAPI(t, nil, "ember-guest: count=5 ", func(ctx context.Context, c *client.Client) error {
+	return bootAPI(t, nil, "ember-guest: count=6 ", func(ctx context.Context, c *client.Client) error {
 		// A fresh drive for each attempt.
 		if err := os.WriteFile(drive, make([]byte, 4<<20), 0o644); err != nil {
 			return err

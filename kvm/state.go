@@ -308,7 +308,7 @@ func (v *VCPU) RestoreState(s *VCPUState) error {
 		}
 	}
 	if len(s.CPUID) > 0 {
-		if err := v.SetCPUID2(s.CPUID); err != nil {
+		if err := v.setCPUIDKept(s.CPUID); err != nil {
 			return err
 		}
 	}
@@ -364,6 +364,50 @@ func (v *VCPU) RestoreState(s *VCPUState) error {
 	return nil
 }
 
+// setCPUIDKept sets a saved CPUID table and checks that KVM kept it.
+// KVM_SET_CPUID2 may silently drop leaves: a 6.18 host was seen to drop
+// the AMX leaves 0x1d and 0x1e (tile information), which its own
+// KVM_GET_SUPPORTED_CPUID lists. A dropped leaf whose registers are all
+// zero is harmless: CPUID of a leaf within the maximum basic or extended
+// leaf that the table lacks returns zeros (KVM's kvm_cpuid), which is what
+// the guest read before. A dropped leaf with any bit set would change what
+// the running guest sees, so the restore fails naming it.
+func (v *VCPU) setCPUIDKept(entries []CPUIDEntry) error {
+	if err := v.SetCPUID2(entries); err != nil {
+		return err
+	}
+	got, err := v.GetCPUID2()
+	if err != nil {
+		return err
+	}
+	for _, e := range DroppedCPUID(entries, got) {
+		if e.EAX|e.EBX|e.ECX|e.EDX != 0 {
+			return fmt.Errorf("CPUID leaf %#x subleaf %d (eax %#x ebx %#x ecx %#x edx %#x) is not kept by this host's KVM: the snapshot needs a CPU like the one it was taken on",
+				e.Function, e.Index, e.EAX, e.EBX, e.ECX, e.EDX)
+		}
+	}
+	return nil
+}
+
+// DroppedCPUID returns the entries of set (given to KVM_SET_CPUID2) that
+// are missing from got (KVM_GET_CPUID2 afterwards), matched by leaf and
+// subleaf. KVM recomputes some bits of the entries it keeps (OSXSAVE, the
+// XSAVE sizes), so values are not compared.
+func DroppedCPUID(set, got []CPUIDEntry) []CPUIDEntry {
+	type key struct{ fn, index uint32 }
+	kept := make(map[key]bool, len(got))
+	for _, e := range got {
+		kept[key{e.Function, e.Index}] = true
+	}
+	var dropped []CPUIDEntry
+	for _, e := range set {
+		if !kept[key{e.Function, e.Index}] {
+			dropped = append(dropped, e)
+		}
+	}
+	return dropped
+}
+
 func (v *VCPU) restoreMSRs(entries []MSREntry) error {
 	for off := 0; off < len(entries); off += msrChunk {
 		chunk := entries[off:min(off+msrChunk, len(entries))]
@@ -372,7 +416,7 @@ func (v *VCPU) restoreMSRs(entries []MSREntry) error {
 			return err
 		}
 		if n < len(chunk) {
-			return fmt.Errorf("KVM_SET_MSRS: vCPU %d refused MSR %#x = %#x", v.id, chunk[n].Index, chunk[n].Data)
+			return fmt.Errorf("KVM_SET_MSRS: this host's KVM refused MSR %#x = %#x on vCPU %d", chunk[n].Index, chunk[n].Data, v.id)
 		}
 	}
 	return nil

@@ -3,9 +3,11 @@ package kvm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -288,9 +290,18 @@ func TestStateRoundTrip(t *testing.T) {
 	if vmState.Clock.Flags&(ClockTSCStable|ClockHostTSC) != 0 {
 		t.Errorf("saved clock flags %#x", vmState.Clock.Flags)
 	}
-	if len(st.MSRs) != len(readable) || len(st.XSave) < XSaveMinSize || len(st.CPUID) != len(cpuid) {
-		t.Fatalf("saved %d MSRs (want %d), XSAVE %d bytes, %d CPUID entries (want %d)",
-			len(st.MSRs), len(readable), len(st.XSave), len(st.CPUID), len(cpuid))
+	// The CPUID saved is the vCPU's as KVM holds it (which may lack leaves
+	// KVM declined when it was set).
+	held, err := a.GetCPUID2()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.MSRs) != len(readable) || len(st.XSave) < XSaveMinSize || !slices.Equal(st.CPUID, held) {
+		t.Fatalf("saved %d MSRs (want %d), XSAVE %d bytes, %d CPUID entries (KVM holds %d; equal: %v)",
+			len(st.MSRs), len(readable), len(st.XSave), len(st.CPUID), len(held), slices.Equal(st.CPUID, held))
+	}
+	if d := DroppedCPUID(cpuid, held); len(d) > 0 {
+		t.Logf("KVM declined %d of the %d CPUID leaves set (all zero: %v)", len(d), len(cpuid), allZero(d))
 	}
 	if st.XCRS.NrXCRs == 0 {
 		t.Log("host has no XCRs")
@@ -376,6 +387,13 @@ func TestStateRoundTrip(t *testing.T) {
 	}
 	if clk.Clock < vmState.Clock.Clock || clk.Clock > vmState.Clock.Clock+10e9 {
 		t.Errorf("kvmclock %d after restoring %d", clk.Clock, vmState.Clock.Clock)
+	}
+
+	// B holds the saved CPUID, leaf by leaf.
+	if got, err := b.GetCPUID2(); err != nil {
+		t.Fatal(err)
+	} else if !slices.Equal(got, st.CPUID) {
+		t.Errorf("CPUID after restore differs from the saved one:\nsaved %+v\ngot   %+v", st.CPUID, got)
 	}
 
 	// A second snapshot of B restores too (state read back is valid input).
@@ -562,4 +580,66 @@ func TestVMStateWithoutPIT(t *testing.T) {
 	if _, err := v.SaveState([]uint32{0xdeadbeef}); err == nil {
 		t.Error("SaveState with a bogus MSR succeeded")
 	}
+}
+
+func allZero(entries []CPUIDEntry) bool {
+	for _, e := range entries {
+		if e.EAX|e.EBX|e.ECX|e.EDX != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// TestRestoreDeclinedCPUID: a saved CPUID leaf that this host's KVM does
+// not keep fails the restore with an error naming it when it holds any
+// bit, and is accepted when it is all zero (the guest reads zeros for it
+// either way). Which leaves a host declines differs from host to host: the
+// test finds them first, and says so when there are none.
+func TestRestoreDeclinedCPUID(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sys := openKVM(t)
+	cpuid, err := sys.SupportedCPUID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, probe := stateVM(t, sys)
+	if err := probe.SetCPUID2(cpuid); err != nil {
+		t.Fatal(err)
+	}
+	held, err := probe.GetCPUID2()
+	if err != nil {
+		t.Fatal(err)
+	}
+	declined := DroppedCPUID(cpuid, held)
+	if len(declined) == 0 {
+		t.Skip("this host's KVM keeps every CPUID leaf it lists as supported: nothing to decline")
+	}
+	leaf := declined[0]
+	t.Logf("this host's KVM declines leaf %#x subleaf %d", leaf.Function, leaf.Index)
+
+	zero := leaf
+	zero.EAX, zero.EBX, zero.ECX, zero.EDX = 0, 0, 0, 0
+	_, _, a := stateVM(t, sys)
+	st, err := a.SaveState(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.CPUID = append(slices.Clone(held), zero)
+	_, _, b := stateVM(t, sys)
+	if err := b.RestoreState(st); err != nil {
+		t.Errorf("restore with the declined leaf all zero: %v", err)
+	}
+
+	nonzero := zero
+	nonzero.EAX = 1
+	st.CPUID = append(slices.Clone(held), nonzero)
+	_, _, c := stateVM(t, sys)
+	err = c.RestoreState(st)
+	want := fmt.Sprintf("CPUID leaf %#x subleaf %d", leaf.Function, leaf.Index)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("restore with the declined leaf set: %v, want an error naming %q", err, want)
+	}
+	t.Log(err)
 }

@@ -14,6 +14,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/embervm/ember/initrd"
 )
 
 // labInit is the lab VM's /init.
@@ -310,21 +312,21 @@ func buildAssets(ctx context.Context, deb, dir string, log *slog.Logger) error {
 		return fmt.Errorf("resolving lab modules: %w", err)
 	}
 	order := append(append([]string(nil), early...), late...)
-	entries := []Entry{
-		{Name: "init", Mode: modeExec, Data: labInit},
-		{Name: "bin/busybox", Mode: modeExec, Source: busyboxPath},
-		{Name: "etc/ember-lab/modules", Mode: modeFile, Data: []byte(strings.Join(early, "\n") + "\n")},
-		{Name: "etc/ember-lab/modules.late", Mode: modeFile, Data: []byte(strings.Join(late, "\n") + "\n")},
+	entries := []initrd.Entry{
+		{Name: "init", Mode: initrd.ModeExec, Data: labInit},
+		{Name: "bin/busybox", Mode: initrd.ModeExec, Source: busyboxPath},
+		{Name: "etc/ember-lab/modules", Mode: initrd.ModeFile, Data: []byte(strings.Join(early, "\n") + "\n")},
+		{Name: "etc/ember-lab/modules.late", Mode: initrd.ModeFile, Data: []byte(strings.Join(late, "\n") + "\n")},
 	}
 	for _, name := range order {
 		rel := db.Path[name]
 		if !strings.HasSuffix(rel, ".ko") {
 			return fmt.Errorf("module %s is compressed (%s); the lab init's insmod expects plain .ko files", name, rel)
 		}
-		entries = append(entries, Entry{Name: "lib/modules/" + name + ".ko", Mode: modeFile, Source: filepath.Join(modDir, rel)})
+		entries = append(entries, initrd.Entry{Name: "lib/modules/" + name + ".ko", Mode: initrd.ModeFile, Source: filepath.Join(modDir, rel)})
 	}
 	var buf bytes.Buffer
-	if err := WriteInitramfs(&buf, entries); err != nil {
+	if err := initrd.Write(&buf, entries); err != nil {
 		return fmt.Errorf("building the lab initramfs: %w", err)
 	}
 	stage := filepath.Join(work, "assets")

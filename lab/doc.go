@@ -21,6 +21,6 @@
 //     under them gets its directory shared automatically;
 //   - GOCACHE and the module cache are read-only unless shared with --add.
 //
-// The package also builds the guest initramfs used by Ember's tests, with the
-// same deterministic newc cpio writer as the lab's own initramfs.
+// The package also builds the guest initramfs used by Ember's tests; both it
+// and the lab's own initramfs are written by package initrd.
 package lab

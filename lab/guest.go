@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/embervm/ember/initrd"
 )
 
 // guestInitramfsFormat is bumped when the guest initramfs layout changes.
@@ -15,7 +17,7 @@ const guestInitramfsFormat = "ember-guest-initramfs-1"
 
 // GuestInitramfsOptions describe the test guests' initramfs.
 type GuestInitramfsOptions struct {
-	// Init is the host path of the init script (guest/init/init).
+	// Init is the host path of the init script (guest/testinit/init).
 	Init string
 	// Busybox is the static busybox binary (default /bin/busybox).
 	Busybox string
@@ -47,7 +49,7 @@ func BuildGuestInitramfs(ctx context.Context, cfg Config, opts GuestInitramfsOpt
 		return "", fmt.Errorf("busybox-static (run make setup?): %w", err)
 	}
 	keyParts := [][]byte{[]byte(guestInitramfsFormat), initData, []byte(bbHash)}
-	var modEntries []Entry
+	var modEntries []initrd.Entry
 	if opts.ModuleDir != "" {
 		db, err := loadModuleDB(opts.ModuleDir)
 		if err != nil {
@@ -64,9 +66,9 @@ func BuildGuestInitramfs(ctx context.Context, cfg Config, opts GuestInitramfsOpt
 				return "", fmt.Errorf("guest module %s: %w", name, err)
 			}
 			keyParts = append(keyParts, []byte(name+" "+h))
-			modEntries = append(modEntries, Entry{Name: "lib/modules/" + name + ".ko", Mode: modeFile, Source: src})
+			modEntries = append(modEntries, initrd.Entry{Name: "lib/modules/" + name + ".ko", Mode: initrd.ModeFile, Source: src})
 		}
-		modEntries = append(modEntries, Entry{Name: "etc/ember-guest/modules", Mode: modeFile, Data: []byte(strings.Join(order, "\n") + "\n")})
+		modEntries = append(modEntries, initrd.Entry{Name: "etc/ember-guest/modules", Mode: initrd.ModeFile, Data: []byte(strings.Join(order, "\n") + "\n")})
 	}
 	key := CacheKey(keyParts...)
 	cached := filepath.Join(cfg.cacheDir(), "guest", "initramfs-"+key+".cpio.gz")
@@ -75,23 +77,23 @@ func BuildGuestInitramfs(ctx context.Context, cfg Config, opts GuestInitramfsOpt
 		if err != nil {
 			return "", err
 		}
-		entries := []Entry{
-			{Name: "init", Mode: modeExec, Data: initData},
-			{Name: "bin/busybox", Mode: modeExec, Source: busybox},
-			{Name: "dev", Dir: true, Mode: modeDir},
-			{Name: "proc", Dir: true, Mode: modeDir},
-			{Name: "sys", Dir: true, Mode: modeDir},
+		entries := []initrd.Entry{
+			{Name: "init", Mode: initrd.ModeExec, Data: initData},
+			{Name: "bin/busybox", Mode: initrd.ModeExec, Source: busybox},
+			{Name: "dev", Dir: true, Mode: initrd.ModeDir},
+			{Name: "proc", Dir: true, Mode: initrd.ModeDir},
+			{Name: "sys", Dir: true, Mode: initrd.ModeDir},
 			{Name: "tmp", Dir: true, Mode: 0o1777},
 			{Name: "root", Dir: true, Mode: 0o700},
 		}
 		entries = append(entries, modEntries...)
 		for _, a := range applets {
 			if a != "busybox" {
-				entries = append(entries, Entry{Name: "bin/" + a, Target: "busybox"})
+				entries = append(entries, initrd.Entry{Name: "bin/" + a, Target: "busybox"})
 			}
 		}
 		var buf bytes.Buffer
-		if err := WriteInitramfs(&buf, entries); err != nil {
+		if err := initrd.Write(&buf, entries); err != nil {
 			return "", fmt.Errorf("building the guest initramfs: %w", err)
 		}
 		if err := os.MkdirAll(filepath.Dir(cached), 0o755); err != nil {

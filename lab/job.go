@@ -75,6 +75,8 @@ type Job struct {
 	Argv []string
 	// Env is the complete environment of the command, as NAME=value.
 	Env []string
+	// BinDir is the directory first on the command's PATH (in Env).
+	BinDir string
 }
 
 // SelectEnv builds the lab environment from the host environment: PATH

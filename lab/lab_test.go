@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +116,12 @@ func TestOutputFilter(t *testing.T) {
 			raw:   "[ 1.0] kernel noise\r\nember-lab-init: hi\r\n" + m.Start + "\r\nhello\r\nworld\r\n\r\n" + m.End + " rc=3\r\n[ 2.0] reboot: Power down\r\n",
 			want:  "hello\nworld\n",
 			code:  3,
+			ended: true,
+		},
+		{
+			name:  "heartbeats removed, lines kept whole",
+			raw:   Heartbeat + "noise\n" + m.Start + Heartbeat + "\nhel" + Heartbeat + "lo\n" + Heartbeat + "\nworld" + Heartbeat + "\n\n" + m.End + " rc=0\n" + Heartbeat,
+			want:  "hello\n\nworld\n",
 			ended: true,
 		},
 		{
@@ -400,56 +407,6 @@ func TestQEMUArgs(t *testing.T) {
 	}
 }
 
-func TestWriteInitramfs(t *testing.T) {
-	entries := []Entry{
-		{Name: "/init", Mode: modeExec, Data: []byte("#!/bin/sh\n")},
-		{Name: "bin/sh", Target: "busybox"},
-		{Name: "lib/modules/a.ko", Mode: modeFile, Data: []byte("x")},
-	}
-	var a, b bytes.Buffer
-	if err := WriteInitramfs(&a, entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteInitramfs(&b, entries); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a.Bytes(), b.Bytes()) {
-		t.Error("WriteInitramfs is not reproducible")
-	}
-	names, err := ReadInitramfsNames(bytes.NewReader(a.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"bin", "bin/sh", "init", "lib", "lib/modules", "lib/modules/a.ko"}
-	if !reflect.DeepEqual(names, want) {
-		t.Errorf("archive names = %v, want %v", names, want)
-	}
-	if cpio, err := exec.LookPath("cpio"); err == nil {
-		// Cross-check with GNU cpio when it is installed.
-		zcat := exec.Command("gzip", "-dc")
-		zcat.Stdin = bytes.NewReader(a.Bytes())
-		raw, err := zcat.Output()
-		if err != nil {
-			t.Fatalf("gzip -dc: %v", err)
-		}
-		list := exec.Command(cpio, "-t", "--quiet")
-		list.Stdin = bytes.NewReader(raw)
-		out, err := list.Output()
-		if err != nil {
-			t.Fatalf("cpio -t: %v", err)
-		}
-		if got := strings.Fields(string(out)); !reflect.DeepEqual(got, want) {
-			t.Errorf("cpio -t = %v", got)
-		}
-	}
-	if err := WriteInitramfs(&a, []Entry{{Name: "x"}, {Name: "/x"}}); err == nil {
-		t.Error("duplicate names: want an error")
-	}
-	if err := WriteInitramfs(&a, []Entry{{Name: "f"}, {Name: "f/g"}}); err == nil {
-		t.Error("entry under a file: want an error")
-	}
-}
-
 func TestSplitModules(t *testing.T) {
 	db, err := ParseModulesDep(strings.NewReader(sampleModulesDep), strings.NewReader(sampleModulesBuiltin))
 	if err != nil {
@@ -543,5 +500,58 @@ func TestWatchSilenceReportsAQuietLab(t *testing.T) {
 	case why := <-got:
 		t.Fatalf("a lab that prints was reported: %q", why)
 	default:
+	}
+}
+
+func TestTestProgress(t *testing.T) {
+	var p testProgress
+	out := "=== RUN   TestA\n--- PASS: TestA (1.00s)\n=== RUN   TestB\n    --- FAIL: TestB/sub (0.1s)\n--- FA" +
+		"IL: TestB (2.00s)\n\x16--- SKIP: TestC (0.00s)\n=== RUN   TestD\n    harness_test.go:1: --- PASS: TestX (\n"
+	for _, chunk := range strings.SplitAfter(out, "A") { // lines arrive in pieces
+		p.Write([]byte(chunk))
+	}
+	ended, failed := p.Ended()
+	if !slices.Equal(ended, []string{"TestA", "TestB", "TestC"}) || !slices.Equal(failed, []string{"TestB"}) {
+		t.Errorf("ended %q, failed %q", ended, failed)
+	}
+}
+
+func TestSkipEnded(t *testing.T) {
+	bin := "/x/e2e.test"
+	for _, tc := range []struct {
+		argv []string
+		want []string
+		ok   bool
+	}{
+		{[]string{bin, "-test.v=true"}, []string{bin, "-test.v=true", "-test.skip=^(TestA|Test\\.B)$"}, true},
+		{[]string{bin, "-test.skip=Slow", "-test.v=true"}, []string{bin, "-test.v=true", "-test.skip=^(TestA|Test\\.B)$|Slow"}, true},
+		{[]string{bin, "-test.skip", "Slow"}, []string{bin, "-test.skip=^(TestA|Test\\.B)$|Slow"}, true},
+		{[]string{bin, "-test.skip=TestX/sub"}, []string{bin, "-test.skip=TestX/sub"}, false},
+	} {
+		got, ok := skipEnded(tc.argv, []string{"TestA", "Test.B"})
+		if !slices.Equal(got, tc.want) || ok != tc.ok {
+			t.Errorf("skipEnded(%q) = %q, %v; want %q, %v", tc.argv, got, ok, tc.want, tc.ok)
+		}
+	}
+	if !isGoTestBinary([]string{bin, "-test.v=true"}) || isGoTestBinary([]string{"ember", "run"}) {
+		t.Error("isGoTestBinary")
+	}
+}
+
+func TestShadowRoot(t *testing.T) {
+	for p, want := range map[string]string{
+		"/tmp/x/e2e":       "/tmp/x",
+		"/tmp/x":           "/tmp/x",
+		"/run/user/0/a":    "/run/user",
+		"/tmp":             "",
+		"/work/main/e2e":   "",
+		"relative/tmp/x":   "",
+		"/dev/shm/x":       "",
+		"/tmp/../etc/x":    "",
+		"/tmp/go-build1/b": "/tmp/go-build1",
+	} {
+		if got := shadowRoot(p); got != want {
+			t.Errorf("shadowRoot(%q) = %q, want %q", p, got, want)
+		}
 	}
 }

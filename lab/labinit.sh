@@ -15,6 +15,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 
+# The heartbeat: ember-lab strips this string from the console and counts a
+# lab that has not printed it for a minute as hung (both CPUs stuck in the
+# emulated SVM print nothing, and its kernel cannot report it). It carries
+# no newline, so that landing inside a line of the job's output it leaves
+# the line whole once stripped.
+(while :; do printf '@@ember-beat@@'; sleep 5; done) &
+
 # ember_lab_kvm_amd=P=V[,P=V...] on the lab's command line (EMBER_LAB_APPEND)
 # passes module parameters to kvm_amd, for experiments with the nested SVM.
 kvm_amd_args=$(sed -n 's/.*ember_lab_kvm_amd=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')

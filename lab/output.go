@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // OutputFilter turns the lab's raw console stream into the command's output.
@@ -68,7 +69,7 @@ func (f *OutputFilter) Write(p []byte) (int, error) {
 	// Keep the buffer from growing without bound on output without newlines.
 	const maxPartial = 64 * 1024
 	if len(f.partial) > maxPartial && f.started && !f.ended && !bytes.Contains(f.partial, []byte(markerPrefix)) {
-		if err := f.emit(string(f.partial), false); err != nil {
+		if err := f.emit(strings.ReplaceAll(string(f.partial), Heartbeat, ""), false); err != nil {
 			return 0, err
 		}
 		f.partial = f.partial[:0]
@@ -102,8 +103,18 @@ const LabFaultMarker = "EMBER-LAB-FAULT:"
 // switch, after which the lab panics.
 var labCrashPattern = regexp.MustCompile(`^\[\s*\d+\.\d+\] (BUG: |Oops|Kernel panic|general protection fault|stack guard page)`)
 
+// Heartbeat is what the lab's init prints on the console every
+// HeartbeatInterval, without a newline; the filter removes it wherever it
+// lands. A lab silent for longer than DefaultSilence has hung. (It must
+// not contain markerPrefix.)
+const (
+	Heartbeat         = "@@ember-beat@@"
+	HeartbeatInterval = 5 * time.Second // the sleep in labinit.sh
+)
+
 // line handles one complete console line.
 func (f *OutputFilter) line(line string) error {
+	line = strings.ReplaceAll(line, Heartbeat, "")
 	if f.OnLabFault != nil {
 		fault := labCrashPattern.MatchString(line)
 		for _, p := range labFaultPatterns {
@@ -167,7 +178,7 @@ func (f *OutputFilter) Flush() error {
 	if !f.started || f.ended {
 		return nil
 	}
-	rest := string(f.partial)
+	rest := strings.ReplaceAll(string(f.partial), Heartbeat, "")
 	f.partial = f.partial[:0]
 	if rest == "" && !f.pendingNewline {
 		return nil

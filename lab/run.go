@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,11 +44,11 @@ const (
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
 	// DefaultSilence is how long a running command's lab may print nothing
-	// before it counts as hung (RunOptions.Silence). The e2e harness
-	// prints within 5 minutes even when a guest hangs; a lab whose two CPUs
-	// are both stuck in the emulated SVM prints nothing at all, and its
-	// kernel cannot report it.
-	DefaultSilence = 10 * time.Minute
+	// before it counts as hung (RunOptions.Silence). The lab's init prints
+	// a heartbeat every HeartbeatInterval whatever the command does; a lab
+	// whose two CPUs are both stuck in the emulated SVM prints nothing at
+	// all, and its kernel cannot report it.
+	DefaultSilence = time.Minute
 	// qemuWaitDelay is how long to wait for QEMU's output after killing it.
 	qemuWaitDelay = 5 * time.Second
 	// jobMaxAge is the age after which a leftover job directory (from a
@@ -104,12 +105,16 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	if err != nil {
 		return ExitSetupFailed, err
 	}
-	add := opts.Add
-	if p := opts.Argv[0]; filepath.IsAbs(p) && shadowedInLab(p) {
-		// A program under the lab's fresh /tmp (a test binary of go test
-		// -exec without GOTMPDIR, say) would not exist inside: share its
-		// directory.
-		add = append(append([]string(nil), add...), filepath.Dir(p))
+	// What lies under the lab's own fresh /tmp or /run (a checkout in
+	// /tmp/x, a test binary of go test -exec without GOTMPDIR) would not
+	// exist inside: share it, from its top directory under that mount, so
+	// that a checkout's build/ and bin/ come along with its package
+	// directories.
+	add := slices.Clone(opts.Add)
+	for _, p := range []string{job.Dir, opts.Argv[0], job.BinDir} {
+		if root := shadowRoot(p); root != "" {
+			add = append(add, root)
+		}
 	}
 	shares, err := SharesFor(add, func(p string) (bool, error) {
 		st, err := os.Stat(p)
@@ -125,20 +130,44 @@ func Run(ctx context.Context, cfg Config, opts RunOptions) (int, error) {
 	if opts.Retries < 0 {
 		attempts = 1
 	}
+	stdout, stderr := opts.Stdout, opts.Stderr
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	var progress *testProgress
+	if isGoTestBinary(opts.Argv) {
+		progress = &testProgress{}
+		opts.Stdout = io.MultiWriter(stdout, progress)
+	}
 	for attempt := 1; ; attempt++ {
 		code, fault, err := runOnce(ctx, cfg, opts, assets, job, shares)
 		if fault == "" || attempt >= attempts || ctx.Err() != nil {
 			if fault != "" && err == nil {
 				err = fmt.Errorf("the lab VM hung or crashed (%s)", fault)
 			}
+			if progress != nil && code == 0 && err == nil {
+				// A test that failed before a lab fault fails the run,
+				// although the attempt that finished did not run it.
+				if _, failed := progress.Ended(); len(failed) > 0 {
+					fmt.Fprintf(stderr, "ember-lab: failed in an earlier attempt: %s\n", strings.Join(failed, " "))
+					code = 1
+				}
+			}
 			return code, err
 		}
-		stderr := opts.Stderr
-		if stderr == nil {
-			stderr = os.Stderr
+		again := "the command"
+		if progress != nil {
+			ended, _ := progress.Ended()
+			if argv, ok := skipEnded(opts.Argv, ended); ok && len(ended) > 0 {
+				job.Argv = argv
+				again = fmt.Sprintf("the tests that had not ended (%d ended before)", len(ended))
+			}
 		}
-		fmt.Fprintf(stderr, "ember-lab: the lab VM hung or crashed (%s), a fault of QEMU's emulated nested virtualization rather than of the command; running the command again (attempt %d of %d)\n",
-			fault, attempt+1, attempts)
+		fmt.Fprintf(stderr, "ember-lab: the lab VM hung or crashed (%s), a fault of QEMU's emulated nested virtualization rather than of the command; running %s again (attempt %d of %d)\n",
+			fault, again, attempt+1, attempts)
 	}
 }
 
@@ -295,6 +324,27 @@ func shadowedInLab(p string) bool {
 	return false
 }
 
+// shadowRoot returns the top directory under a lab mount that hides host
+// path p (/tmp/x for /tmp/x/e2e), or "" if p is visible inside the lab or
+// not an absolute path. Paths under /dev, /proc and /sys are not shared.
+func shadowRoot(p string) string {
+	if !filepath.IsAbs(p) {
+		return ""
+	}
+	p = filepath.Clean(p)
+	for _, d := range strings.Fields(labSharableShadowedDirs) {
+		if rest, ok := strings.CutPrefix(p, d+"/"); ok {
+			top, _, _ := strings.Cut(rest, "/")
+			return d + "/" + top
+		}
+	}
+	return ""
+}
+
+// labSharableShadowedDirs are the lab's own mounts under which host
+// directories can be shared in.
+const labSharableShadowedDirs = "/tmp /run"
+
 // checkVisible fails if the lab cannot see dir through the host root.
 func checkVisible(dir string) error {
 	abs, err := filepath.Abs(dir)
@@ -332,7 +382,7 @@ func defaultJob(opts RunOptions) (Job, error) {
 		}
 		binDir = filepath.Dir(exe)
 	}
-	return Job{Dir: dir, Argv: opts.Argv, Env: SelectEnv(env, binDir)}, nil
+	return Job{Dir: dir, Argv: opts.Argv, Env: SelectEnv(env, binDir), BinDir: binDir}, nil
 }
 
 // writeJobDir creates a job directory under the cache with job.sh and

@@ -50,13 +50,12 @@ func (b *bucket) refill(now time.Duration) {
 	if b.debt == 0 && b.budget == b.size {
 		return // full: nothing accrues (frac is already 0)
 	}
-	var tokens uint64
-	if elapsed >= b.refillNs {
-		// Whole refill periods accrue exactly size tokens each; this keeps
-		// the 128-bit product below in range for Div64.
-		tokens = satMul(elapsed/b.refillNs, b.size)
-		elapsed %= b.refillNs
-	}
+	// Whole refill periods accrue exactly size tokens each; this keeps the
+	// 128-bit product below in range for Div64. The tokens are counted in
+	// 128 bits (thi*2^64 + tokens): a sum saturated at 2^64-1 would credit
+	// too few against a large debt.
+	thi, tokens := bits.Mul64(elapsed/b.refillNs, b.size)
+	elapsed %= b.refillNs
 	// elapsed < refillNs and frac < refillNs, so the sum is below
 	// refillNs * 2^64 and the quotient fits in 64 bits.
 	hi, lo := bits.Mul64(elapsed, b.size)
@@ -64,23 +63,26 @@ func (b *bucket) refill(now time.Duration) {
 	hi += carry
 	q, r := bits.Div64(hi, lo, b.refillNs)
 	b.frac = r
-	b.credit(satAdd(tokens, q))
+	tokens, carry = bits.Add64(tokens, q, 0)
+	b.credit(thi+carry, tokens)
 }
 
-// credit adds tokens, paying debt first and capping the budget at size.
-func (b *bucket) credit(tokens uint64) {
-	if tokens <= b.debt {
-		b.debt -= tokens
+// credit adds hi*2^64 + lo tokens, paying debt first and capping the
+// budget at size.
+func (b *bucket) credit(hi, lo uint64) {
+	if hi == 0 && lo <= b.debt {
+		b.debt -= lo
 		return
 	}
-	tokens -= b.debt
+	lo, borrow := bits.Sub64(lo, b.debt, 0)
+	hi -= borrow
 	b.debt = 0
-	if tokens >= b.size-b.budget {
+	if hi > 0 || lo >= b.size-b.budget {
 		b.budget = b.size
 		b.frac = 0
 		return
 	}
-	b.budget += tokens
+	b.budget += lo
 }
 
 // need returns how many tokens must be in the budget for a request of n
@@ -141,13 +143,17 @@ func (b *bucket) wait(n uint64) uint64 {
 	}
 	need := b.need(n)
 	// Tokens to accrue: pay the debt, then fill the budget up to need. When
-	// debt > 0 the budget is 0; otherwise need > budget.
-	deficit := satAdd(need-b.budget, b.debt)
+	// debt > 0 the budget is 0; otherwise need > budget. The sum can pass
+	// 2^64 (a debt near size and a request of size): deficit is the 65-bit
+	// value dhi*2^64 + deficit, not saturated, which would make the wait
+	// too short.
+	deficit, dhi := bits.Add64(need-b.budget, b.debt, 0)
 	// Smallest e with e*size + frac >= deficit*refillNs:
 	// e = ceil((deficit*refillNs - frac) / size). deficit >= 1 and
 	// frac < refillNs, so the subtraction does not underflow, and
-	// hi < refillNs < 2^63 leaves room for the carries.
+	// hi < 2*refillNs < 2^64 leaves room for the carries.
 	hi, lo := bits.Mul64(deficit, b.refillNs)
+	hi += dhi * b.refillNs
 	lo, borrow := bits.Sub64(lo, b.frac, 0)
 	hi -= borrow
 	lo, carry := bits.Add64(lo, b.size-1, 0)

@@ -172,6 +172,18 @@ func (l *Limiter) Blocked() bool {
 	return l != nil && l.blocked
 }
 
+// RetryAfter returns how long a blocked limiter waits for its timer: the
+// duration the timer was armed for when Consume last refused an operation
+// (0 if it never did). A goroutine that owns the limiter and has no poll
+// loop can sleep that long, then call Event and retry, instead of polling
+// FD.
+func (l *Limiter) RetryAfter() time.Duration {
+	if l == nil {
+		return 0
+	}
+	return l.wait
+}
+
 // FD returns the timerfd to poll for readability ("try again"), or -1 if
 // the limiter has never had a bucket (it then never blocks). The fd is
 // created by New, or by the first Update that adds a bucket, and stays the

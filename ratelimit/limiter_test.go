@@ -98,8 +98,8 @@ func TestConsumeBlocksAndTimer(t *testing.T) {
 	if !l.Blocked() || l.Throttled() != 1 {
 		t.Fatalf("Blocked %v Throttled %d, want true 1", l.Blocked(), l.Throttled())
 	}
-	if want := 100 * time.Microsecond; l.wait != want {
-		t.Fatalf("timer armed for %v, want %v", l.wait, want)
+	if want := 100 * time.Microsecond; l.wait != want || l.RetryAfter() != want {
+		t.Fatalf("timer armed for %v (RetryAfter %v), want %v", l.wait, l.RetryAfter(), want)
 	}
 	var spec unix.ItimerSpec
 	if err := unix.TimerfdGettime(l.FD(), &spec); err != nil {

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/embervm/ember/kvm"
 )
 
@@ -529,9 +531,23 @@ func writeAtomic(path string, fill func(*os.File) error) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", path, err)
 	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
+	// The rename is durable once the directory is synced; the caller
+	// (vmm's snapshot) syncs it again and reports a failure.
+	_ = SyncDir(dir)
+	return nil
+}
+
+// SyncDir fsyncs directory dir, making the renames in it durable. It opens
+// dir with O_DIRECTORY: the running VM's seccomp filter allows a read-only
+// open only of a directory (which yields no file's data).
+func SyncDir(dir string) error {
+	d, err := os.OpenFile(dir, os.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -74,3 +74,35 @@ func FuzzRead(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseUffdMappings: whatever a VMM sends, the handler's parser either
+// refuses it or returns regions whose every page lies in the first total
+// bytes of the memory file (what fill indexes), with no overlap.
+func FuzzParseUffdMappings(f *testing.F) {
+	f.Add([]byte(`[{"base_host_virt_addr":139637976727552,"size":8192,"offset":0,"page_size":4096,"page_size_kib":4}]`))
+	f.Add([]byte(`[{"base_host_virt_addr":4096,"size":8192,"offset":18446744073709547520,"page_size":4096}]`))
+	f.Add([]byte(`[{"base_host_virt_addr":4096,"size":4096,"offset":0},{"base_host_virt_addr":8192,"size":4096,"offset":4096}]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		maps, total, err := ParseUffdMappings(b)
+		if err != nil {
+			return
+		}
+		if len(maps) == 0 || total == 0 || total > uffdMaxRAM {
+			t.Fatalf("%d regions, total %d", len(maps), total)
+		}
+		for i, m := range maps {
+			last := m.BaseHostVirtAddr + m.Size - PageSize
+			if m.Size == 0 || last < m.BaseHostVirtAddr {
+				t.Fatalf("region %d %+v wraps", i, m)
+			}
+			if off := m.Offset + (last - m.BaseHostVirtAddr); off+PageSize > total || off < m.Offset {
+				t.Fatalf("region %d %+v: last page at file offset %#x, past total %#x", i, m, off, total)
+			}
+			for _, o := range maps[:i] {
+				if m.BaseHostVirtAddr <= o.BaseHostVirtAddr+o.Size-1 && o.BaseHostVirtAddr <= last+PageSize-1 {
+					t.Fatalf("regions %+v and %+v overlap", o, m)
+				}
+			}
+		}
+	})
+}

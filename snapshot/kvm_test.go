@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/kvm"
 	"golang.org/x/sys/unix"
 )
@@ -91,9 +92,10 @@ var counterProgram = []byte{
 func TestSnapshotRestoreKVM(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	testkvm.Need(t)
 	sys, err := kvm.Open()
 	if err != nil {
-		t.Skipf("no usable /dev/kvm: %v", err)
+		t.Fatal(err)
 	}
 	defer sys.Close()
 	dir := t.TempDir()

@@ -32,6 +32,21 @@ const (
 	uffdMsgSize             = 32
 )
 
+// Limits on the mapping message from a VMM (the handler's peer, which it
+// does not trust: a bad message is refused, never a reason to panic or to
+// copy from outside the memory file).
+const (
+	// uffdMsgMax is the largest mapping message read: far more than the
+	// JSON of uffdMaxMappings regions.
+	uffdMsgMax = 64 << 10
+	// uffdMaxMappings bounds the regions of one VM (Ember has at most two,
+	// below and above the 32-bit PCI hole; Firecracker adds hot-plug slots).
+	uffdMaxMappings = 1024
+	// uffdMaxRAM bounds one VM's guest RAM: 2^48 bytes, the x86-64 physical
+	// (and user virtual) address space, so no offset or size sum overflows.
+	uffdMaxRAM = 1 << 48
+)
+
 // UffdMapping describes one guest RAM region to a page-fault handler
 // (Firecracker's GuestRegionUffdMapping).
 type UffdMapping struct {
@@ -129,20 +144,20 @@ func AcceptUffd(ln *net.UnixListener, memPath string) (*UffdHandler, error) {
 		return nil, err
 	}
 	defer c.Close()
-	buf, oob := make([]byte, 64<<10), make([]byte, unix.CmsgSpace(4))
-	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	buf, oob := make([]byte, uffdMsgMax), make([]byte, unix.CmsgSpace(4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, fmt.Errorf("receive from the VMM: %w", err)
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		return nil, fmt.Errorf("receive from the VMM: no userfaultfd (%v)", err)
+	uffd, err := receivedFD(oob[:oobn], flags)
+	if err != nil {
+		return nil, fmt.Errorf("receive from the VMM: %w", err)
 	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return nil, fmt.Errorf("receive from the VMM: no userfaultfd (%v)", err)
+	if flags&unix.MSG_TRUNC != 0 {
+		unix.Close(uffd)
+		return nil, fmt.Errorf("mappings from the VMM: the message is longer than %d bytes", uffdMsgMax)
 	}
-	h := &UffdHandler{uffd: fds[0]}
+	h := &UffdHandler{uffd: uffd}
 	if raw, err := c.SyscallConn(); err == nil {
 		raw.Control(func(fd uintptr) {
 			if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
@@ -150,13 +165,10 @@ func AcceptUffd(ln *net.UnixListener, memPath string) (*UffdHandler, error) {
 			}
 		})
 	}
-	if err := json.Unmarshal(buf[:n], &h.maps); err != nil {
+	var total uint64
+	if h.maps, total, err = ParseUffdMappings(buf[:n]); err != nil {
 		unix.Close(h.uffd)
 		return nil, fmt.Errorf("mappings from the VMM: %w", err)
-	}
-	var total uint64
-	for _, m := range h.maps {
-		total = max(total, m.Offset+m.Size)
 	}
 	f, err := os.Open(memPath)
 	if err != nil {
@@ -173,6 +185,66 @@ func AcceptUffd(ln *net.UnixListener, memPath string) (*UffdHandler, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// receivedFD returns the one file descriptor of a message's ancillary
+// data. Any other descriptors received are closed.
+func receivedFD(oob []byte, flags int) (int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return -1, fmt.Errorf("no userfaultfd: %w", err)
+	}
+	var fds []int
+	for i := range msgs {
+		if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	if len(fds) != 1 || flags&unix.MSG_CTRUNC != 0 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return -1, fmt.Errorf("want exactly one file descriptor, the userfaultfd; got %d", len(fds))
+	}
+	return fds[0], nil
+}
+
+// ParseUffdMappings decodes and checks a VMM's mapping message (a JSON
+// array of UffdMapping) and returns the mappings and the length of memory
+// file they need. Every region must be a positive whole number of 4 KiB
+// pages at page-aligned host and file offsets, with no sum overflowing and
+// no two regions overlapping in the VMM's address space, so that every
+// fault in a region names a page inside the first total bytes of the file.
+func ParseUffdMappings(body []byte) (maps []UffdMapping, total uint64, err error) {
+	if err := json.Unmarshal(body, &maps); err != nil {
+		return nil, 0, err
+	}
+	if len(maps) == 0 || len(maps) > uffdMaxMappings {
+		return nil, 0, fmt.Errorf("%d regions: want 1 to %d", len(maps), uffdMaxMappings)
+	}
+	var ram uint64
+	for i, m := range maps {
+		switch {
+		case m.PageSize != 0 && m.PageSize != PageSize, m.PageSize == 0 && m.PageSizeKiB != 0 && m.PageSizeKiB != PageSize/1024:
+			return nil, 0, fmt.Errorf("region %d: page size %d (%d KiB): only %d-byte pages are served", i, m.PageSize, m.PageSizeKiB, PageSize)
+		case m.Size == 0 || m.Size%PageSize != 0 || m.Size > uffdMaxRAM:
+			return nil, 0, fmt.Errorf("region %d: size %d is not a positive multiple of %d up to %d", i, m.Size, PageSize, uint64(uffdMaxRAM))
+		case m.Offset%PageSize != 0 || m.Offset > uffdMaxRAM-m.Size:
+			return nil, 0, fmt.Errorf("region %d: file offset %#x: not page-aligned, or the region ends past %#x", i, m.Offset, uint64(uffdMaxRAM))
+		case m.BaseHostVirtAddr%PageSize != 0 || m.BaseHostVirtAddr > ^uint64(0)-m.Size:
+			return nil, 0, fmt.Errorf("region %d: host address %#x: not page-aligned, or the region wraps around", i, m.BaseHostVirtAddr)
+		}
+		for j, o := range maps[:i] {
+			if m.BaseHostVirtAddr < o.BaseHostVirtAddr+o.Size && o.BaseHostVirtAddr < m.BaseHostVirtAddr+m.Size {
+				return nil, 0, fmt.Errorf("regions %d and %d overlap", j, i)
+			}
+		}
+		if ram += m.Size; ram > uffdMaxRAM {
+			return nil, 0, fmt.Errorf("the regions add up to more than %d bytes", uint64(uffdMaxRAM))
+		}
+		total = max(total, m.Offset+m.Size)
+	}
+	return maps, total, nil
 }
 
 // Serve handles faults until stop is closed or the VMM process is gone.

@@ -10,7 +10,11 @@
 // malformed chain is reported as an error that the device answers by
 // returning the chain with nothing written, or, when the queue itself is
 // broken, by asking the driver to reset the device. Nothing the guest writes
-// can make Ember touch host memory outside guest RAM.
+// can make Ember touch host memory outside guest RAM. Nor can it fill
+// Ember's log: every line a guest can cause goes through a GuestLog, a
+// per-device (and per-transport) limit of a few lines per interval whose
+// suppressed lines are counted (MMIO.SuppressedLogs, reported as
+// logger.missed_log_count).
 //
 // Threads: MMIO register accesses arrive on vCPU threads (through the
 // devices.Bus). Queue processing happens on one worker goroutine per device,

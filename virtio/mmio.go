@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 )
 
 // virtio-mmio register offsets, version 2 (virtio 4.2.2, table "MMIO Device
@@ -52,10 +53,15 @@ const (
 // window the guest programs, on the VMM's MMIO bus. Register accesses come
 // from vCPU threads; InterruptStatus and InterruptACK, read on every
 // interrupt, take no lock, the rest (set-up only) take mu.
+//
+// Lock order: mu, then the device's own lock (mu is held into the device's
+// Activate, Reset and config accesses). A device must therefore not call
+// into the transport holding its lock; ConfigChanged, the one call devices
+// make at run time, takes no lock at all.
 type MMIO struct {
 	dev    Device
 	mem    Memory
-	log    *slog.Logger
+	log    *GuestLog // every line the transport writes is guest-caused
 	irq    *Interrupt
 	notify []*EventFD
 
@@ -66,18 +72,18 @@ type MMIO struct {
 	drvFeaturesSel uint32
 	driverFeatures uint64
 	queueSel       uint32
-	configGen      uint32
 	active         bool
+
+	// configGen is ConfigGeneration; atomic so that ConfigChanged needs
+	// no lock.
+	configGen atomic.Uint32
 }
 
 // NewMMIO wraps dev in a transport over guest memory mem. It creates the
 // device's notify eventfds (one per queue) and its interrupt eventfd; the
 // VMM binds them to KVM with NotifyFDs and IRQ.
 func NewMMIO(dev Device, mem Memory, log *slog.Logger) (*MMIO, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	t := &MMIO{dev: dev, mem: mem, log: log}
+	t := &MMIO{dev: dev, mem: mem, log: NewGuestLog(log)}
 	fd, err := NewEventFD()
 	if err != nil {
 		return nil, err
@@ -97,6 +103,17 @@ func NewMMIO(dev Device, mem Memory, log *slog.Logger) (*MMIO, error) {
 
 // Device is the wrapped device.
 func (t *MMIO) Device() Device { return t.dev }
+
+// SuppressedLogs counts the guest-caused log lines left out by the rate
+// limit (GuestLog) of the transport and, if it has one, of its device: the
+// VMM reports the sum in its metrics.
+func (t *MMIO) SuppressedLogs() uint64 {
+	n := t.log.Suppressed()
+	if d, ok := t.dev.(SuppressedLogger); ok {
+		n += d.SuppressedLogs()
+	}
+	return n
+}
 
 // NotifyFDs are the per-queue doorbells: bind NotifyFDs()[i] with
 // KVM_IOEVENTFD to base+RegQueueNotify, 4 bytes, datamatch i.
@@ -165,7 +182,7 @@ func (t *MMIO) readReg(offset uint64) uint32 {
 	case regStatus:
 		return t.status
 	case regConfigGen:
-		return t.configGen
+		return t.configGen.Load()
 	}
 	return 0
 }
@@ -285,7 +302,7 @@ func (t *MMIO) setStatus(v uint32) {
 		if err := t.activate(); err != nil {
 			t.log.Warn("virtio-mmio: device not activated", "device", t.dev.Type(), "err", err)
 			t.status |= StatusNeedsReset
-			t.configGen++
+			t.configGen.Add(1)
 			t.irq.ConfigChanged()
 		}
 	}
@@ -324,10 +341,9 @@ func (t *MMIO) reset() {
 }
 
 // ConfigChanged bumps ConfigGeneration and interrupts the driver, after the
-// device changed its configuration space (a resized disk, say).
+// device changed its configuration space (a resized disk, say). It takes no
+// lock: a device may call it from anywhere, holding its own lock or not.
 func (t *MMIO) ConfigChanged() error {
-	t.mu.Lock()
-	t.configGen++
-	t.mu.Unlock()
+	t.configGen.Add(1)
 	return t.irq.ConfigChanged()
 }

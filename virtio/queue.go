@@ -104,6 +104,7 @@ type Queue struct {
 
 	signalled      uint16 // NextUsed when the guest was last interrupted
 	signalledValid bool
+	checked        uint16        // NextUsed at the last NeedInterrupt (or Activate)
 	fence          atomic.Uint32 // target of full memory barriers
 }
 
@@ -134,6 +135,7 @@ func (q *Queue) Activate(mem Memory) error {
 	q.mem = mem
 	q.marker, _ = mem.(DirtyMarker)
 	q.signalledValid = false
+	q.checked = q.NextUsed
 	return nil
 }
 
@@ -280,8 +282,14 @@ func (q *Queue) PushUsed(head uint16, n uint32) {
 
 // NeedInterrupt reports whether the driver wants an interrupt for the used
 // entries pushed since the last one (virtio 2.7.7 and 2.7.10). Call it after
-// a batch of PushUsed.
+// a batch of PushUsed. With nothing pushed since the previous call (a
+// notification that found no new buffers) it is false: there is nothing to
+// tell the driver.
 func (q *Queue) NeedInterrupt() bool {
+	if q.NextUsed == q.checked {
+		return false
+	}
+	q.checked = q.NextUsed
 	if !q.EventIdx {
 		return binary.LittleEndian.Uint16(q.avail[0:])&availFNoInterrupt == 0
 	}

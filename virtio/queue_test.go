@@ -152,6 +152,28 @@ func TestHostileChains(t *testing.T) {
 	}
 }
 
+// TestNoInterruptWithoutUsed: with nothing pushed since the last check (a
+// notification that found no buffers) NeedInterrupt is false, with or
+// without EVENT_IDX, from activation on.
+func TestNoInterruptWithoutUsed(t *testing.T) {
+	for _, eventIdx := range []bool{false, true} {
+		d, q := newDriver(t, 16, eventIdx)
+		c := virtio.NewChain()
+		if q.NeedInterrupt() {
+			t.Fatalf("event_idx=%v: interrupt before any used buffer", eventIdx)
+		}
+		d.Add(virtiotest.Buf{WriteLen: 1})
+		q.Pop(c)
+		q.PushUsed(c.Head, 1)
+		if !q.NeedInterrupt() {
+			t.Fatalf("event_idx=%v: no interrupt for a used buffer", eventIdx)
+		}
+		if q.NeedInterrupt() {
+			t.Fatalf("event_idx=%v: a second interrupt for the same used buffer", eventIdx)
+		}
+	}
+}
+
 func TestInterruptSuppression(t *testing.T) {
 	d, q := newDriver(t, 16, false)
 	c := virtio.NewChain()
@@ -162,6 +184,9 @@ func TestInterruptSuppression(t *testing.T) {
 		t.Fatal("no interrupt without NO_INTERRUPT")
 	}
 	d.SetNoInterrupt(true)
+	d.Add(virtiotest.Buf{WriteLen: 1})
+	q.Pop(c)
+	q.PushUsed(c.Head, 1)
 	if q.NeedInterrupt() {
 		t.Fatal("interrupt despite NO_INTERRUPT")
 	}

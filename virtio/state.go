@@ -46,14 +46,30 @@ type StatefulDevice interface {
 	RestoreDeviceState([]byte) error
 }
 
+// SavePreparer is a Device that holds chains it has popped but not used
+// (virtio-net's receive buffers, popped ahead of frames). A snapshot that
+// recorded the queue's next available index past them, and not the chains,
+// would lose them: the restored device starts with none held, and the
+// driver never offers them again. PrepareSave puts them back (Queue.Undo),
+// so that the saved index covers them and the restored device pops them
+// again, as Firecracker's net device does before a save. The device is
+// paused; it pops them again itself after Resume.
+type SavePreparer interface {
+	PrepareSave()
+}
+
 // SaveState returns the transport's state. The device must be quiescent
-// (its worker paused, the vCPUs out of the guest).
+// (its worker paused, the vCPUs out of the guest). A SavePreparer device
+// first puts back the chains it holds unused.
 func (t *MMIO) SaveState() (MMIOState, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if sp, ok := t.dev.(SavePreparer); ok && t.active {
+		sp.PrepareSave()
+	}
 	s := MMIOState{DeviceType: t.dev.Type(), Status: t.status, DriverFeatures: t.driverFeatures,
 		DevFeaturesSel: t.devFeaturesSel, DrvFeaturesSel: t.drvFeaturesSel, QueueSel: t.queueSel,
-		ConfigGen: t.configGen, InterruptStat: t.irq.Status(), Active: t.active}
+		ConfigGen: t.configGen.Load(), InterruptStat: t.irq.Status(), Active: t.active}
 	for _, q := range t.queues {
 		s.Queues = append(s.Queues, QueueState{Size: q.Size, Ready: q.Ready, DescAddr: q.DescAddr,
 			AvailAddr: q.AvailAddr, UsedAddr: q.UsedAddr, EventIdx: q.EventIdx,
@@ -86,12 +102,15 @@ func (t *MMIO) RestoreState(s MMIOState) error {
 		return errors.New("virtio state: the device is already active")
 	}
 	t.status, t.driverFeatures = s.Status, s.DriverFeatures
-	t.devFeaturesSel, t.drvFeaturesSel, t.queueSel, t.configGen = s.DevFeaturesSel, s.DrvFeaturesSel, s.QueueSel, s.ConfigGen
+	t.devFeaturesSel, t.drvFeaturesSel, t.queueSel = s.DevFeaturesSel, s.DrvFeaturesSel, s.QueueSel
+	t.configGen.Store(s.ConfigGen)
+	// Queue sizes are restored as the driver wrote them, even above
+	// QueueNumMax: the register holds what the driver wrote, and a saved
+	// state with such a queue is one SaveState makes (a guest that wrote
+	// a bad QueueNum). Activation checks the sizes of the queues it
+	// activates, as on DRIVER_OK.
 	for i, qs := range s.Queues {
 		q := t.queues[i]
-		if qs.Size > q.MaxSize {
-			return fmt.Errorf("virtio state: queue %d size %d above the maximum %d", i, qs.Size, q.MaxSize)
-		}
 		q.Size, q.Ready, q.DescAddr, q.AvailAddr, q.UsedAddr = qs.Size, qs.Ready, qs.DescAddr, qs.AvailAddr, qs.UsedAddr
 		q.EventIdx, q.NextAvail, q.NextUsed = qs.EventIdx, qs.NextAvail, qs.NextUsed
 	}

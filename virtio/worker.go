@@ -117,8 +117,13 @@ func (w *Worker) Start() {
 // Do runs fn on the worker's goroutine, between two handler calls, and
 // returns when it has run: the way to change state that the handler owns
 // (a rate limiter, a backing file) from another goroutine. On a worker that
-// is not running or is paused, fn runs on the caller's goroutine. Do is for rare control
-// operations, not the data path: it allocates.
+// is not running or is paused, fn runs on the caller's goroutine. Do is for
+// rare control operations, not the data path: it allocates.
+//
+// fn changes state only: it must not process the queues (nor touch guest
+// memory or raise interrupts), since on a paused VM that would change what
+// the guest sees. To have the queues served after a change, fn calls Kick:
+// the handler then runs on the worker, at once or after Resume.
 func (w *Worker) Do(fn func()) {
 	if w == nil || !w.started {
 		fn()
@@ -147,6 +152,17 @@ func (w *Worker) Do(fn func()) {
 		w.runCalls()
 		<-done
 	}
+}
+
+// Kick makes the worker handle queue as if the driver had notified it: at
+// once on a running worker, after Resume on a paused one. A device calls it
+// (from Do's fn, say) when a change may let it serve buffers that were
+// waiting, such as a looser rate limit. Kicking a nil worker does nothing.
+func (w *Worker) Kick(queue int) error {
+	if w == nil || queue < 0 || queue >= len(w.notify) {
+		return nil
+	}
+	return w.notify[queue].Signal()
 }
 
 // runCalls runs the functions queued by Do.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
@@ -77,8 +78,15 @@ type Config struct {
 	// SerialOutPath, if set, receives the guest's serial output instead of
 	// Console (PUT /serial).
 	SerialOutPath string
+	// SerialOutRateLimit caps what reaches SerialOutPath (PUT /serial's
+	// rate_limiter, as a bandwidth bucket); output beyond it is dropped.
+	// Nil means the default cap (see serialOutBurst); a bucket of size 0
+	// means no cap.
+	SerialOutRateLimit *ratelimit.Config
 
-	// Console receives the guest's serial output; nil discards it.
+	// Console receives the guest's serial output; nil discards it. It is
+	// written from a goroutine of its own through a bounded buffer: when
+	// it does not keep up, output is dropped (uart.missed_write_count).
 	Console io.Writer
 	// ConsoleIn, if set, is read and fed to the guest's serial port.
 	ConsoleIn io.Reader
@@ -90,6 +98,18 @@ type Config struct {
 	// AllowEmulatedKVM skips the host check that refuses to boot a Linux
 	// kernel on a KVM that would emulate it (see CheckHost).
 	AllowEmulatedKVM bool
+	// Confine, if set, confines the process before the guest's first
+	// instruction (package seccomp's filters).
+	Confine Confiner
+}
+
+// Confiner confines the threads that run a guest. Run calls
+// ConfineProcess once before any vCPU starts, then each vCPU thread,
+// locked to its goroutine for good, calls ConfineVCPUThread before its
+// first KVM_RUN.
+type Confiner interface {
+	ConfineProcess() error
+	ConfineVCPUThread() error
 }
 
 // Huge page modes of the guest memory (Firecracker's huge_pages).
@@ -168,6 +188,11 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if c.SerialOutRateLimit != nil {
+		if err := c.SerialOutRateLimit.Validate(); err != nil {
+			return invalid("serial: %v", err)
+		}
+	}
 	switch c.BootProtocol {
 	case BootAuto, BootLinux64, BootPVH:
 	default:
@@ -193,6 +218,10 @@ func (c Config) clone() Config {
 	if c.RNG != nil {
 		r := *c.RNG
 		n.RNG = &r
+	}
+	if c.SerialOutRateLimit != nil {
+		l := *c.SerialOutRateLimit
+		n.SerialOutRateLimit = &l
 	}
 	if c.CPU != nil {
 		cpu := *c.CPU

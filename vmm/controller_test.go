@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/ratelimit"
 )
 
 func TestControllerLifecycle(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Image())
 	kernel := cfg.KernelPath
 	cfg.KernelPath = ""
@@ -96,7 +97,7 @@ func TestMergeLimit(t *testing.T) {
 // controller; a second controller loads the snapshot (resumed) and its
 // guest runs on; a failed load ends that controller's run.
 func TestControllerSnapshot(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	c := NewController(cfg)
 	defer c.Close()

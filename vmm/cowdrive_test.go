@@ -11,6 +11,7 @@ import (
 
 	"github.com/embervm/ember/disk"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/virtio/blk"
 )
 
@@ -50,7 +51,7 @@ func writeOverlay(t *testing.T, path, base string, b []byte, off int64) {
 // written, and their writes diverge. Once the snapshot's overlay is
 // written, a load is refused, naming it, and leaves no overlay behind.
 func TestSnapshotClonesOnCOWDrive(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.img")
 	if err := os.WriteFile(base, bytes.Repeat([]byte{0x11}, 1<<20), 0o600); err != nil {

@@ -4,14 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"strings"
 )
 
-// Paths read by the host check.
+// Paths read by the host check, relative to the root of the host's file
+// system (fs.FS paths).
 const (
-	cpuinfoPath  = "/proc/cpuinfo"
-	pvmModuleDir = "/sys/module/kvm_pvm"
+	cpuinfoPath  = "proc/cpuinfo"
+	pvmModuleDir = "sys/module/kvm_pvm"
 )
 
 // ErrEmulatedKVM reports a host whose /dev/kvm would emulate a Linux guest's
@@ -23,10 +25,14 @@ var ErrEmulatedKVM = errors.New("this host's KVM cannot run a Linux guest at nat
 // the vmx/svm flag (no hardware virtualization), or the Pagetable-based
 // Virtual Machine hypervisor (kvm_pvm) is loaded, which runs only
 // PVM-enabled guest kernels natively and emulates everything else.
-func HostProblem() string {
-	_, pvmErr := os.Stat(pvmModuleDir)
+func HostProblem() string { return HostProblemFS(os.DirFS("/")) }
+
+// HostProblemFS is HostProblem on the host whose root file system is root
+// (ember doctor's checks, and their tests with a fake /proc and /sys).
+func HostProblemFS(root fs.FS) string {
+	_, pvmErr := fs.Stat(root, pvmModuleDir)
 	pvm := pvmErr == nil
-	hw := cpuHasVirtFlag()
+	hw := cpuHasVirtFlag(root)
 	switch {
 	case pvm && !hw:
 		return "/dev/kvm is PVM-backed nested KVM (kvm_pvm loaded, no vmx/svm CPU flag)"
@@ -38,8 +44,8 @@ func HostProblem() string {
 	return ""
 }
 
-func cpuHasVirtFlag() bool {
-	b, err := os.ReadFile(cpuinfoPath)
+func cpuHasVirtFlag(root fs.FS) bool {
+	b, err := fs.ReadFile(root, cpuinfoPath)
 	if err != nil {
 		return true // cannot tell: do not block
 	}

@@ -3,6 +3,8 @@ package vmm
 import (
 	"maps"
 	"slices"
+
+	"github.com/embervm/ember/metrics"
 )
 
 // Metric groups and names follow Firecracker's metrics (src/vmm/src/logger/
@@ -18,8 +20,28 @@ type metricValue struct {
 
 // readMetrics reports the cumulative counters of the VM's devices: one
 // group per drive and interface ("block_ID", "net_ID"; the metrics writer
-// sums them into "block" and "net"), and "vsock", "entropy" and "balloon".
+// sums them into "block" and "net"), and "uart", "vsock", "entropy" and
+// "balloon"; and, in logger.missed_log_count, the guest-caused log lines
+// the virtio devices' rate limits left out (the writer adds them to the
+// lines the log itself lost).
 func (v *VM) readMetrics(add func(group, name string, value uint64)) {
+	var suppressed uint64
+	for _, d := range v.virtio {
+		suppressed += d.transport.SuppressedLogs()
+	}
+	add(metrics.LoggerGroup, metrics.MissedLogCount, suppressed)
+	// The serial console, in bytes (Firecracker counts its one-byte
+	// writes and reads): write_count reached the host, missed_write_count
+	// was dropped (a stalled reader, the serial_out_path cap) or refused
+	// by the host writer, read_count came from the host's input,
+	// missed_read_count was lost to a full receive FIFO.
+	ss, cs := v.serial.Stats(), v.console.Stats()
+	add("uart", "write_count", cs.Written)
+	add("uart", "missed_write_count", cs.Dropped+cs.WriteErrors)
+	add("uart", "read_count", ss.RxBytes)
+	add("uart", "missed_read_count", ss.Overruns)
+	add("uart", "error_count", cs.WriteErrors+ss.IRQErrors)
+
 	for _, id := range slices.Sorted(maps.Keys(v.drives)) {
 		m := &v.drives[id].Metrics
 		for _, kv := range []metricValue{

@@ -3,12 +3,23 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // ErrVMStopped: the guest's run ended while the VMM waited for it.
 var ErrVMStopped = errors.New("the microVM has stopped")
+
+// ErrPauseTimeout: a vCPU did not leave the guest in time to pause; the VM
+// runs on as before.
+var ErrPauseTimeout = errors.New("the microVM could not be paused")
+
+// pauseTimeout bounds how long Pause waits for the vCPUs to park. A kicked
+// vCPU leaves KVM_RUN within microseconds; one that has not parked after
+// this long is stuck outside the guest (a device handler, the host
+// kernel), and an API request must not wait for it.
+const pauseTimeout = 5 * time.Second
 
 // pauseRound is one Pause: every vCPU reports on parked once it is out of
 // KVM_RUN for good, and waits for resume.
@@ -64,13 +75,20 @@ func (v *VM) Pause() error {
 	for _, c := range v.cpus {
 		c.kick()
 	}
+	timeout := time.NewTimer(v.pauseTimeout)
+	defer timeout.Stop()
+	parked := make([]bool, len(v.cpus))
 	for range v.cpus {
 		select {
-		case <-r.parked:
+		case id := <-r.parked:
+			parked[id] = true
 		case <-v.stopped:
 			v.pauseReq.Store(nil)
 			close(r.resume)
 			return ErrVMStopped
+		case <-timeout.C:
+			stuck := v.cancelPause(r, parked)
+			return fmt.Errorf("%w: vCPU %d did not stop within %v (stuck in a device or the host kernel); it keeps running", ErrPauseTimeout, stuck, v.pauseTimeout)
 		}
 	}
 	for _, d := range v.virtio {
@@ -81,6 +99,31 @@ func (v *VM) Pause() error {
 	v.paused = true
 	v.log.Debug("microVM paused")
 	return nil
+}
+
+// cancelPause undoes pause round r after a timeout, leaving every vCPU
+// running: the parked ones are released, and the others, whose kick left
+// immediate_exit set, get it cleared so that they run the guest when they
+// come back to KVM_RUN instead of spinning out of it. (A Stop racing with
+// this has set stopping before its own kick, so such a vCPU is kicked
+// again.) It returns the first vCPU that had not parked.
+func (v *VM) cancelPause(r *pauseRound, parked []bool) (stuck int) {
+	v.pauseReq.Store(nil)
+	stuck = -1
+	for i, c := range v.cpus {
+		if parked[i] {
+			continue
+		}
+		if stuck < 0 {
+			stuck = i
+		}
+		c.fd.SetImmediateExit(false)
+		if v.stopping.Load() {
+			c.kick()
+		}
+	}
+	close(r.resume)
+	return stuck
 }
 
 // Resume undoes Pause: the devices, then the vCPUs, run again.

@@ -2,10 +2,13 @@ package vmm
 
 import (
 	"encoding/binary"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // counter reads the Counter guest's count.
@@ -35,7 +38,7 @@ func waitCount(t *testing.T, vm *VM, above uint32) uint32 {
 // TestPauseResume: a paused guest does not run (its count and RIP stay
 // put), and runs again after Resume.
 func TestPauseResume(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 2
 	vm, err := New(cfg)
@@ -92,4 +95,56 @@ func TestPauseResume(t *testing.T) {
 	if err := vm.Resume(); err == nil {
 		t.Error("Resume of a stopped VM succeeded")
 	}
+}
+
+// blockingPort is a port-I/O device whose writes wait until release is
+// closed: a vCPU stuck in a device handler.
+type blockingPort struct {
+	entered chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func (b *blockingPort) Read(uint64, []byte) {}
+func (b *blockingPort) Write(uint64, []byte) {
+	b.once.Do(func() { close(b.entered) })
+	<-b.release
+}
+
+// TestPauseTimesOutOnStuckVCPU: a vCPU stuck in a device handler cannot
+// park; Pause gives up after its timeout with ErrPauseTimeout instead of
+// hanging, and leaves the VM running: the vCPU that had parked runs again,
+// and once the handler returns the guest goes on (and resets).
+func TestPauseTimesOutOnStuckVCPU(t *testing.T) {
+	testkvm.Need(t)
+	cfg, _ := tinyConfig(t, tiny.Image())
+	cfg.VCPUs = 2
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	port := &blockingPort{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := vm.pio.Insert(port, tiny.DebugExitPort, 1); err != nil {
+		t.Fatal(err)
+	}
+	vm.pauseTimeout = 100 * time.Millisecond
+	done := runAsync(vm)
+	<-port.entered
+	paused := make(chan error, 1)
+	go func() { paused <- vm.Pause() }()
+	select {
+	case err := <-paused:
+		if !errors.Is(err, ErrPauseTimeout) {
+			t.Fatalf("Pause with a stuck vCPU: %v, want ErrPauseTimeout", err)
+		}
+		t.Logf("Pause: %v", err)
+	case <-time.After(30 * time.Second): // a hang, not a speed figure
+		t.Fatal("Pause hung on a stuck vCPU")
+	}
+	if vm.Paused() {
+		t.Error("Paused() after a failed Pause")
+	}
+	close(port.release)
+	waitFate(t, done, FateReset)
 }

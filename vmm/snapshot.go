@@ -22,6 +22,7 @@ import (
 	vnet "github.com/embervm/ember/virtio/net"
 	"github.com/embervm/ember/virtio/rng"
 	"github.com/embervm/ember/virtio/vsock"
+	"github.com/embervm/ember/x86"
 )
 
 // EmberVersion is written into snapshot headers; cmd/ember sets it.
@@ -101,9 +102,9 @@ type savedConfig struct {
 	Balloon         *balloon.Config `json:"balloon,omitempty"`
 	RNG             *rng.Config     `json:"entropy,omitempty"`
 	// DriveOverlays has the Identity of each copy-on-write drive's overlay
-	// when the snapshot was taken (stamped, see disk.Stamp): a load
-	// refuses an overlay written since, whose data no longer matches the
-	// snapshot's memory.
+	// when the snapshot was taken (disk.COW.Mark): a load refuses an
+	// overlay written since, whose data no longer matches the snapshot's
+	// memory.
 	DriveOverlays map[string]disk.Identity `json:"drive_overlays,omitempty"`
 }
 
@@ -123,28 +124,23 @@ func (s savedConfig) apply(c *Config) {
 }
 
 // recordOverlays returns the identity of each copy-on-write drive's
-// overlay, for the snapshot: a writable one is stamped first, so that any
-// later write to it shows. The drives must be flushed and the VM paused.
+// overlay, for the snapshot (blk.Device.MarkOverlay: any later write to it
+// shows). The VM must be paused. It opens no file, so the running VM's
+// seccomp filter allows it.
 func (v *VM) recordOverlays() (map[string]disk.Identity, error) {
 	var out map[string]disk.Identity
-	for _, dc := range v.cfg.Drives {
-		if dc.BasePath == "" {
-			continue
-		}
-		var id disk.Identity
-		var err error
-		if dc.ReadOnly {
-			id, err = disk.IdentityOf(dc.Path)
-		} else {
-			id, err = disk.Stamp(dc.Path)
-		}
+	for id, d := range v.drives {
+		ident, ok, err := d.MarkOverlay()
 		if err != nil {
-			return nil, fmt.Errorf("drive %s: %w", dc.ID, err)
+			return nil, err
+		}
+		if !ok {
+			continue
 		}
 		if out == nil {
 			out = map[string]disk.Identity{}
 		}
-		out[dc.ID] = id
+		out[id] = ident
 	}
 	return out, nil
 }
@@ -170,7 +166,7 @@ func overrideDrives(cfg *Config, sc savedConfig, p SnapshotLoad) (made []string,
 	for i := range cfg.Drives {
 		dc := &cfg.Drives[i]
 		if want, ok := sc.DriveOverlays[dc.ID]; ok {
-			got, err := disk.IdentityOf(dc.Path)
+			got, err := disk.OverlayIdentity(dc.Path)
 			if err != nil {
 				return made, fmt.Errorf("drive %s: overlay: %w", dc.ID, err)
 			}
@@ -324,20 +320,35 @@ func hostKernel() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// dirtyBitmaps reads (and clears) every memory slot's dirty log.
-func (v *VM) dirtyBitmaps() ([][]uint64, error) {
-	var out [][]uint64
-	for i, r := range v.mem.Regions() {
+// takeDirty moves the pages dirtied since the last snapshot into
+// v.unsaved and returns it: one bitmap per memory slot, KVM's dirty log
+// (KVM_GET_DIRTY_LOG, which also clears it) ORed with the pages the virtio
+// devices wrote (writeTracker.take, which clears those too). Both sources
+// forget what they handed over, so the bits stay in v.unsaved until a
+// snapshot holding them is durable (CreateSnapshot then drops them); a
+// snapshot that fails leaves them there for the next one to include. On
+// error the slots read so far are kept in v.unsaved as well.
+func (v *VM) takeDirty() ([][]uint64, error) {
+	regions := v.mem.Regions()
+	if v.unsaved == nil {
+		v.unsaved = make([][]uint64, len(regions))
+		for i, r := range regions {
+			v.unsaved[i] = make([]uint64, (r.Size()/snapshot.PageSize+63)/64)
+		}
+	}
+	for i, r := range regions {
 		b, err := v.vm.DirtyBitmap(uint32(i), r.Size()/snapshot.PageSize)
 		if err != nil {
 			return nil, fmt.Errorf("dirty log of memory slot %d: %w", i, err)
 		}
-		if v.tracker != nil {
-			v.tracker.take(i, b)
+		for w, bits := range b {
+			v.unsaved[i][w] |= bits
 		}
-		out = append(out, b)
+		if v.tracker != nil {
+			v.tracker.take(i, v.unsaved[i])
+		}
 	}
-	return out, nil
+	return v.unsaved, nil
 }
 
 // CreateSnapshot writes the paused VM's state file and memory file. Full
@@ -346,7 +357,9 @@ func (v *VM) dirtyBitmaps() ([][]uint64, error) {
 // whole or not at all: on error existing files are untouched.
 //
 // The Diff's pages are those in KVM's dirty log (the guest's writes) and
-// those the virtio devices wrote (recorded by writeTracker).
+// those the virtio devices wrote (recorded by writeTracker), since the last
+// snapshot that succeeded: the pages of a failed one (a full disk, an I/O
+// error) are kept for the next (see takeDirty).
 func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	v.pauseMu.Lock()
 	defer v.pauseMu.Unlock()
@@ -397,7 +410,7 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	if v.cfg.TrackDirtyPages {
 		// Read even for Full: it clears the log, so the next Diff is
 		// relative to this snapshot.
-		if dirty, err = v.dirtyBitmaps(); err != nil {
+		if dirty, err = v.takeDirty(); err != nil {
 			return err
 		}
 	}
@@ -434,7 +447,23 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 	if err = os.Rename(stateTmp, p.SnapshotPath); err != nil {
 		return err
 	}
+	if err = syncDirs(p.MemFilePath, p.SnapshotPath); err != nil {
+		return err
+	}
+	// Durable: the next Diff is relative to this snapshot.
+	v.unsaved = nil
 	v.log.Info("snapshot created", "type", typ, "snapshot_path", p.SnapshotPath, "mem_file_path", p.MemFilePath)
+	return nil
+}
+
+// syncDirs makes the renames of the snapshot's files durable: it syncs the
+// directory of each path.
+func syncDirs(paths ...string) error {
+	for _, p := range paths {
+		if err := snapshot.SyncDir(filepath.Dir(p)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -523,7 +552,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		}
 	}()
 
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1, pauseTimeout: pauseTimeout}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -564,7 +593,7 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("kvm")
-	err = v.checkVendor(st.Header.CPUVendor)
+	supported, err := v.checkVendor(st.Header.CPUVendor)
 	if err == nil {
 		err = v.setupDevices()
 	}
@@ -592,6 +621,9 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 		return nil, Config{}, err
 	}
 	phase("devices_vcpus_created")
+	if err := v.checkCPUIDFeatures(st, supported); err != nil {
+		return nil, Config{}, err
+	}
 	for i, c := range v.cpus {
 		if err := c.fd.RestoreState(&st.VCPUs[i]); err != nil {
 			return nil, Config{}, bad(fmt.Errorf("restoring vCPU %d: %w", i, err))
@@ -626,14 +658,40 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	return v, cfg, nil
 }
 
-// checkVendor refuses a snapshot taken on another CPU vendor's host.
-func (v *VM) checkVendor(saved string) error {
+// checkVendor refuses a snapshot taken on another CPU vendor's host. It
+// returns this host's KVM_GET_SUPPORTED_CPUID.
+func (v *VM) checkVendor(saved string) ([]kvm.CPUIDEntry, error) {
 	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	if host := snapshot.VendorFromCPUID(supported); host != saved {
+		return nil, fmt.Errorf("%w: the snapshot was taken on a %s CPU; this host's is %s", ErrBadSnapshot, saved, host)
+	}
+	return supported, nil
+}
+
+// checkCPUIDFeatures refuses a snapshot whose vCPUs use CPUID features
+// this host cannot give them (one moved to an older CPU model). What a
+// host offers is KVM_GET_SUPPORTED_CPUID and, on hosts whose KVM adds
+// bits of its own (a PVM host fills in the real CPU's features on
+// KVM_SET_CPUID2, beyond what it lists as supported), what vCPU 0 holds
+// after being given that list; vCPU 0's CPUID is then overwritten by the
+// restore. Leaves KVM declines outright are found by the restore itself
+// (kvm.VCPU.RestoreState), as are MSRs it refuses.
+func (v *VM) checkCPUIDFeatures(st *snapshot.State, supported []kvm.CPUIDEntry) error {
+	c := v.cpus[0].fd
+	if err := c.SetCPUID2(supported); err != nil {
+		return err
+	}
+	held, err := c.GetCPUID2()
 	if err != nil {
 		return err
 	}
-	if host := snapshot.VendorFromCPUID(supported); host != saved {
-		return fmt.Errorf("%w: the snapshot was taken on a %s CPU; this host's is %s", ErrBadSnapshot, saved, host)
+	for i := range st.VCPUs {
+		if err := x86.CheckCPUIDFeatures(st.VCPUs[i].CPUID, supported, held); err != nil {
+			return fmt.Errorf("%w: vCPU %d: %w", ErrBadSnapshot, i, err)
+		}
 	}
 	return nil
 }

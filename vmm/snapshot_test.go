@@ -1,14 +1,21 @@
 package vmm
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/virtio/balloon"
@@ -75,7 +82,7 @@ func setExitFlag(t *testing.T, vm *VM) {
 // is loaded into a new VM that resumes counting from where it stopped; the
 // original carries on independently.
 func TestSnapshotFullRestore(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.VCPUs = 8
 	cfg.BootTimer = true
@@ -167,7 +174,7 @@ func TestSnapshotFullRestore(t *testing.T) {
 // TestSnapshotDiff: with dirty-page tracking, a Diff snapshot applied onto
 // the Full one before it gives a guest at the Diff's point.
 func TestSnapshotDiff(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	cfg.TrackDirtyPages = true
 	a, doneA := startVM(t, cfg)
@@ -232,7 +239,7 @@ func TestSnapshotDiff(t *testing.T) {
 
 // TestLoadBadSnapshot: corrupt or mismatched files fail with ErrBadSnapshot.
 func TestLoadBadSnapshot(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 0)
@@ -290,7 +297,7 @@ func TestLoadBadSnapshot(t *testing.T) {
 // restores, with the vsock socket overridden; the restored machine has the
 // same devices and runs on.
 func TestSnapshotWithDevices(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
@@ -356,7 +363,7 @@ func TestSnapshotWithDevices(t *testing.T) {
 // TestSnapshotUffd: a restore with the Uffd backend gets its pages from
 // the page-fault handler (snapshot.UffdHandler here) and runs on.
 func TestSnapshotUffd(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, doneA := startVM(t, cfg)
 	dir, snap, mem := snapshotAt(t, a, 100)
@@ -410,7 +417,7 @@ func TestSnapshotUffd(t *testing.T) {
 // TestSnapshotCreateLeavesNothingOnError: a snapshot into a directory that
 // does not exist, or next to one, fails and leaves no file behind.
 func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	defer func() { a.Stop(); <-done }()
@@ -436,7 +443,7 @@ func TestSnapshotCreateLeavesNothingOnError(t *testing.T) {
 // gives none); loaded without, it resumes where it stopped (Firecracker's
 // default).
 func TestSnapshotClockRealtime(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, done := startVM(t, cfg)
 	_, snap, mem := snapshotAt(t, a, 0)
@@ -492,5 +499,270 @@ func TestSnapshotClockRealtime(t *testing.T) {
 	}
 	if advance := time.Duration(clk.Clock - st.VM.Clock.Clock); advance < 10*time.Second || advance > 12*time.Second {
 		t.Errorf("no CLOCK_REALTIME reference, snapshot 10 s old: the clock advanced %v, want about 10 s", advance)
+	}
+}
+
+// TestLoadSnapshotFromAnotherCPU: a state file whose vCPUs this host's KVM
+// cannot take fails to load with one error naming what is wrong: a CPUID
+// feature bit the host does not offer, an MSR KVM refuses, a CPUID leaf
+// KVM declines (when it holds any bit; an all-zero declined leaf loads,
+// see kvm.VCPU.RestoreState). Which leaves a host declines differs between
+// hosts: the test finds them by comparing the host's supported list with
+// what the saved vCPU holds, and logs them.
+func TestLoadSnapshotFromAnotherCPU(t *testing.T) {
+	testkvm.Need(t)
+	cfg, _ := tinyConfig(t, tiny.Counter())
+	a, done := startVM(t, cfg)
+	dir, snap, mem := snapshotAt(t, a, 0)
+	a.Stop()
+	<-done
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	supported, err := sys.SupportedCPUID()
+	sys.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// edit writes a copy of the state file with fn applied to vCPU 0.
+	edit := func(name string, fn func(v *kvm.VCPUState)) string {
+		st, err := snapshot.Read(snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fn(&st.VCPUs[0])
+		p := filepath.Join(dir, name)
+		if err := snapshot.Write(p, st); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	load := func(p string) (*VM, error) {
+		base, _ := tinyConfig(t, tiny.Image())
+		vm, _, err := LoadSnapshot(base, SnapshotLoad{SnapshotPath: p, MemFilePath: mem})
+		return vm, err
+	}
+	mustFail := func(what, p, want string) {
+		t.Helper()
+		vm, err := load(p)
+		if err == nil {
+			vm.Close()
+			t.Fatalf("%s: loaded", what)
+		}
+		if !errors.Is(err, ErrBadSnapshot) || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Fatalf("%s: %v\nwant one line, ErrBadSnapshot, naming %q", what, err, want)
+		}
+		t.Logf("%s: %v", what, err)
+	}
+
+	// A feature bit neither the saved vCPU nor the host has: the guest of a
+	// newer CPU model.
+	const leaf7 = 7
+	var bit uint32
+	for i := range 32 {
+		b := uint32(1) << i
+		if cpuidEDX(st0CPUID(t, snap), leaf7)&b == 0 && cpuidEDX(supported, leaf7)&b == 0 {
+			bit = b
+			break
+		}
+	}
+	if bit == 0 {
+		t.Fatal("leaf 7 EDX has every bit set here")
+	}
+	newer := edit("newer.snap", func(v *kvm.VCPUState) {
+		for i := range v.CPUID {
+			if v.CPUID[i].Function == leaf7 && v.CPUID[i].Index == 0 {
+				v.CPUID[i].EDX |= bit
+			}
+		}
+	})
+	mustFail("feature bit", newer, fmt.Sprintf("CPUID leaf 0x7 subleaf 0 EDX has bits %#x", bit))
+
+	const bogusMSR = 0x4b56_4dff // in KVM's paravirtual range, never defined
+	msr := edit("msr.snap", func(v *kvm.VCPUState) {
+		v.MSRs = append(v.MSRs, kvm.MSREntry{Index: bogusMSR, Data: 1})
+	})
+	mustFail("MSR", msr, fmt.Sprintf("MSR %#x", bogusMSR))
+
+	declined := kvm.DroppedCPUID(supported, st0CPUID(t, snap))
+	if len(declined) == 0 {
+		t.Log("this host's KVM keeps every CPUID leaf it supports: no declined leaf to load")
+		return
+	}
+	leaf := declined[0]
+	t.Logf("this host's KVM declines CPUID leaf %#x subleaf %d", leaf.Function, leaf.Index)
+	set := leaf
+	set.EAX |= 1
+	withBits := edit("declined.snap", func(v *kvm.VCPUState) { v.CPUID = append(v.CPUID, set) })
+	mustFail("declined leaf with bits", withBits, fmt.Sprintf("CPUID leaf %#x subleaf %d", leaf.Function, leaf.Index))
+
+	zero := kvm.CPUIDEntry{Function: leaf.Function, Index: leaf.Index, Flags: leaf.Flags}
+	harmless := edit("declined-zero.snap", func(v *kvm.VCPUState) { v.CPUID = append(v.CPUID, zero) })
+	b, err := load(harmless)
+	if err != nil {
+		t.Fatalf("an all-zero declined leaf: %v", err)
+	}
+	defer b.Close()
+	doneB := runAsync(b)
+	saved := counter(t, b)
+	if err := b.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, b, saved)
+	setExitFlag(t, b)
+	waitFate(t, doneB, FateReset)
+}
+
+// st0CPUID is vCPU 0's saved CPUID in the state file p.
+func st0CPUID(t *testing.T, p string) []kvm.CPUIDEntry {
+	t.Helper()
+	st, err := snapshot.Read(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.VCPUs[0].CPUID
+}
+
+// cpuidEDX is EDX of leaf fn, subleaf 0.
+func cpuidEDX(entries []kvm.CPUIDEntry, fn uint32) uint32 {
+	for _, e := range entries {
+		if e.Function == fn && e.Index == 0 {
+			return e.EDX
+		}
+	}
+	return 0
+}
+
+// fullTmpfs mounts a small tmpfs on a new directory, removed when the test
+// ends, and fills it: every write there fails with ENOSPC. It needs root:
+// without it the test is skipped, or failed when CI is set (CI runs as
+// root).
+func fullTmpfs(t *testing.T) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mounting a tmpfs needs root")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatalf("mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for {
+		if _, err := f.Write(make([]byte, snapshot.PageSize)); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("filling the tmpfs: %v", err)
+			}
+			return dir
+		}
+	}
+}
+
+// pointScribbler makes the Scribbler guest write to addr from now on.
+func pointScribbler(t *testing.T, vm *VM, addr uint32) {
+	t.Helper()
+	b, err := vm.Memory().Slice(tiny.PointerAddr, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary.LittleEndian.PutUint32(b, addr)
+}
+
+// TestSnapshotDiffAfterFailedSnapshot: a snapshot that fails on a full
+// disk has already read (and so cleared) KVM's dirty log and the devices'
+// written pages; the next Diff must still hold them. A Full base, a Diff
+// that fails with ENOSPC, then a good Diff applied onto the base give the
+// same memory as a Full snapshot taken at the good Diff's point.
+func TestSnapshotDiffAfterFailedSnapshot(t *testing.T) {
+	testkvm.Need(t)
+	noSpace := fullTmpfs(t)
+	cfg, _ := tinyConfig(t, tiny.Scribbler())
+	cfg.TrackDirtyPages = true
+	cfg.MemMiB = 16
+	cfg.RNG = &rng.Config{} // a virtio device, so device writes are tracked
+	a, done := startVM(t, cfg)
+	defer func() { a.Stop(); <-done }()
+	// The guest writes page A before the base, B before the failed Diff
+	// and C before the good one; a device writes page D before the failed
+	// Diff too.
+	const pageA, pageB, pageC, pageD = 0x20_0000, 0x30_0000, 0x40_0000, 0x50_0000
+	dir := t.TempDir()
+	snap := func(name, typ string) (string, string, error) {
+		s, m := filepath.Join(dir, name+".snap"), filepath.Join(dir, name+".mem")
+		return s, m, a.CreateSnapshot(SnapshotCreate{SnapshotPath: s, MemFilePath: m, Type: typ})
+	}
+	run := func(addr uint32) {
+		pointScribbler(t, a, addr)
+		if err := a.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		waitCount(t, a, counter(t, a)+1000)
+		if err := a.Pause(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pointScribbler(t, a, pageA)
+	waitCount(t, a, 1000)
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	_, baseMem, err := snap("base", SnapshotFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	run(pageB)
+	dev, err := a.Memory().Slice(pageD, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(dev, "dev!")
+	a.tracker.MarkDirty(pageD, 4)
+	err = a.CreateSnapshot(SnapshotCreate{SnapshotPath: filepath.Join(noSpace, "vm.snap"),
+		MemFilePath: filepath.Join(noSpace, "vm.mem"), Type: SnapshotDiff})
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("Diff onto a full disk: %v, want ENOSPC", err)
+	}
+	t.Logf("failed Diff: %v", err)
+
+	run(pageC)
+	_, diffMem, err := snap("diff", SnapshotDiff)
+	if errors.Is(err, snapshot.ErrMemoryFile) {
+		t.Skipf("sparse diffs unsupported here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fullMem, err := snap("full", SnapshotFull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snapshot.ApplyDiff(baseMem, diffMem); err != nil {
+		t.Fatal(err)
+	}
+	merged, err := os.ReadFile(baseMem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(fullMem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(merged) != len(want) {
+		t.Fatalf("base+diff is %d bytes, the Full snapshot %d", len(merged), len(want))
+	}
+	for off := 0; off < len(want); off += snapshot.PageSize {
+		if !bytes.Equal(merged[off:off+snapshot.PageSize], want[off:off+snapshot.PageSize]) {
+			t.Errorf("page %#x differs between base+diff and the Full snapshot", off)
+		}
 	}
 }

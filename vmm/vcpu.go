@@ -141,12 +141,19 @@ func (c *vcpu) kick() {
 }
 
 // loop runs the vCPU on its own locked OS thread until the VM stops. The exit
-// path (port I/O and MMIO dispatch) does not allocate.
+// path (port I/O and MMIO dispatch) does not allocate. The thread is never
+// unlocked: it ends with the loop's goroutine rather than go back to the
+// scheduler carrying the vCPU's seccomp filter.
 func (c *vcpu) loop() {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	c.tid.Store(int32(unix.Gettid()))
 	v := c.vm
+	if v.cfg.Confine != nil {
+		if err := v.cfg.Confine.ConfineVCPUThread(); err != nil {
+			v.setFate(Fate{Kind: FateInternalError, Err: fmt.Errorf("vCPU %d: %w", c.id, err)})
+			return
+		}
+	}
+	c.tid.Store(int32(unix.Gettid()))
 	for !v.stopping.Load() {
 		if r := v.pauseReq.Load(); r != nil {
 			c.park(r)

@@ -22,6 +22,7 @@ import (
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/loader"
 	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	"github.com/embervm/ember/virtio/blk"
 	vnet "github.com/embervm/ember/virtio/net"
@@ -34,7 +35,30 @@ const (
 	// linuxKernelMinSize: a loaded image at least this large is taken to be
 	// a Linux kernel by the host check (the tiny test guests are a few KiB).
 	linuxKernelMinSize = 1 << 20
+
+	// consoleFlushTimeout bounds how long Run waits, once the guest has
+	// stopped, for its last console output to reach the host: ample for a
+	// reader that is merely slow, and a stalled one does not hold the
+	// process's exit.
+	consoleFlushTimeout = 2 * time.Second
 )
+
+// The default cap on serial_out_path output, used when no rate_limiter is
+// configured (Firecracker's PUT /serial has one): a one-time burst of 1 MiB,
+// more than a verbose boot log, then 64 KiB per second. A guest writing
+// faster loses the excess (counted in uart.missed_write_count), so a
+// hostile guest fills the host's disk no faster than 64 KiB/s.
+const (
+	serialOutBurst    = 1 << 20  // bytes
+	serialOutRate     = 64 << 10 // bytes per serialOutRefillMs
+	serialOutRefillMs = 1000
+)
+
+// defaultSerialOutLimit is the default cap as a rate limiter configuration.
+func defaultSerialOutLimit() ratelimit.Config {
+	return ratelimit.Config{Bandwidth: &ratelimit.TokenBucketConfig{Size: serialOutRate,
+		OneTimeBurst: serialOutBurst, RefillTime: serialOutRefillMs}}
+}
 
 // FateKind says how a guest's run ended.
 type FateKind int
@@ -56,6 +80,12 @@ func (k FateKind) String() string {
 type Fate struct {
 	Kind FateKind
 	Err  error
+	// ExitStatus is the last status (0-255) the guest wrote to the
+	// exit-status register (devices.ExitStatus) before the run ended;
+	// HasExitStatus says whether it wrote one. An image's init writes its
+	// workload's status there just before it resets the machine.
+	ExitStatus    int
+	HasExitStatus bool
 }
 
 // VM is a built machine.
@@ -68,6 +98,11 @@ type VM struct {
 	cpus []*vcpu
 	// tracker records device writes to guest memory with TrackDirtyPages.
 	tracker *writeTracker
+	// unsaved holds, per memory slot, the pages dirtied since the last
+	// snapshot that KVM and the tracker have already handed over (a
+	// snapshot read them, then failed); nil when there are none. Guarded
+	// by pauseMu. See takeDirty.
+	unsaved [][]uint64
 	// uffd is the userfaultfd of a Uffd restore, or -1 (0 in a VM built by
 	// New, which never sets it: only values > 0 are closed).
 	uffd int
@@ -75,9 +110,11 @@ type VM struct {
 	pio       *devices.Bus
 	mmio      *devices.Bus
 	serial    *devices.Serial
-	serialOut *os.File // the serial_out_path file, if any
+	console   *devices.ConsoleOutput // the serial port's host side: stdout or serialOut
+	serialOut *os.File               // the serial_out_path file, if any
 	i8042     *devices.I8042
 	bootTimer *devices.BootTimer
+	exitStat  devices.ExitStatus
 	virtio    []*virtioDev
 	vmgenid   *vmgenid
 	balloon   *balloon.Device
@@ -96,11 +133,16 @@ type VM struct {
 	stopping atomic.Bool
 	stopped  chan struct{} // closed with the first fate
 	closed   bool
+	// loops counts the vCPU loops Run started; Close waits for them.
+	loops sync.WaitGroup
 
 	// Pause and resume (pause.go).
 	pauseMu  sync.Mutex
 	pauseReq atomic.Pointer[pauseRound] // non-nil while the vCPUs must park
 	paused   bool
+	// pauseTimeout is how long Pause waits for the vCPUs (pauseTimeout,
+	// shortened by tests).
+	pauseTimeout time.Duration
 }
 
 // irqLine pulses a GSI on the in-kernel irqchip: the devices' view of an interrupt.
@@ -122,7 +164,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{})}
+	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), pauseTimeout: pauseTimeout}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -414,14 +456,27 @@ func (v *VM) setupDevices() error {
 	if out == nil {
 		out = io.Discard
 	}
+	var lim *ratelimit.Limiter
 	if v.cfg.SerialOutPath != "" {
+		cfg := defaultSerialOutLimit()
+		if v.cfg.SerialOutRateLimit != nil {
+			cfg = *v.cfg.SerialOutRateLimit
+		}
+		var err error
+		if lim, err = ratelimit.New(cfg); err != nil {
+			return fmt.Errorf("%w: serial rate_limiter: %w", ErrInvalidConfig, err)
+		}
 		f, err := os.OpenFile(v.cfg.SerialOutPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
 		if err != nil {
+			lim.Close()
 			return fmt.Errorf("%w: serial_out_path: %w", ErrInvalidConfig, err)
 		}
 		v.serialOut, out = f, f
 	}
-	v.serial = devices.NewSerial(out, irqLine{v.vm, devices.COM1IRQ}, v.log)
+	// The vCPU writes the serial port's output into the console's buffer,
+	// never to the host writer: a stalled reader must not stall the guest.
+	v.console = devices.NewConsoleOutput(out, devices.ConsoleBufferSize, lim, v.log)
+	v.serial = devices.NewSerial(v.console, irqLine{v.vm, devices.COM1IRQ}, v.log)
 	if err := v.pio.Insert(v.serial, devices.COM1Base, devices.COM1Size); err != nil {
 		return err
 	}
@@ -434,6 +489,11 @@ func (v *VM) setupDevices() error {
 		if err := v.mmio.Insert(v.bootTimer, devices.BootTimerBase, devices.BootTimerSize); err != nil {
 			return err
 		}
+	}
+	// Always there: an unannounced page no guest touches unless it means
+	// to report an exit status.
+	if err := v.mmio.Insert(&v.exitStat, devices.ExitStatusBase, devices.ExitStatusSize); err != nil {
+		return err
 	}
 	var err error
 	v.devCmdline, err = v.setupVirtio()
@@ -468,27 +528,34 @@ func (v *VM) setFate(f Fate) {
 // Stop ends the run from the host side (a signal, the API); Run returns FateStopped.
 func (v *VM) Stop() { v.setFate(Fate{Kind: FateStopped}) }
 
-// Run starts the vCPUs and the console input, and returns when the guest's
-// fate is known. All vCPU threads have left KVM_RUN when it returns.
+// Run confines the process (Config.Confine), starts the vCPUs and the
+// console input, and returns when the guest's fate is known. All vCPU
+// threads have left KVM_RUN when it returns.
 func (v *VM) Run() Fate {
+	if v.cfg.Confine != nil {
+		if err := v.cfg.Confine.ConfineProcess(); err != nil {
+			v.setFate(Fate{Kind: FateInternalError, Err: err})
+			return <-v.fate
+		}
+	}
 	if v.bootTimer != nil {
 		v.bootTimer.MarkGuestStart()
 	}
-	var wg sync.WaitGroup
+	v.loops.Add(len(v.cpus))
 	for _, c := range v.cpus {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer v.loops.Done()
 			c.loop()
 		}()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if v.cfg.ConsoleIn != nil {
-		go v.feedConsole(ctx, v.cfg.ConsoleIn)
-	}
+	stopInput := v.startConsoleInput()
+	defer stopInput()
 	f := <-v.fate
-	wg.Wait()
+	v.loops.Wait()
+	if !v.console.Flush(consoleFlushTimeout) {
+		v.log.Warn("console output not all written: its reader is stalled", "timeout", consoleFlushTimeout)
+	}
+	f.ExitStatus, f.HasExitStatus = v.exitStat.Status()
 	if f.Kind == FateStopped {
 		// Where a guest that had to be stopped was: the first clue to a hang.
 		for _, c := range v.cpus {
@@ -518,11 +585,77 @@ func (v *VM) logNetLosses() {
 	}
 }
 
+// fdReader is a console input with a file descriptor (an *os.File, or a
+// reader over one), which can be polled.
+type fdReader interface {
+	io.Reader
+	Fd() uintptr
+}
+
+// startConsoleInput starts copying ConsoleIn to the guest's UART, if set,
+// and returns the function that ends the copy; Run calls it on return so
+// the copy does not outlive the run. An input with a file descriptor is
+// read only once poll says it is readable, with an eventfd beside it that
+// the returned function signals: no read is left blocked, and the function
+// returns once the goroutine has ended. Another reader cannot be
+// interrupted: its goroutine ends when its pending Read returns.
+func (v *VM) startConsoleInput() (stop func()) {
+	r := v.cfg.ConsoleIn
+	if r == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fr, ok := r.(fdReader)
+	wake := -1
+	if ok {
+		var err error
+		if wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			v.log.Warn("console input: no eventfd; its reader may outlive the run", "err", err)
+			ok = false
+		}
+	}
+	if !ok {
+		go v.feedConsole(ctx, r, func() bool { return ctx.Err() == nil })
+		return cancel
+	}
+	fds := []unix.PollFd{{Fd: int32(fr.Fd()), Events: unix.POLLIN}, {Fd: int32(wake), Events: unix.POLLIN}}
+	readable := func() bool {
+		for {
+			fds[0].Revents, fds[1].Revents = 0, 0
+			_, err := unix.Poll(fds, -1)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				v.log.Warn("console input: poll failed; input stops", "err", err)
+				return false
+			}
+			// Input, or a hang-up or error on it, which Read reports (EOF
+			// or the error) and which ends the copy; or the wake-up.
+			return fds[1].Revents == 0
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v.feedConsole(ctx, r, readable)
+	}()
+	return func() {
+		cancel()
+		var one [8]byte
+		one[0] = 1 // eventfd counter += 1
+		unix.Write(wake, one[:])
+		<-done
+		unix.Close(wake)
+	}
+}
+
 // feedConsole copies host input to the guest's UART, waiting for the guest
-// to drain its receive FIFO instead of dropping bytes.
-func (v *VM) feedConsole(ctx context.Context, r io.Reader) {
+// to drain its receive FIFO instead of dropping bytes, as long as ready
+// (called before each read) says to go on.
+func (v *VM) feedConsole(ctx context.Context, r io.Reader, ready func() bool) {
 	buf := make([]byte, 256)
-	for {
+	for ready() && ctx.Err() == nil {
 		n, err := r.Read(buf)
 		if n > 0 && v.serial.Feed(ctx, buf[:n]) != nil {
 			return
@@ -533,17 +666,26 @@ func (v *VM) feedConsole(ctx context.Context, r io.Reader) {
 	}
 }
 
-// Close releases everything the VM holds. It is safe on a partly built VM.
+// Close releases everything the VM holds. It is safe on a partly built VM;
+// a VM still running is stopped first, and its vCPU threads are waited for
+// (their kvm_run pages are unmapped below).
 func (v *VM) Close() error {
 	if v.closed {
 		return nil
 	}
 	v.closed = true
+	if len(v.cpus) > 0 {
+		v.Stop()
+		v.loops.Wait()
+	}
 	var errs []error
 	for _, c := range v.cpus {
 		errs = append(errs, c.fd.Close())
 	}
 	errs = append(errs, v.closeVirtio())
+	if v.console != nil {
+		v.console.Close()
+	}
 	if v.serialOut != nil {
 		errs = append(errs, v.serialOut.Close())
 	}

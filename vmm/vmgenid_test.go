@@ -9,6 +9,7 @@ import (
 
 	"github.com/embervm/ember/acpi"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/x86"
 )
@@ -42,7 +43,7 @@ func dsdtOf(t *testing.T, v *VM) []byte {
 // ID (different from the saved one, and from another restore's), which a
 // Diff snapshot of the restored VM includes.
 func TestVMGenID(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Counter())
 	a, err := New(cfg)
 	if err != nil {

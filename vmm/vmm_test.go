@@ -6,21 +6,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/embervm/ember/devices"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
+	"github.com/embervm/ember/x86"
 )
-
-func needKVM(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("no usable /dev/kvm: %v", err)
-	}
-	f.Close()
-}
 
 func tinyConfig(t *testing.T, image []byte) (Config, *bytes.Buffer) {
 	t.Helper()
@@ -49,7 +44,7 @@ func runGuest(t *testing.T, cfg Config) Fate {
 }
 
 func TestTinyGuestResetIsNormalEnd(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, log := tinyConfig(t, tiny.Image())
 	cfg.BootTimer = true
 	vm, err := New(cfg)
@@ -65,8 +60,34 @@ func TestTinyGuestResetIsNormalEnd(t *testing.T) {
 	}
 }
 
+// A guest that writes its exit status and resets ends with the status in
+// its fate; one that writes none has none.
+func TestExitStatusInFate(t *testing.T) {
+	testkvm.Need(t)
+	if devices.ExitStatusBase != x86.ExitStatusAddr || tiny.ExitStatusAddr != x86.ExitStatusAddr {
+		t.Fatalf("exit-status register at %#x (devices), %#x (x86 layout), %#x (tiny guest)",
+			devices.ExitStatusBase, x86.ExitStatusAddr, tiny.ExitStatusAddr)
+	}
+	for _, status := range []uint32{0, 3, 137, 255} {
+		cfg, _ := tinyConfig(t, tiny.ExitStatus(status))
+		f := runGuest(t, cfg)
+		if f.Kind != FateReset || !f.HasExitStatus || f.ExitStatus != int(status) {
+			t.Errorf("status %d: fate %+v", status, f)
+		}
+	}
+	// Out of range: ignored, as if never written.
+	cfg, _ := tinyConfig(t, tiny.ExitStatus(256))
+	if f := runGuest(t, cfg); f.Kind != FateReset || f.HasExitStatus {
+		t.Errorf("status 256: fate %+v", f)
+	}
+	cfg, _ = tinyConfig(t, tiny.Image())
+	if f := runGuest(t, cfg); f.Kind != FateReset || f.HasExitStatus {
+		t.Errorf("guest without a status: fate %+v", f)
+	}
+}
+
 func TestTripleFaultIsReported(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.TripleFault())
 	f := runGuest(t, cfg)
 	if f.Kind != FateShutdown || f.Err == nil || !strings.Contains(f.Err.Error(), "rip=") {
@@ -77,7 +98,7 @@ func TestTripleFaultIsReported(t *testing.T) {
 // TestStopKicksSpinningVCPUs: Stop interrupts vCPUs that are running guest
 // code and never exit on their own (immediate_exit plus a signal).
 func TestStopKicksSpinningVCPUs(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	cfg, _ := tinyConfig(t, tiny.Spin())
 	cfg.VCPUs = 2
 	vm, err := New(cfg)
@@ -125,5 +146,27 @@ func TestBadKernelIsInvalidConfig(t *testing.T) {
 	cfg, _ := tinyConfig(t, []byte("#!/bin/sh\necho not a kernel\n"))
 	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("err = %v, want ErrInvalidConfig", err)
+	}
+}
+
+// TestConsoleInputEndsWithRun: the goroutine that copies console input to
+// the guest ends when Run returns, even though its input (a pipe nobody
+// writes to or closes) never ends.
+func TestConsoleInputEndsWithRun(t *testing.T) {
+	testkvm.Need(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	cfg, _ := tinyConfig(t, tiny.Image())
+	cfg.ConsoleIn = r
+	if f := runGuest(t, cfg); f.Kind != FateReset {
+		t.Fatalf("fate %v (%v), want reset", f.Kind, f.Err)
+	}
+	buf := make([]byte, 1<<20)
+	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "feedConsole") {
+		t.Fatalf("the console input goroutine outlived Run:\n%s", stacks)
 	}
 }

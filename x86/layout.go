@@ -81,6 +81,10 @@ const (
 	// MMIODevicesEnd bounds the 32-bit device windows: Firecracker puts the
 	// PCIe ECAM here.
 	MMIODevicesEnd = 0xeec00000
+	// ExitStatusAddr is Ember's exit-status register page
+	// (devices.ExitStatus), the last page below MMIODevicesEnd: the
+	// virtio windows grow upwards from VirtioMMIOBase towards it.
+	ExitStatusAddr = MMIODevicesEnd - 0x1000
 
 	// IOAPICAddr is the IOAPIC's MMIO base (IO_APIC_DEFAULT_PHYS_BASE; the
 	// 82093AA default, MP spec 1.4 section 3.6.5).

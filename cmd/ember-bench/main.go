@@ -22,6 +22,18 @@
 //	    the in-lab half of the restore comparison.
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
+//	ember-bench density [--max N] [--step N] [--parallel P] [--qemu-max N]
+//	    idle tiny guests on this host, each in its own ember --api-sock,
+//	    ramped up in steps to --max while every VM answers GET / (p99
+//	    within 100 ms) and every guest printed its line; then the same
+//	    with QEMU's microvm and QMP up to --qemu-max; ends with NAME VALUE
+//	    UNIT lines (density_vms, density_host_mib_per_vm,
+//	    density_pss_mib_per_vm, the qemu_ figures and the ratios).
+//	ember-bench launch [--launches N] [--parallel P]
+//	    launch and snapshot-restore rates of the tiny guest on this host
+//	    with P at a time, Ember and QEMU's microvm; ends with NAME VALUE
+//	    UNIT lines (launch_rate_per_s, restore_rate_per_s, the qemu_
+//	    figures and the ratios).
 package main
 
 import (
@@ -33,9 +45,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/embervm/ember/bench"
@@ -45,7 +60,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|density|launch [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -64,6 +79,12 @@ func main() {
 		err = snapshotBench(os.Args[2:])
 	case "lab-restore":
 		err = labRestore(os.Args[2:])
+	case "density":
+		err = densityBench(os.Args[2:])
+	case "launch":
+		err = launchBench(os.Args[2:])
+	case bench.LeaderSubcommand:
+		bench.RunLeader()
 	default:
 		fmt.Fprintf(os.Stderr, "ember-bench: unknown benchmark %q\n", os.Args[1])
 		os.Exit(exitUsage)
@@ -137,6 +158,7 @@ func boot(args []string) error {
 	bench.Line(os.Stdout, "lab_boot_ratio_vs_qemu", e/q, "ratio")
 	bench.Line(os.Stdout, "tiny_exec_to_guest_ms", tr.EmberGuestMS, "ms")
 	bench.Line(os.Stdout, "tiny_exec_to_exit_ms", tr.EmberMS, "ms")
+	bench.Line(os.Stdout, "tiny_exec_to_exit_seccomp_ms", tr.EmberSeccompMS, "ms")
 	bench.Line(os.Stdout, "tiny_peak_rss_mib", tr.EmberRSSMiB, "MiB")
 	bench.Line(os.Stdout, "qemu_tiny_exec_to_exit_ms", tr.QEMUMS, "ms")
 	bench.Line(os.Stdout, "qemu_tiny_peak_rss_mib", tr.QEMURSSMiB, "MiB")
@@ -316,6 +338,72 @@ func labRestore(args []string) error {
 	if err != nil {
 		return err
 	}
+	r.Lines(os.Stdout)
+	return nil
+}
+
+// interruptible is a context that ends on SIGINT or SIGTERM, so a scale
+// benchmark cleans up what it started before it exits.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func densityBench(args []string) error {
+	fs := flag.NewFlagSet("density", flag.ExitOnError)
+	maxVMs := fs.Int("max", 4000, "most Ember VMs to run at once")
+	step := fs.Int("step", 0, "VMs added per step (default: --max/8)")
+	parallel := fs.Int("parallel", 2*runtime.NumCPU(), "VMs started at once")
+	qemuMax := fs.Int("qemu-max", 500, "most QEMU VMs to run at once (0: no QEMU run)")
+	memMiB := fs.Int("mem-mib", 128, "guest memory per VM")
+	fs.Parse(args)
+	if *maxVMs < 1 || *qemuMax < 0 || *memMiB < 1 {
+		return fmt.Errorf("density: --max and --mem-mib must be positive, --qemu-max not negative")
+	}
+	if err := bench.CheckHostFor(*maxVMs); err != nil {
+		return fmt.Errorf("density --max %d: %w", *maxVMs, err)
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	fmt.Printf("== density: idle tiny guests (%d MiB) in ember --api-sock, up to %d in steps, %d started at once\n", *memMiB, *maxVMs, *parallel)
+	e, err := bench.Density(ctx, bench.DensityOptions{Ember: sibling("ember"), Max: *maxVMs, Step: *step, Parallel: *parallel, MemMiB: *memMiB}, os.Stdout)
+	if err != nil {
+		return err
+	}
+	var q bench.DensityResult
+	if *qemuMax > 0 {
+		fmt.Printf("== density: the same guest in QEMU microvm with a QMP socket, up to %d\n", *qemuMax)
+		q, err = bench.Density(ctx, bench.DensityOptions{QEMU: true, Max: *qemuMax, Step: *step, Parallel: *parallel, MemMiB: *memMiB}, os.Stdout)
+		if err != nil {
+			return err
+		}
+	}
+	fmt.Println("== density figures at the largest step every VM passed")
+	e.Lines(os.Stdout)
+	if *qemuMax > 0 {
+		q.Lines(os.Stdout)
+		bench.LineNote(os.Stdout, "density_host_mib_ratio_vs_qemu", q.HostMiBPerVM/e.HostMiBPerVM, "ratio", "QEMU/Ember MemAvailable drop per VM: > 1 means Ember uses less")
+		bench.LineNote(os.Stdout, "density_pss_mib_ratio_vs_qemu", q.PSSMiBPerVM/e.PSSMiBPerVM, "ratio", "QEMU/Ember PSS per VM: > 1 means Ember uses less")
+	}
+	return nil
+}
+
+func launchBench(args []string) error {
+	fs := flag.NewFlagSet("launch", flag.ExitOnError)
+	launches := fs.Int("launches", 500, "VMs launched (and restored) per figure")
+	parallel := fs.Int("parallel", 2*runtime.NumCPU(), "VMs launched at once")
+	memMiB := fs.Int("mem-mib", 128, "guest memory per VM")
+	fs.Parse(args)
+	if *launches < 1 || *parallel < 1 || *memMiB < 1 {
+		return fmt.Errorf("launch: --launches, --parallel and --mem-mib must be positive")
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	fmt.Printf("== launch and restore rates of the tiny guest (%d MiB) on this host, %d at a time, Ember then QEMU microvm\n", *memMiB, *parallel)
+	r, err := bench.Launch(ctx, bench.LaunchOptions{Ember: sibling("ember"), Launches: *launches, Parallel: *parallel, MemMiB: *memMiB}, os.Stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("== rates over %d launches each\n", *launches)
 	r.Lines(os.Stdout)
 	return nil
 }

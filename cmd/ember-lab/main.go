@@ -142,7 +142,7 @@ func cmdPrepare(ctx context.Context, cfg lab.Config, args []string, stderr io.Wr
 func cmdGuestInitramfs(ctx context.Context, cfg lab.Config, args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("ember-lab guest-initramfs", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	initPath := fs.String("init", "guest/init/init", "the guest init script")
+	initPath := fs.String("init", "guest/testinit/init", "the guest init script")
 	busybox := fs.String("busybox", "/bin/busybox", "static busybox binary")
 	out := fs.String("o", "", "output `FILE` (gzip-compressed newc cpio)")
 	modDir := fs.String("modules", "", "kernel module `DIR` (lib/modules/VERSION with modules.dep) to take -module names from")

@@ -8,16 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"regexp"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/logger"
 	"github.com/embervm/ember/metrics"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/vmm"
 )
@@ -29,12 +27,23 @@ const (
 	exitBadArguments = 153 // bad command-line arguments
 )
 
+// Firecracker's metric of seccomp violations.
+const (
+	seccompGroup     = "seccomp"
+	seccompNumFaults = "num_faults"
+)
+
 // Firecracker-mode defaults.
 const (
 	defaultAPISock    = "/run/ember.socket"
 	defaultInstanceID = "anonymous-instance"
 	defaultMaxPayload = 51200 // bytes, Firecracker's --http-api-max-payload-size
 	maxInstanceIDLen  = 64    // Firecracker's limit on --id
+	// maxConfigFileSize bounds what --config-file reads: 1 MiB, far more
+	// than any machine description (one with 32 drives and interfaces is
+	// a few KiB), and little enough that a wrong path (a disk image,
+	// /dev/zero) fails at once instead of filling memory.
+	maxConfigFileSize = 1 << 20
 )
 
 // instanceIDPattern is what Firecracker accepts as --id: alphanumerics and '-'.
@@ -50,8 +59,8 @@ type fcFlags struct {
 	showLevel, showOrigin                    bool
 	metricsPath                              string
 	maxPayload                               int
-	noSeccomp                                bool
-	seccompFilter, metadata                  string
+	seccomp                                  seccompFlags
+	metadata                                 string
 	startTimeUS, startTimeCPUUS, parentCPUUS uint64
 	mmdsSizeLimit                            int
 }
@@ -75,8 +84,7 @@ func parseFCFlags(args []string) (*fcFlags, error) {
 	fs.BoolVar(&f.showOrigin, "show-log-origin", false, "show file:line in log lines")
 	fs.StringVar(&f.metricsPath, "metrics-path", "", "write metrics to this file or FIFO")
 	fs.IntVar(&f.maxPayload, "http-api-max-payload-size", defaultMaxPayload, "largest API request body, in bytes")
-	fs.BoolVar(&f.noSeccomp, "no-seccomp", false, "accepted for compatibility; Ember installs no seccomp filter yet")
-	fs.StringVar(&f.seccompFilter, "seccomp-filter", "", "not supported yet")
+	f.seccomp.register(fs)
 	fs.StringVar(&f.metadata, "metadata", "", "not supported yet (MMDS)")
 	fs.IntVar(&f.mmdsSizeLimit, "mmds-size-limit", 0, "accepted for compatibility (MMDS is not supported yet)")
 	fs.Uint64Var(&f.startTimeUS, "start-time-us", 0, "process start time from the jailer (accepted)")
@@ -94,13 +102,14 @@ func parseFCFlags(args []string) (*fcFlags, error) {
 		return nil, fmt.Errorf("--id %q: want 1 to %d letters, digits or '-'", f.id, maxInstanceIDLen)
 	case f.maxPayload <= 0:
 		return nil, fmt.Errorf("--http-api-max-payload-size %d: must be positive", f.maxPayload)
-	case f.seccompFilter != "":
-		return nil, errors.New("--seccomp-filter: custom seccomp filters are not supported yet")
 	case f.metadata != "":
 		return nil, errors.New("--metadata: MMDS is not supported yet")
 	}
 	if _, err := logger.ParseLevel(f.level); err != nil {
 		return nil, fmt.Errorf("--level: %w", err)
+	}
+	if err := f.seccomp.check(); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -135,10 +144,15 @@ func runFirecracker(args []string, start time.Time) int {
 		return exitOK
 	}
 
+	conf, err := f.seccomp.confinement()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember:", err)
+		return exitBadArguments
+	}
 	level, _ := logger.ParseLevel(f.level) // checked by parseFCFlags
 	logs := logger.New(logger.Options{ID: f.id, Level: level, ShowLevel: f.showLevel, ShowOrigin: f.showOrigin})
 	defer logs.Close()
-	log := slog.New(logs.Handler())
+	log := slog.New(selfTestHandler(logs.Handler()))
 	if f.logPath != "" {
 		err := logs.Configure(logger.Config{Path: f.logPath, Level: f.level, ShowLevel: f.showLevel, ShowOrigin: f.showOrigin, Module: f.module})
 		if err != nil {
@@ -151,6 +165,7 @@ func runFirecracker(args []string, start time.Time) int {
 		VCPUs: vmm.DefaultVCPUs, MemMiB: vmm.DefaultMemMiB, Cmdline: vmm.DefaultCmdline,
 		BootTimer: f.bootTimer, Console: os.Stdout, ConsoleIn: os.Stdin, Logger: log,
 		AllowEmulatedKVM: os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1",
+		Confine:          asConfiner(conf),
 	})
 	defer ctl.Close()
 
@@ -171,6 +186,21 @@ func runFirecracker(args []string, start time.Time) int {
 	go mets.Run(ctx)
 	defer mets.Flush()
 
+	// Seccomp from here on, before the API's first request and the
+	// config file's VM: a violation logs one line, stores
+	// seccomp.num_faults, flushes the metrics and exits 148.
+	if conf != nil {
+		err := conf.Start(func(v seccomp.Violation) {
+			log.Error(v.String())
+			mets.Counter(seccompGroup, seccompNumFaults).Inc()
+			mets.Flush()
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember:", err)
+			return exitFailure
+		}
+	}
+
 	srv := api.New(ctl, api.Options{
 		ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
 		ConfigureLogger: func(c api.Logger) error {
@@ -182,7 +212,7 @@ func runFirecracker(args []string, start time.Time) int {
 		CountRequest:     requestCounter(mets.Registry()),
 	})
 	if f.configFile != "" {
-		data, err := os.ReadFile(f.configFile)
+		data, err := readConfigFile(f.configFile)
 		if err == nil {
 			err = srv.ApplyConfigFile(data)
 		}
@@ -212,14 +242,14 @@ func runFirecracker(args []string, start time.Time) int {
 		log.Info("API server listening", "socket", f.apiSock)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	select {
-	case s := <-sigs:
-		log.Info("stopping the microVM", "signal", s)
-		ctl.Stop()
-	case <-ctl.Done():
-	}
+	go watchSignals(log, notifyStop(), ctl.Done(), ctl.Stop, stopTimeout, func(reason string) {
+		log.Error("exiting at once", "reason", reason)
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		if !f.noAPI {
+			os.Remove(f.apiSock)
+		}
+		os.Exit(exitFailure)
+	})
 	fate := ctl.Fate()
 	if !f.noAPI {
 		// A request may still be answering: the 400 of a failed PUT
@@ -239,6 +269,24 @@ func runFirecracker(args []string, start time.Time) int {
 	log.Error("guest failed", "fate", fate.Kind, "err", fate.Err)
 	fmt.Fprintf(os.Stderr, "ember: guest %s: %v\n", fate.Kind, fate.Err)
 	return exitFailure
+}
+
+// readConfigFile reads the --config-file at path, refusing one larger than
+// maxConfigFileSize.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxConfigFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxConfigFileSize {
+		return nil, fmt.Errorf("the file is larger than the %d-byte (%d MiB) limit on a config file", maxConfigFileSize, maxConfigFileSize>>20)
+	}
+	return data, nil
 }
 
 func deref[T any](p *T, def T) T {

@@ -15,6 +15,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // hangLimit bounds waits for things that take milliseconds: reaching it is
@@ -43,18 +44,25 @@ func TestFirecrackerFlagErrors(t *testing.T) {
 	}
 }
 
-// TestBadConfigFile: a config file that is not JSON, has an unknown key or
-// names a missing kernel gets one line naming the problem and exit 152.
+// TestBadConfigFile: a config file that is not JSON, has an unknown key,
+// names a missing kernel or is larger than the limit gets one line naming
+// the problem (and the file) and exit 152.
 func TestBadConfigFile(t *testing.T) {
-	for name, body := range map[string]string{
-		"not json":       `{"boot-source": `,
-		"unknown key":    `{"boot-source": {"kernel_image_path": "/nonexistent"}, "turbo": true}`,
-		"missing kernel": `{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}`,
+	for name, c := range map[string]struct{ body, want string }{
+		"not json":       {`{"boot-source": `, "incomplete"},
+		"unknown key":    {`{"boot-source": {"kernel_image_path": "/nonexistent"}, "drives": [], "turbo": true}`, "turbo"},
+		"missing kernel": {`{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}, "drives": []}`, "/nonexistent/vmlinux"},
+		// Valid JSON, padded past the limit: refused for its size alone.
+		"too large": {strings.Repeat(" ", maxConfigFileSize) + `{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}`,
+			"1048576-byte (1 MiB) limit"},
 	} {
-		cfg := write(t, "config.json", []byte(body))
+		cfg := write(t, "config.json", []byte(c.body))
 		_, stderr, code, _ := runEmber(t, "--no-api", "--config-file", cfg)
 		if code != exitBadConfig || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 			t.Errorf("%s: exit %d, stderr %q; want 152 and one line", name, code, stderr)
+		}
+		if !strings.Contains(stderr, cfg) || !strings.Contains(stderr, c.want) {
+			t.Errorf("%s: stderr %q does not name the file and %q", name, stderr, c.want)
 		}
 	}
 }
@@ -62,7 +70,7 @@ func TestBadConfigFile(t *testing.T) {
 // TestConfigFileNoAPI boots the tiny guest from a config file without an
 // API: Ember exits 0 when the guest resets.
 func TestConfigFileNoAPI(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	cfg, _ := json.Marshal(map[string]any{
 		"boot-source":    map[string]any{"kernel_image_path": kernel},
@@ -79,7 +87,7 @@ func TestConfigFileNoAPI(t *testing.T) {
 // API socket only, as a Firecracker client would, and checks the answers
 // to bad requests along the way.
 func TestAPIBootsTinyGuest(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	cmd := exec.Command(emberBin, "--api-sock", sock, "--id", "tiny-1")

@@ -3,14 +3,23 @@
 //	ember --api-sock PATH [--config-file FILE [--no-api]] ...   (Firecracker's flags and API)
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,base=BASE][,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
+//	          [--no-seccomp | --seccomp-filter FILE]
 //	ember disk create --base FILE [--base-format raw|overlay] [--cluster-size BYTES] OVERLAY
 //	ember disk commit OVERLAY NEWBASE
 //	ember disk info OVERLAY
 //	ember extract-vmlinux BZIMAGE OUT
+//	ember image import|pull|ls|inspect|rm|prune ...
+//	ember doctor [--vms N] [--fix]
+//	ember seccomp print [--json]
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
-// crashes or Ember fails, 2 for bad flags or files.
+// crashes or Ember fails, 2 for bad flags or files, 148 when a seccomp
+// filter refuses a system call. A guest that wrote a status (0-255) to
+// Ember's exit-status register (devices.ExitStatus) before it reset or
+// powered off makes run exit with that status instead: an image's init
+// reports its workload's exit code there (128+N for a workload killed by
+// signal N; 125, 126, 127 when the init could not start it).
 package main
 
 import (
@@ -20,14 +29,15 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/embervm/ember/loader"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -57,10 +67,12 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
         [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
+        [--no-seccomp | --seccomp-filter FILE]
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember --snapshot-version | --describe-snapshot FILE
       the snapshot format version Ember writes, or the one of FILE (as Firecracker's)
   ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
+            [--no-seccomp | --seccomp-filter FILE]
   ember extract-vmlinux BZIMAGE OUT
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
@@ -69,6 +81,9 @@ func usage(w io.Writer) {
                                         an empty copy-on-write overlay over FILE (--drive path=OVERLAY,base=FILE)
   ember disk commit OVERLAY NEWBASE     merge an overlay and its base into a new raw base
   ember disk info OVERLAY               an overlay's header, base check and space
+  ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
+  ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
+  ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember version
 `)
 }
@@ -98,6 +113,12 @@ func run(args []string, start time.Time) int {
 		return runSnapshot(args[1:])
 	case "disk":
 		return runDisk(args[1:])
+	case "image":
+		return runImage(args[1:])
+	case "doctor":
+		return runDoctor(args[1:])
+	case "seccomp":
+		return runSeccompCmd(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
@@ -129,6 +150,8 @@ func runVM(args []string, start time.Time) int {
 	fs.Var(rngFlag{&cfg.RNG}, "rng", "add a virtio-rng entropy device (--rng=rate=LIMIT to limit it)")
 	fs.BoolVar(&cfg.NoVirtioCmdline, "no-virtio-cmdline", false, "announce virtio devices in ACPI only, not also with virtio_mmio.device= on the kernel command line")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	var sc seccompFlags
+	sc.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -147,7 +170,15 @@ func runVM(args []string, start time.Time) int {
 		fmt.Fprintf(os.Stderr, "ember run: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	conf, err := sc.confinement()
+	if err == nil {
+		err = sc.check()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ember run:", err)
+		return exitUsage
+	}
+	log := slog.New(selfTestHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
 	cfg.Logger = log
 	cfg.Console = os.Stdout
 	cfg.AllowEmulatedKVM = os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1"
@@ -162,6 +193,25 @@ func runVM(args []string, start time.Time) int {
 		cfg.ConsoleIn = os.Stdin
 	}
 
+	// Seccomp: the vmm and vcpu filters go on when the VM starts running
+	// (vmm.VM.Run), Firecracker's points; the flags that built it are
+	// trusted, so there is no boot filter. A violation logs one line, puts
+	// the terminal back and exits 148.
+	var rawTerm atomic.Pointer[term.State]
+	if conf != nil {
+		err := conf.Arm(func(v seccomp.Violation) {
+			if st := rawTerm.Load(); st != nil {
+				term.Restore(stdin, st)
+			}
+			log.Error(v.String())
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember:", err)
+			return exitFailure
+		}
+		cfg.Confine = conf
+	}
+
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ember:", err)
@@ -174,25 +224,31 @@ func runVM(args []string, start time.Time) int {
 
 	if term.IsTerminal(stdin) {
 		if st, err := term.MakeRaw(stdin); err == nil {
+			rawTerm.Store(st)
 			restore = func() { term.Restore(stdin, st) }
 			defer restore()
 		}
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
-	go func() {
-		s := <-sigs
-		log.Info("stopping the VM", "signal", s)
-		vm.Stop()
-	}()
+	ran := make(chan struct{})
+	go watchSignals(log, notifyStop(), ran, vm.Stop, stopTimeout, func(reason string) {
+		if restore != nil {
+			restore()
+		}
+		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
+		os.Exit(exitFailure)
+	})
 
 	fate := vm.Run()
+	close(ran)
 	if restore != nil {
 		restore()
 	}
 	switch fate.Kind {
 	case vmm.FateReset, vmm.FatePoweroff:
-		log.Debug("guest ended", "fate", fate.Kind)
+		log.Debug("guest ended", "fate", fate.Kind, "exit_status", fate.ExitStatus, "has_exit_status", fate.HasExitStatus)
+		if fate.HasExitStatus {
+			return fate.ExitStatus
+		}
 		return exitOK
 	case vmm.FateStopped:
 		fmt.Fprintln(os.Stderr, "ember: VM stopped before the guest ended")
@@ -204,10 +260,13 @@ func runVM(args []string, start time.Time) int {
 
 // escapeReader passes terminal input through and turns Ctrl-A x into EOF
 // plus a stop, so a user can leave a guest that does not exit.
-type escapeReader struct{ r io.Reader }
+type escapeReader struct{ f *os.File }
+
+// Fd lets the VMM poll the terminal, so its console input ends with the run.
+func (e escapeReader) Fd() uintptr { return e.f.Fd() }
 
 func (e escapeReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
+	n, err := e.f.Read(p)
 	for i := 0; i+1 < n; i++ {
 		if p[i] == consoleEscape && p[i+1] == 'x' {
 			unix.Kill(os.Getpid(), unix.SIGTERM)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -22,7 +23,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	emberBin = filepath.Join(dir, "ember")
-	if out, err := exec.Command("go", "build", "-o", emberBin, ".").CombinedOutput(); err != nil {
+	// Static, as make build builds it: seccomp, on by default, refuses a
+	// binary linked with the C library.
+	build := exec.Command("go", "build", "-o", emberBin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		panic("go build: " + err.Error() + "\n" + string(out))
 	}
@@ -83,6 +88,9 @@ func TestBadInputOneLineExit2(t *testing.T) {
 		{"reserved vsock cid", []string{"run", "--kernel", kernel, "--vsock", "cid=2,uds=/tmp/ember-test.sock"}, "guest_cid"},
 		{"balloon bigger than RAM", []string{"run", "--kernel", kernel, "--balloon", "4096"}, "amount_mib"},
 		{"tap name too long", []string{"run", "--kernel", kernel, "--net", "tap=averyveryverylongtapname0"}, "tap name"},
+		{"doctor for no VMs", []string{"doctor", "--vms", "0"}, "--vms 0"},
+		{"doctor bad flag", []string{"doctor", "--frobnicate"}, "frobnicate"},
+		{"doctor argument", []string{"doctor", "now"}, "now"},
 	}
 	// The children get a temporary directory of their own: other test
 	// packages, run in parallel, come and go in the shared one.
@@ -113,20 +121,11 @@ func TestBadInputOneLineExit2(t *testing.T) {
 	}
 }
 
-func kvmUsable(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("no usable /dev/kvm: %v", err)
-	}
-	f.Close()
-}
-
 // TestTinyGuestBootsAndResets runs the hand-made PVH guest on this host's
 // /dev/kvm: it reports to the boot timer and resets through the i8042, so
 // Ember logs the boot time and exits 0.
 func TestTinyGuestBootsAndResets(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	_, stderr, code, wall := runEmber(t, "run", "--kernel", kernel, "--boot-timer")
 	if code != 0 {
@@ -138,6 +137,19 @@ func TestTinyGuestBootsAndResets(t *testing.T) {
 	t.Logf("tiny guest: %v exec to exit", wall)
 }
 
+// TestExitsWithGuestStatus: a guest that writes its workload's status to
+// the exit-status register before it resets makes ember exit with it.
+func TestExitsWithGuestStatus(t *testing.T) {
+	testkvm.Need(t)
+	for _, status := range []int{0, 7, 125, 137} {
+		kernel := write(t, "exit.elf", tiny.ExitStatus(uint32(status)))
+		_, stderr, code, _ := runEmber(t, "run", "--kernel", kernel)
+		if code != status {
+			t.Errorf("guest status %d: ember exited %d\n%s", status, code, stderr)
+		}
+	}
+}
+
 // TestHostCheckNamesProblem: on a host whose KVM would emulate a Linux
 // kernel (this machine's PVM), ember refuses a real kernel at once, in one
 // line that names the host problem and the lab.
@@ -145,7 +157,7 @@ func TestHostCheckNamesProblem(t *testing.T) {
 	if vmm.HostProblem() == "" {
 		t.Skip("this host's KVM runs Linux guests natively")
 	}
-	kvmUsable(t)
+	testkvm.Need(t)
 	// A kernel-sized image: the tiny guest padded past the 1 MiB threshold
 	// stands in for a Linux kernel as far as the host check is concerned.
 	kernel := os.Getenv("EMBER_TEST_LINUX_KERNEL")

@@ -13,6 +13,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // apiEmber is an `ember --api-sock` process and its client.
@@ -58,7 +59,7 @@ func (e *apiEmber) wait(t *testing.T) int {
 // exits at once); `ember snapshot describe` reads the file; a corrupt
 // snapshot fails the load with a 400 and a non-zero exit.
 func TestSnapshotAcrossProcesses(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*hangLimit)
 	defer cancel()
 	dir := t.TempDir()
@@ -173,7 +174,7 @@ func TestSnapshotAcrossProcesses(t *testing.T) {
 // through the API; `ember snapshot apply-diff` merges the Diff into the
 // Full memory file, and a fresh ember loads the Diff's state on it.
 func TestDiffSnapshotCLI(t *testing.T) {
-	kvmUsable(t)
+	testkvm.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*hangLimit)
 	defer cancel()
 	must := func(what string, err error) {

@@ -25,6 +25,8 @@ const (
 	BootTimerAddr = 0xC000_0000
 	// BootTimerMagic is the byte that tells the boot timer the guest is up.
 	BootTimerMagic = 123
+	// ExitStatusAddr is Ember's exit-status register (devices.ExitStatus).
+	ExitStatusAddr = 0xEEBF_F000
 	// DebugExitPort is where QEMU's isa-debug-exit device is placed for the
 	// comparison runs (-device isa-debug-exit,iobase=0xf4,iosize=4).
 	DebugExitPort = 0xf4
@@ -61,6 +63,30 @@ var code = []byte{
 	0xeb, 0xfd, // jmp back to hlt
 }
 
+// Idle guest: it prints IdleLine on COM1, then halts with interrupts off,
+// so it never runs again and costs the host no CPU (the density benchmark's
+// guest: many VMs that exist, answer their VMM's API and do nothing).
+const (
+	// IdleLine is what the Idle guest prints on the serial console.
+	IdleLine = "idle\n"
+	// COM1DataPort is the 8250 UART's transmit register at COM1's base
+	// (I/O port 0x3f8); with DLAB clear a byte written there is sent.
+	COM1DataPort = 0x3f8
+)
+
+// idleCode prints IdleLine one byte at a time, then cli; hlt forever.
+func idleCode() []byte {
+	c := []byte{0x66, 0xba, COM1DataPort & 0xff, COM1DataPort >> 8} // mov dx, 0x3f8
+	for _, ch := range []byte(IdleLine) {
+		c = append(c, 0xb0, ch, 0xee) // mov al, ch; out dx, al
+	}
+	return append(c,
+		0xfa,       // cli
+		0xf4,       // hlt
+		0xeb, 0xfd, // jmp back to hlt (an NMI or SMI could wake it)
+	)
+}
+
 // spinCode loops forever: a guest that never exits on its own.
 var spinCode = []byte{0xeb, 0xfe} // jmp $
 
@@ -91,12 +117,101 @@ var counterCode = []byte{
 	0xeb, 0xfd, // jmp back to hlt
 }
 
+// exitStatusCode stores a 32-bit status in Ember's exit-status register,
+// then resets the machine; the status's bytes are patched in by ExitStatus.
+var exitStatusCode = []byte{
+	0xc7, 0x05, 0x00, 0xf0, 0xbf, 0xee, 0, 0, 0, 0, // mov dword [0xEEBFF000], status
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// exitStatusImm is the offset of the status immediate in exitStatusCode.
+const exitStatusImm = 6
+
+// ExitStatus returns a guest that writes status to Ember's exit-status
+// register and resets the machine: what an image's init does when its
+// workload has exited.
+func ExitStatus(status uint32) []byte {
+	code := append([]byte(nil), exitStatusCode...)
+	binary.LittleEndian.PutUint32(code[exitStatusImm:], status)
+	return elfImage(code)
+}
+
 // Counter returns the counting guest (see counterCode).
 func Counter() []byte { return elfImage(counterCode) }
+
+// PointerAddr holds, for the Scribbler guest, the guest-physical address of
+// the 32-bit word it increments; the host changes it to move the guest's
+// writes to another page. It lies in the page of CounterAddr, which the
+// guest dirties on every iteration.
+const PointerAddr = LoadAddr + 0x808
+
+// scribblerCode is counterCode that also increments the word whose address
+// is at PointerAddr (address 0 until the host sets it): a guest whose
+// dirty pages the host chooses, for diff snapshot tests.
+var scribblerCode = []byte{
+	0xa1, 0x08, 0x08, 0x10, 0x00, // loop: mov eax, [PointerAddr]
+	0xff, 0x00, //                   inc dword [eax]
+	0xff, 0x05, 0x04, 0x08, 0x10, 0x00, // inc dword [CounterAddr]
+	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
+	0x74, 0xea, // je loop
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Scribbler returns the guest that counts and writes where PointerAddr
+// says (see scribblerCode).
+func Scribbler() []byte { return elfImage(scribblerCode) }
+
+// COM1Port is the first I/O port of the PC's first serial port (the UART's
+// transmit holding register).
+const COM1Port = 0x3f8
+
+// ChatterChunk is how many bytes the Chatter guest writes to the serial
+// port at a time, with one rep outsb (which KVM hands to the VMM in exits
+// of up to a page each, so the guest prints at thousands of bytes per
+// exit), and adds to its count.
+const ChatterChunk = 4096
+
+// chatterSource is where the bytes the Chatter guest prints come from:
+// RAM it never writes (zeros).
+const chatterSource = 0x20_0000
+
+// chatterCode is counterCode that writes ChatterChunk bytes to COM1 on
+// every iteration: a guest that prints as fast as the VMM takes its
+// output, for console back-pressure tests. CounterAddr counts the bytes
+// written (the chunk being written is not counted yet).
+var chatterCode = []byte{
+	0xbe, 0x00, 0x00, 0x20, 0x00, // loop: mov esi, chatterSource
+	0xb9, 0x00, 0x10, 0x00, 0x00, //       mov ecx, ChatterChunk
+	0x66, 0xba, 0xf8, 0x03, //             mov dx, COM1Port
+	0xfc,       //                         cld
+	0xf3, 0x6e, //                         rep outsb
+	0x81, 0x05, 0x04, 0x08, 0x10, 0x00, 0x00, 0x10, 0x00, 0x00, // add dword [CounterAddr], ChatterChunk
+	0x80, 0x3d, 0x00, 0x08, 0x10, 0x00, 0x00, // cmp byte [ExitFlagAddr], 0
+	0x74, 0xdc, // je loop
+	0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic, // mov byte [0xC0000000], 123
+	0xb0, I8042ResetCPU, // mov al, 0xfe
+	0xe6, I8042CommandPort, // out 0x64, al
+	0xf4,       // hlt
+	0xeb, 0xfd, // jmp back to hlt
+}
+
+// Chatter returns the guest that counts and writes to the serial port (see
+// chatterCode).
+func Chatter() []byte { return elfImage(chatterCode) }
 
 // Image returns the guest as an ELF64 executable for x86-64 with a PVH entry
 // note: boot timer, isa-debug-exit, i8042 reset.
 func Image() []byte { return elfImage(code) }
+
+// Idle returns the idle guest (see idleCode): prints IdleLine and halts.
+func Idle() []byte { return elfImage(idleCode()) }
 
 // Spin returns a guest that loops forever (for stop and kick tests).
 func Spin() []byte { return elfImage(spinCode) }

@@ -7,8 +7,14 @@ import (
 	"testing"
 )
 
-func TestImageIsPVHELF(t *testing.T) {
-	f, err := elf.NewFile(bytes.NewReader(Image()))
+func TestImagesArePVHELF(t *testing.T) {
+	for name, img := range map[string][]byte{"Image": Image(), "Counter": Counter(), "Idle": Idle(), "Spin": Spin(), "TripleFault": TripleFault()} {
+		t.Run(name, func(t *testing.T) { checkPVHELF(t, img) })
+	}
+}
+
+func checkPVHELF(t *testing.T, img []byte) {
+	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,5 +45,22 @@ func TestImageIsPVHELF(t *testing.T) {
 	}
 	if !sawLoad || !sawNote {
 		t.Fatalf("load %v note %v", sawLoad, sawNote)
+	}
+}
+
+func TestExitStatusGuestStoresToTheRegister(t *testing.T) {
+	f, err := elf.NewFile(bytes.NewReader(ExitStatus(0x01020304)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte{0xc7, 0x05}
+	want = binary.LittleEndian.AppendUint32(want, ExitStatusAddr)
+	want = binary.LittleEndian.AppendUint32(want, 0x01020304)
+	code := make([]byte, len(want))
+	if _, err := f.Progs[0].ReadAt(code, int64(f.Entry-LoadAddr)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(code, want) {
+		t.Errorf("code % x, want % x", code, want)
 	}
 }

@@ -196,11 +196,15 @@ type Metrics struct {
 type Device struct {
 	mem      Memory
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 	features uint64
 	hostPage int
 
 	Metrics Metrics
 
+	// mu guards the fields below it. Lock order: the transport's lock,
+	// then mu; the config-change notifier (the transport) is called
+	// without mu.
 	mu        sync.Mutex
 	numPages  uint32 // target, 4 KiB pages
 	actual    uint32 // driver-reported balloon size, 4 KiB pages
@@ -242,7 +246,7 @@ func New(cfg Config, mem Memory, log *slog.Logger) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{
-		mem: mem, log: log, hostPage: os.Getpagesize(), chain: virtio.NewChain(),
+		mem: mem, log: log, glog: virtio.NewGuestLog(log), hostPage: os.Getpagesize(), chain: virtio.NewChain(),
 		numPages: pages, intervalS: cfg.StatsPollingIntervalS,
 		statsPeriod: time.Duration(cfg.StatsPollingIntervalS) * time.Second, timerfd: -1,
 	}
@@ -266,6 +270,10 @@ func targetPages(mib uint32, memSize uint64) (uint32, error) {
 	}
 	return mib * pagesPerMiB, nil
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 func (d *Device) Type() uint32     { return virtio.IDBalloon }
 func (d *Device) Features() uint64 { return d.features }
@@ -435,6 +443,9 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if tfd >= 0 {
 		err = d.armLocked(d.statsPeriod, d.statsPeriod)
 	}
+	if err == nil {
+		d.worker = w // under mu: Pause and Resume read it from the API thread
+	}
 	d.mu.Unlock()
 	if err != nil {
 		w.Stop()
@@ -442,7 +453,7 @@ func (d *Device) Activate(a *virtio.Activation) error {
 		d.Metrics.ActivateFails.Add(1)
 		return err
 	}
-	d.worker, d.statsActive, d.held, d.broken = w, stats, false, [3]bool{}
+	d.statsActive, d.held, d.broken = stats, false, [3]bool{}
 	w.Start()
 	return nil
 }
@@ -450,7 +461,11 @@ func (d *Device) Activate(a *virtio.Activation) error {
 // Reset stops the worker and the timer. The driver's balloon is gone with
 // it (actual returns to 0); the target and the statistics stay.
 func (d *Device) Reset() {
-	d.worker.Stop()
+	d.mu.Lock()
+	w := d.worker
+	d.worker = nil
+	d.mu.Unlock()
+	w.Stop() // without mu: the worker takes it (readStats)
 	d.mu.Lock()
 	if d.timerfd >= 0 {
 		unix.Close(d.timerfd)
@@ -458,7 +473,7 @@ func (d *Device) Reset() {
 	}
 	d.act, d.actual = nil, 0
 	d.mu.Unlock()
-	d.worker, d.statsActive, d.held = nil, false, false
+	d.statsActive, d.held = false, false
 }
 
 // Close stops the device.
@@ -496,7 +511,7 @@ func (d *Device) process(qi int) {
 			switch {
 			case err != nil:
 				d.Metrics.InvalidReqs.Add(1)
-				d.log.Debug("virtio-balloon: bad descriptor chain", "queue", qi, "err", err)
+				d.glog.Debug("virtio-balloon: bad descriptor chain", "queue", qi, "err", err)
 			case qi == inflateQ:
 				d.inflate(c)
 			default:
@@ -516,7 +531,7 @@ func (d *Device) process(qi int) {
 
 func (d *Device) queueBroken(qi int, err error) {
 	d.Metrics.QueueBroken.Add(1)
-	d.log.Warn("virtio-balloon: queue broken; waiting for a device reset", "queue", qi, "err", err)
+	d.glog.Warn("virtio-balloon: queue broken; waiting for a device reset", "queue", qi, "err", err)
 	d.broken[qi] = true
 }
 
@@ -565,7 +580,7 @@ func (d *Device) pfnBatches(c *virtio.Chain, fn func([]uint32)) {
 	}
 	if extra := readable(c)/4 - uint64(seen); extra > 0 {
 		d.Metrics.BadPFNs.Add(extra)
-		d.log.Debug("virtio-balloon: PFNs past the per-request limit ignored", "count", extra)
+		d.glog.Debug("virtio-balloon: PFNs past the per-request limit ignored", "count", extra)
 	}
 }
 
@@ -628,7 +643,7 @@ func (d *Device) discard(pfn, n uint64) {
 		d.Metrics.MadviseFails.Add(1)
 		if !d.warnedMadv {
 			d.warnedMadv = true
-			d.log.Warn("virtio-balloon: madvise(MADV_DONTNEED) failed; guest pages stay resident", "pfn", pfn, "pages", n, "err", err)
+			d.glog.Warn("virtio-balloon: madvise(MADV_DONTNEED) failed; guest pages stay resident", "pfn", pfn, "pages", n, "err", err)
 		}
 	}
 }
@@ -650,13 +665,13 @@ func (d *Device) processStats() {
 			if d.held {
 				// The driver keeps one buffer in flight; a second one is
 				// a protocol error. Return the older.
-				d.log.Debug("virtio-balloon: driver sent a stats buffer while one was held")
+				d.glog.Debug("virtio-balloon: driver sent a stats buffer while one was held")
 				q.PushUsed(d.heldHead, 0)
 				pushed, d.held = true, false
 			}
 			if err != nil {
 				d.Metrics.StatsUpdateFails.Add(1)
-				d.log.Debug("virtio-balloon: bad stats chain", "err", err)
+				d.glog.Debug("virtio-balloon: bad stats chain", "err", err)
 				q.PushUsed(c.Head, 0)
 				pushed = true
 				continue

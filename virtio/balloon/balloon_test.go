@@ -461,3 +461,77 @@ func FuzzInflate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzStats feeds arbitrary statistics buffers, cut into up to four
+// descriptors with a device-writable one among them, to the stats parser:
+// it must not panic, and afterwards each known tag holds the value of its
+// last record within the first maxStats whole records of the readable
+// bytes taken as one stream (earlier values where the buffer has none),
+// unknown tags and a trailing partial record ignored.
+func FuzzStats(f *testing.F) {
+	f.Add(statsBuf(stat{tagFreeMemory, 1234}, stat{tagTotalMemory, 5678}), uint8(3), uint8(10), uint8(0), uint8(1))
+	f.Add(statsBuf(stat{tagSwapIn, 1}, stat{99, 2}, stat{tagSwapIn, 3}), uint8(0), uint8(0), uint8(0), uint8(0))
+	f.Add(append(statsBuf(stat{tagDirectReclaim, ^uint64(0)}), 1, 2, 3), uint8(5), uint8(7), uint8(9), uint8(2))
+	f.Add(bytes.Repeat(statsBuf(stat{tagOOMKill, 7}), maxStats+3), uint8(100), uint8(200), uint8(250), uint8(3))
+	const memSize = 1 << 20
+	mem, err := memory.New(memSize)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { mem.Close() })
+	f.Fuzz(func(t *testing.T, data []byte, c1, c2, c3, writable uint8) {
+		d, err := New(Config{StatsPollingIntervalS: 1}, mem, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Statistics from before this buffer.
+		for tag := range numTags {
+			if tag%3 == 0 {
+				d.stats[tag], d.statsSeen = uint64(1000+tag), d.statsSeen|1<<tag
+			}
+		}
+		wantVals, wantSeen := d.stats, d.statsSeen
+
+		var cuts []int
+		for _, c := range []uint8{c1, c2, c3} {
+			k := int(c) * len(data) / 256
+			if len(cuts) == 0 || k >= cuts[len(cuts)-1] {
+				cuts = append(cuts, k)
+			}
+		}
+		c := &virtio.Chain{}
+		prev := 0
+		for i, k := range append(cuts, len(data)) {
+			c.Descs = append(c.Descs, virtio.Desc{Buf: data[prev:k]})
+			if i == int(writable%4) {
+				c.Descs = append(c.Descs, virtio.Desc{Buf: bytes.Repeat([]byte{0xff}, statSize+1), Write: true})
+			}
+			prev = k
+		}
+		d.readStats(c)
+
+		for i := 0; i+statSize <= len(data) && i/statSize < maxStats; i += statSize {
+			if tag := binary.LittleEndian.Uint16(data[i:]); tag < numTags {
+				wantVals[tag] = binary.LittleEndian.Uint64(data[i+2:])
+				wantSeen |= 1 << tag
+			}
+		}
+		if d.statsSeen != wantSeen {
+			t.Fatalf("tags seen %#x, want %#x", d.statsSeen, wantSeen)
+		}
+		for tag := range numTags {
+			if wantSeen&(1<<tag) != 0 && d.stats[tag] != wantVals[tag] {
+				t.Fatalf("tag %d = %d, want %d", tag, d.stats[tag], wantVals[tag])
+			}
+		}
+		s := d.Stats()
+		for tag, p := range s.byTag() {
+			if (*p != nil) != (wantSeen&(1<<tag) != 0) || *p != nil && **p != wantVals[tag] {
+				t.Fatalf("Stats() tag %d wrong", tag)
+			}
+		}
+		if d.Metrics.StatsUpdates.Load() != 1 {
+			t.Fatal("the update was not counted")
+		}
+	})
+}

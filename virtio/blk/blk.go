@@ -26,6 +26,7 @@ import (
 	// Named storage here: the tests' disk helper has the package's name.
 	storage "github.com/embervm/ember/disk"
 	"github.com/embervm/ember/ratelimit"
+	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/virtio"
 )
 
@@ -82,9 +83,10 @@ type Config struct {
 	BasePath string `json:",omitempty"`
 }
 
-// open opens the store of a drive configured as c, with its file at path.
-func (c *Config) open(path string) (storage.Store, error) {
-	s, err := storage.Open(storage.Options{Path: path, BasePath: c.BasePath, ReadOnly: c.ReadOnly})
+// open opens the store of a drive configured as c, with its file at path,
+// adding flags to every open(2) it makes.
+func (c *Config) open(path string, flags int) (storage.Store, error) {
+	s, err := storage.Open(storage.Options{Path: path, BasePath: c.BasePath, ReadOnly: c.ReadOnly, OpenFlags: flags})
 	if err != nil {
 		return nil, fmt.Errorf("drive %s: %w", c.ID, err)
 	}
@@ -109,12 +111,15 @@ type Device struct {
 	features uint64
 	id       [IDBytes]byte
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 	limiter  *ratelimit.Limiter
 
 	Metrics Metrics
 
 	// mu orders Activate and Reset (vCPU threads) against the host's
-	// run-time updates; the data path never takes it.
+	// run-time updates; the data path never takes it. Lock order: the
+	// transport's lock, then mu (the transport calls Activate and Reset
+	// holding its own), so nothing calls into the transport holding mu.
 	mu sync.Mutex
 	// configChanged, if set, tells the driver the configuration space
 	// changed (the capacity, after a new backing file).
@@ -145,12 +150,12 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	default:
 		return nil, fmt.Errorf("drive %s: cache_type %q: want %q or %q", cfg.ID, cfg.CacheType, CacheUnsafe, CacheWriteback)
 	}
-	store, err := cfg.open(cfg.Path)
+	store, err := cfg.open(cfg.Path, 0)
 	if err != nil {
 		return nil, err
 	}
 	size := uint64(store.Size())
-	d := &Device{cfg: cfg, store: store, log: log, chain: virtio.NewChain(),
+	d := &Device{cfg: cfg, store: store, log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain(),
 		bufs: make([][]byte, 0, virtio.MaxChainLen)}
 	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
@@ -179,6 +184,10 @@ func (d *Device) Close() error {
 	d.limiter.Close()
 	return d.store.Close()
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // Sectors is the capacity the guest sees.
 func (d *Device) Sectors() uint64 { return d.sectors.Load() }
@@ -215,22 +224,28 @@ func (d *Device) SetConfigNotifier(f func() error) {
 // (Firecracker's PATCH /drives path_on_host). Requests in flight finish on
 // the old file; later ones use the new one.
 func (d *Device) SetBackingFile(path string) error {
-	store, err := d.cfg.open(path)
+	// OpenAfterBoot: the seccomp filter of a running VM lets the store's
+	// opens through and refuses plain ones.
+	store, err := d.cfg.open(path, seccomp.OpenAfterBoot)
 	if err != nil {
 		return err
 	}
 	size := uint64(store.Size())
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	var old storage.Store
 	d.worker.Do(func() {
 		old = d.store
 		d.store, d.cfg.Path = store, path
 		d.sectors.Store(size / SectorSize)
 	})
+	notify := d.configChanged
+	d.mu.Unlock()
 	old.Close()
-	if d.configChanged != nil {
-		if err := d.configChanged(); err != nil {
+	// The transport is called without d.mu: a vCPU resetting or
+	// activating the device holds the transport's lock into Reset and
+	// Activate, which take d.mu.
+	if notify != nil {
+		if err := notify(); err != nil {
 			return fmt.Errorf("drive %s: config-change interrupt: %w", d.cfg.ID, err)
 		}
 	}
@@ -255,8 +270,10 @@ func (d *Device) UpdateRateLimit(cfg ratelimit.Config) error {
 		if fd >= 0 && d.worker != nil {
 			err = d.worker.Watch(fd, limiterToken)
 		}
-		if d.act != nil && !d.broken && !d.limiter.Blocked() {
-			d.process() // serve what waited for the old limits
+		// Serve what waited for the old limits, on the worker: after
+		// Resume if the VM is paused.
+		if d.act != nil && d.worker.Kick(0) != nil {
+			d.Metrics.EventFails.Add(1)
 		}
 	})
 	if err != nil {
@@ -317,7 +334,7 @@ func (d *Device) process() {
 			if !ok {
 				if err != nil {
 					d.Metrics.QueueBroken.Add(1)
-					d.log.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
+					d.glog.Warn("virtio-blk: queue broken; waiting for a device reset", "drive", d.cfg.ID, "err", err)
 					d.broken = true
 					return
 				}
@@ -325,7 +342,7 @@ func (d *Device) process() {
 			}
 			if err != nil {
 				d.Metrics.InvalidReqs.Add(1)
-				d.log.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
+				d.glog.Debug("virtio-blk: bad descriptor chain", "drive", d.cfg.ID, "err", err)
 				q.PushUsed(c.Head, 0)
 				continue
 			}
@@ -440,7 +457,7 @@ func (d *Device) serve(c *virtio.Chain) uint32 {
 	var r request
 	if err := parse(c, &r); err != nil {
 		d.Metrics.InvalidReqs.Add(1)
-		d.log.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
+		d.glog.Debug("virtio-blk: malformed request", "drive", d.cfg.ID, "err", err)
 		return 0
 	}
 	status, written := d.execute(c, &r)
@@ -464,7 +481,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 				return statusIOErr, 0
 			}
 			if err := d.io(c, r, off, unix.SYS_PREADV); err != nil {
-				d.log.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+				d.glog.Warn("virtio-blk: read failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 				return statusIOErr, 0
 			}
 			d.Metrics.ReadCount.Add(1)
@@ -475,7 +492,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 			return statusIOErr, 0
 		}
 		if err := d.io(c, r, off, unix.SYS_PWRITEV); err != nil {
-			d.log.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
+			d.glog.Warn("virtio-blk: write failed", "drive", d.cfg.ID, "sector", r.sector, "err", err)
 			return statusIOErr, 0
 		}
 		d.Metrics.WriteCount.Add(1)
@@ -485,7 +502,7 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 		d.Metrics.FlushCount.Add(1)
 		if d.cfg.CacheType == CacheWriteback && !d.cfg.ReadOnly {
 			if err := d.store.Flush(); err != nil {
-				d.log.Warn("virtio-blk: flush failed", "drive", d.cfg.ID, "err", err)
+				d.glog.Warn("virtio-blk: flush failed", "drive", d.cfg.ID, "err", err)
 				return statusIOErr, 0
 			}
 		}
@@ -560,4 +577,20 @@ func (d *Device) Flush() error {
 		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
 	}
 	return nil
+}
+
+// MarkOverlay flushes a copy-on-write drive and records its overlay for a
+// snapshot (storage.COW.Mark): the identity a load checks the overlay
+// against. ok is false for a raw drive. The VM must be paused.
+func (d *Device) MarkOverlay() (id storage.Identity, ok bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.store.(*storage.COW)
+	if !ok {
+		return storage.Identity{}, false, nil
+	}
+	if id, err = c.Mark(); err != nil {
+		return storage.Identity{}, true, fmt.Errorf("drive %s: %w", d.cfg.ID, err)
+	}
+	return id, true, nil
 }

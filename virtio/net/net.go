@@ -151,6 +151,7 @@ type Device struct {
 	mac      [6]byte
 	features uint64
 	log      *slog.Logger
+	glog     *virtio.GuestLog // for the lines a guest can cause
 
 	rxLimiter, txLimiter *ratelimit.Limiter
 
@@ -175,6 +176,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		log = slog.Default()
 	}
 	d := &Device{cfg: cfg, log: log.With("iface", cfg.IfaceID, "tap", cfg.HostDevName)}
+	d.glog = virtio.NewGuestLog(d.log)
 	d.features = FeatCsum | FeatGuestCsum | FeatGuestTSO4 | FeatGuestTSO6 | FeatGuestUFO |
 		FeatHostTSO4 | FeatHostTSO6 | FeatHostUFO | FeatMrgRxBuf | virtio.FVersion1
 	if cfg.GuestMAC != "" {
@@ -279,6 +281,10 @@ func (d *Device) Close() error {
 	d.txLimiter.Close()
 	return err
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // IfaceID is the interface's iface_id.
 func (d *Device) IfaceID() string { return d.cfg.IfaceID }
@@ -389,7 +395,7 @@ func (d *Device) Reset() {
 	d.worker.Stop()
 	d.worker, d.act = nil, nil
 	if err := d.tap.setOffload(0); err != nil {
-		d.log.Warn("virtio-net: reset", "err", err)
+		d.glog.Warn("virtio-net: reset", "err", err) // a guest can reset in a loop
 	}
 }
 
@@ -441,9 +447,14 @@ func (d *Device) UpdateRateLimits(rx, tx *ratelimit.Config) error {
 		if err = d.updateLimiter(&d.txLimiter, tx, txLimiterToken); err != nil {
 			return
 		}
-		if d.act != nil { // serve what waited for the old limits
-			d.processRx()
-			d.processTx()
+		// Serve what waited for the old limits, on the worker: after
+		// Resume if the VM is paused.
+		if d.act != nil {
+			for _, q := range []int{rxQueue, txQueue} {
+				if d.worker.Kick(q) != nil {
+					d.Metrics.EventFails.Add(1)
+				}
+			}
 		}
 	})
 	if err != nil {
@@ -477,7 +488,21 @@ func (d *Device) interrupt(q *virtio.Queue) {
 // queueBroken stops using a queue the driver broke until a reset.
 func (d *Device) queueBroken(name string, err error) {
 	d.Metrics.QueueBroken.Add(1)
-	d.log.Warn("virtio-net: queue broken; waiting for a device reset", "queue", name, "err", err)
+	d.glog.Warn("virtio-net: queue broken; waiting for a device reset", "queue", name, "err", err)
+}
+
+// PrepareSave implements virtio.SavePreparer: the receive chains the
+// device holds ahead of frames go back into the queue, so that a snapshot's
+// queue state covers them. The worker must be paused; after Resume it pops
+// them again.
+func (d *Device) PrepareSave() {
+	if d.act == nil {
+		return
+	}
+	d.rewindRx()
+	if d.worker.Kick(rxQueue) != nil {
+		d.Metrics.EventFails.Add(1)
+	}
 }
 
 // Pause parks the device's worker: until Resume it touches neither guest

@@ -503,3 +503,88 @@ func udpChecksumOK(f []byte) bool {
 	}
 	return sum == 0xffff
 }
+
+// TestUpdateRateLimitsWhilePaused: a limiter update on a paused device
+// sends and delivers nothing and raises no interrupt; the frames that
+// waited for the old limits move after Resume.
+func TestUpdateRateLimitsWhilePaused(t *testing.T) {
+	one := &ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{Size: 1, RefillTime: ratelimit.MaxRefillTime}}
+	d, m := start(t, Config{RxRateLimit: one, TxRateLimit: one}, all)
+	sock := packetSocket(t, d)
+	for i := range 2 {
+		m.Queues[1].Add(virtiotest.Buf{Data: append(vnetHdr(), frame(60, byte(i))...)})
+		m.Queues[0].Add(virtiotest.Buf{WriteLen: 256})
+	}
+	m.Notify(0)
+	m.Notify(1)
+	if got := recvSent(t, sock); !bytes.Equal(got, frame(60, 0)) {
+		t.Fatal("first tx frame differs")
+	}
+	inject(t, sock, frame(60, 10))
+	inject(t, sock, frame(60, 11))
+	if _, _, err := m.WaitUsed(0, wait); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both directions throttled", func() bool {
+		return d.Metrics.TxThrottled.Load() > 0 && d.Metrics.RxThrottled.Load() > 0
+	})
+	d.Pause()
+	m.Interrupts()
+	rxUsed, txUsed := m.UsedIdx(0), m.UsedIdx(1)
+	if err := d.UpdateRateLimits(&ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{}}, &ratelimit.Config{Ops: &ratelimit.TokenBucketConfig{}}); err != nil {
+		t.Fatal(err)
+	}
+	if r, x := m.UsedIdx(0), m.UsedIdx(1); r != rxUsed || x != txUsed {
+		t.Fatalf("used indices rx %d tx %d after the update, were %d and %d: the paused device moved frames", r, x, rxUsed, txUsed)
+	}
+	if n := m.Interrupts(); n != 0 {
+		t.Fatalf("%d interrupts raised by the paused device", n)
+	}
+	if d.Metrics.TxPackets.Load() != 1 || d.Metrics.RxPackets.Load() != 1 {
+		t.Fatalf("packets tx %d rx %d while paused, want 1 each", d.Metrics.TxPackets.Load(), d.Metrics.RxPackets.Load())
+	}
+	d.Resume()
+	if got := recvSent(t, sock); !bytes.Equal(got, frame(60, 1)) {
+		t.Fatal("second tx frame differs")
+	}
+	head, n, err := m.WaitUsed(0, wait)
+	if err != nil || !bytes.Equal(m.Queues[0].Written(head, 0, int(n))[HdrLen:], frame(60, 11)) {
+		t.Fatalf("second rx frame after resume: %v", err)
+	}
+}
+
+// TestTxEmptyNotifyNoInterrupt: a transmit notification that finds no new
+// frame raises no interrupt, with or without EVENT_IDX; one that sends a
+// frame raises one. The handler runs on the test's goroutine with the
+// worker parked.
+func TestTxEmptyNotifyNoInterrupt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want uint64
+	}{{"event_idx", all}, {"no_event_idx", all &^ virtio.FEventIdx}} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, m := start(t, Config{}, tc.want)
+			sock := packetSocket(t, d)
+			d.Pause()
+			defer d.Resume()
+			for round := range 3 {
+				d.handle(txQueue)
+				if n, st := m.Interrupts(), m.Reg(0x060); n != 0 || st != 0 {
+					t.Fatalf("round %d: empty notification raised %d interrupts (status %#x)", round, n, st)
+				}
+				// Ask for an interrupt at the next used buffer, as a
+				// driver enabling callbacks does (EVENT_IDX).
+				m.Queues[1].SetUsedEvent(m.UsedIdx(1))
+				m.Queues[1].Add(virtiotest.Buf{Data: append(vnetHdr(), frame(60, byte(round))...)})
+				d.handle(txQueue)
+				if n := m.Interrupts(); n != 1 {
+					t.Fatalf("round %d: a sent frame raised %d interrupts, want 1", round, n)
+				}
+				if _, _, err := m.WaitUsed(1, wait); err != nil {
+					t.Fatal(err)
+				}
+				recvSent(t, sock)
+			}
+		})
+	}
+}

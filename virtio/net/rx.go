@@ -21,12 +21,14 @@ const (
 )
 
 // rxChain is a receive chain the device holds: its writable buffers are
-// iov[iov0 : iov0+niov] of rxState, cap bytes in all.
+// iov[iov0 : iov0+niov] of rxState, cap bytes in all. avail is the
+// available-ring position it was popped from, for rewindRx.
 type rxChain struct {
-	head uint16
-	iov0 int
-	niov int
-	cap  uint64
+	head  uint16
+	avail uint16
+	iov0  int
+	niov  int
+	cap   uint64
 }
 
 // rxState is the receive side, owned by the worker.
@@ -245,6 +247,7 @@ func (d *Device) popRx(q *virtio.Queue) int {
 		}
 		switch r := s.park(s.chain); r {
 		case parked:
+			s.chains[s.c1-1].avail = q.NextAvail - 1
 			return r
 		case parkNoRoom:
 			q.Undo()
@@ -287,7 +290,7 @@ func (d *Device) readFrame() {
 		d.Metrics.TapReadErrors.Add(1)
 		if !s.readErrLog {
 			s.readErrLog = true
-			d.log.Warn("virtio-net: reading the tap failed; receive stopped until it is readable again", "err", err)
+			d.glog.Warn("virtio-net: reading the tap failed; receive stopped until it is readable again", "err", err)
 		}
 		return
 	}
@@ -401,4 +404,35 @@ func (d *Device) finishFrame(q *virtio.Queue) bool {
 	d.Metrics.RxPackets.Add(1)
 	d.Metrics.RxBytes.Add(frame)
 	return true
+}
+
+// rewindRx puts the chains the window holds back into the queue (for a
+// snapshot; see PrepareSave), newest first, as long as each is the last one
+// popped: a malformed chain the driver put between two receive buffers was
+// already returned and cannot be popped again, so the held chains before it
+// stay held (and are lost to a restored device: only a broken driver gets
+// there). A frame in flight in the held buffers is dropped.
+func (d *Device) rewindRx() {
+	s := &d.rx
+	if s.broken {
+		return
+	}
+	if s.frameLen > 0 {
+		d.Metrics.RxDrops.Add(1)
+		s.frameLen, s.overflow, s.placed, s.charged = 0, 0, 0, false
+	}
+	q := d.act.Queues[rxQueue]
+	for s.c1 > s.c0 && s.chains[s.c1-1].avail == q.NextAvail-1 {
+		q.Undo()
+		s.c1--
+		ch := &s.chains[s.c1]
+		s.cap -= ch.cap
+		s.i1 = ch.iov0
+	}
+	if s.c0 == s.c1 {
+		s.c0, s.c1, s.i0, s.i1 = 0, 0, 0, 0
+	}
+	// Pop them again (and read the tap, which may hold frames that
+	// waited for buffers) once the worker resumes.
+	s.tapReady = true
 }

@@ -1,7 +1,6 @@
 package net
 
 import (
-	"context"
 	"log/slog"
 
 	"golang.org/x/sys/unix"
@@ -124,8 +123,8 @@ func (d *Device) sendFrame(c *virtio.Chain) bool {
 		// gone): drop it, keep going.
 		d.Metrics.TxDrops.Add(1)
 		d.Metrics.TapWriteErrors.Add(1)
-		if d.log.Enabled(context.Background(), slog.LevelDebug) {
-			d.log.Debug("virtio-net: tap write failed; frame dropped", "err", err, "len", frame)
+		if d.glog.Enabled(slog.LevelDebug) {
+			d.glog.Debug("virtio-net: tap write failed; frame dropped", "err", err, "len", frame)
 		}
 	}
 	s.charged = false
@@ -136,14 +135,14 @@ func (d *Device) sendFrame(c *virtio.Chain) bool {
 // refused.
 func (d *Device) badChain(queue string, err error) {
 	d.Metrics.BadChains.Add(1)
-	if d.log.Enabled(context.Background(), slog.LevelDebug) {
-		d.log.Debug("virtio-net: bad descriptor chain", "queue", queue, "err", err)
+	if d.glog.Enabled(slog.LevelDebug) {
+		d.glog.Debug("virtio-net: bad descriptor chain", "queue", queue, "err", err)
 	}
 }
 
 func (d *Device) badChainMsg(queue, msg string, v uint64) {
 	d.Metrics.BadChains.Add(1)
-	if d.log.Enabled(context.Background(), slog.LevelDebug) {
-		d.log.Debug("virtio-net: bad descriptor chain: "+msg, "queue", queue, "value", v)
+	if d.glog.Enabled(slog.LevelDebug) {
+		d.glog.Debug("virtio-net: bad descriptor chain: "+msg, "queue", queue, "value", v)
 	}
 }

@@ -38,6 +38,7 @@ type Metrics struct {
 // Device is a virtio-rng device.
 type Device struct {
 	log     *slog.Logger
+	glog    *virtio.GuestLog // for the lines a guest can cause
 	limiter *ratelimit.Limiter
 	Metrics Metrics
 
@@ -52,7 +53,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	d := &Device{log: log, chain: virtio.NewChain()}
+	d := &Device{log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain()}
 	if cfg.RateLimit != nil {
 		var err error
 		if d.limiter, err = ratelimit.New(*cfg.RateLimit); err != nil {
@@ -67,6 +68,10 @@ func (d *Device) Features() uint64                       { return 0 }
 func (d *Device) QueueSizes() []uint16                   { return []uint16{queueSize} }
 func (d *Device) ReadConfig(offset uint64, data []byte)  { clear(data) }
 func (d *Device) WriteConfig(offset uint64, data []byte) {}
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // Activate starts the worker.
 func (d *Device) Activate(a *virtio.Activation) error {
@@ -115,7 +120,7 @@ func (d *Device) handle(token uint32) {
 			ok, err := q.Pop(c)
 			if !ok {
 				if err != nil {
-					d.log.Warn("virtio-rng: queue broken; waiting for a device reset", "err", err)
+					d.glog.Warn("virtio-rng: queue broken; waiting for a device reset", "err", err)
 					d.broken = true
 					return
 				}
@@ -164,7 +169,7 @@ func (d *Device) fill(c *virtio.Chain, n int) uint32 {
 				continue
 			}
 			if err != nil {
-				d.log.Warn("virtio-rng: getrandom failed", "err", err)
+				d.glog.Warn("virtio-rng: getrandom failed", "err", err)
 				return uint32(written)
 			}
 			b, written = b[k:], written+k

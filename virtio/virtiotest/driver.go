@@ -7,6 +7,8 @@ package virtiotest
 import (
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/embervm/ember/memory"
 	"github.com/embervm/ember/virtio"
@@ -92,6 +94,31 @@ func (d *Driver) put16(addr uint64, v uint16) {
 	binary.LittleEndian.PutUint16(b, v)
 }
 
+// word is the aligned 32-bit word of guest memory holding addr, for the
+// ring indices the device accesses atomically (its idx loads and stores):
+// the driver's side of them is atomic too, as a real driver's barriers
+// make it, so the race detector sees the ordering.
+func (d *Driver) word(addr uint64) *uint32 {
+	b, _ := d.Mem.Slice(addr&^3, 4)
+	return (*uint32)(unsafe.Pointer(&b[0]))
+}
+
+// load16 reads the 16-bit field at addr (2-aligned) atomically.
+func (d *Driver) load16(addr uint64) uint16 {
+	return uint16(atomic.LoadUint32(d.word(addr)) >> (8 * (addr & 3)))
+}
+
+// store16 writes the 16-bit field at addr (2-aligned) atomically.
+func (d *Driver) store16(addr uint64, v uint16) {
+	w, shift := d.word(addr), 8*(addr&3)
+	for {
+		old := atomic.LoadUint32(w)
+		if atomic.CompareAndSwapUint32(w, old, old&^(0xffff<<shift)|uint32(v)<<shift) {
+			return
+		}
+	}
+}
+
 func (d *Driver) get32(addr uint64) uint32 {
 	b, _ := d.Mem.Slice(addr, 4)
 	return binary.LittleEndian.Uint32(b)
@@ -110,14 +137,14 @@ func (d *Driver) WriteDesc(table uint64, i uint16, addr uint64, length uint32, f
 func (d *Driver) Publish(head uint16) {
 	d.put16(d.avail+4+2*uint64(d.availIdx%d.size), head)
 	d.availIdx++
-	d.put16(d.avail+2, d.availIdx)
+	d.store16(d.avail+2, d.availIdx)
 }
 
 // SetAvailIdx overwrites avail->idx (for hostile-driver tests).
-func (d *Driver) SetAvailIdx(v uint16) { d.availIdx = v; d.put16(d.avail+2, v) }
+func (d *Driver) SetAvailIdx(v uint16) { d.availIdx = v; d.store16(d.avail+2, v) }
 
 // SetUsedEvent writes used_event (EVENT_IDX).
-func (d *Driver) SetUsedEvent(v uint16) { d.put16(d.avail+4+2*uint64(d.size), v) }
+func (d *Driver) SetUsedEvent(v uint16) { d.store16(d.avail+4+2*uint64(d.size), v) }
 
 // SetNoInterrupt sets or clears VIRTQ_AVAIL_F_NO_INTERRUPT.
 func (d *Driver) SetNoInterrupt(on bool) {
@@ -125,13 +152,12 @@ func (d *Driver) SetNoInterrupt(on bool) {
 	if on {
 		f = 1
 	}
-	d.put16(d.avail, f)
+	d.store16(d.avail, f)
 }
 
 // AvailEvent reads avail_event, written by the device (EVENT_IDX).
 func (d *Driver) AvailEvent() uint16 {
-	b, _ := d.Mem.Slice(d.used+4+8*uint64(d.size), 2)
-	return binary.LittleEndian.Uint16(b)
+	return d.load16(d.used + 4 + 8*uint64(d.size))
 }
 
 func (d *Driver) buffer(b Buf) (addr uint64, length uint32, flags uint16) {
@@ -190,7 +216,7 @@ func (d *Driver) AddIndirect(bufs ...Buf) uint16 {
 
 // Used returns the next used element, if the device has pushed one.
 func (d *Driver) Used() (head uint16, n uint32, ok bool) {
-	idx := uint16(d.get32(d.used) >> 16)
+	idx := d.load16(d.used + 2)
 	if idx == d.lastUsed {
 		return 0, 0, false
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/embervm/ember/memory"
 	"github.com/embervm/ember/virtio"
 )
@@ -131,3 +133,26 @@ func (m *MMIODriver) WaitUsed(q int, timeout time.Duration) (head uint16, n uint
 // NewMMIOMemory is test guest memory big enough for SetupMMIO at base 0x10000
 // with up to 4 queues.
 func NewMMIOMemory() *memory.Guest { return NewMemory(0x10000 + 4<<16) }
+
+// Interrupts returns how many times the device signalled its interrupt
+// eventfd since the last call, and clears the count. (In a test no KVM
+// irqfd consumes the eventfd, so its counter accumulates.)
+func (m *MMIODriver) Interrupts() uint64 {
+	var b [8]byte
+	for {
+		_, err := unix.Read(m.T.IRQ().FD().FD(), b[:])
+		switch err {
+		case nil:
+			return binary.NativeEndian.Uint64(b[:])
+		case unix.EINTR:
+			continue
+		}
+		return 0 // EAGAIN: not signalled
+	}
+}
+
+// UsedIdx is the device's used->idx.
+func (m *MMIODriver) UsedIdx(q int) uint16 {
+	d := m.Queues[q]
+	return d.load16(d.used + 2)
+}

@@ -125,7 +125,8 @@ type Device struct {
 	cfg  Config
 	cid  uint64
 	log  *slog.Logger
-	lfd  int // the listening socket at uds_path
+	glog *virtio.GuestLog // for the lines a guest can cause
+	lfd  int              // the listening socket at uds_path
 	ino  uint64
 	dev  uint64
 	ctl  *virtio.EventFD // TransportReset requests to the worker
@@ -184,7 +185,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("vsock: uds_path: %w", err)
 	}
 	d := &Device{
-		cfg: cfg, cid: uint64(cfg.GuestCID), log: log, lfd: -1, tfd: -1,
+		cfg: cfg, cid: uint64(cfg.GuestCID), log: log, glog: virtio.NewGuestLog(log), lfd: -1, tfd: -1,
 		done:     make(chan error, 1),
 		rxChain:  virtio.NewChain(),
 		txChain:  virtio.NewChain(),
@@ -278,6 +279,10 @@ func (d *Device) Close() error {
 	d.closed = true
 	return d.closeFDs()
 }
+
+// SuppressedLogs counts the guest-caused log lines the device's rate limit
+// left out (virtio.SuppressedLogger).
+func (d *Device) SuppressedLogs() uint64 { return d.glog.Suppressed() }
 
 // Config is the configuration the device was made with.
 func (d *Device) Config() Config { return d.cfg }
@@ -423,7 +428,7 @@ func (d *Device) interrupt() {
 
 func (d *Device) queueBroken(q int, err error) {
 	d.Metrics.QueueBroken.Add(1)
-	d.log.Warn("virtio-vsock: queue broken; waiting for a device reset", "queue", q, "err", err)
+	d.glog.Warn("virtio-vsock: queue broken; waiting for a device reset", "queue", q, "err", err)
 	d.broken = true
 }
 
@@ -584,7 +589,7 @@ func (d *Device) guestConnect(h *header) {
 	}
 	if err != nil {
 		d.Metrics.ConnsRefused.Add(1)
-		d.log.Debug("virtio-vsock: guest connection refused", "port", h.DstPort, "path", path, "err", err)
+		d.glog.Debug("virtio-vsock: guest connection refused", "port", h.DstPort, "path", path, "err", err)
 		d.queueRst(h.DstPort, h.SrcPort)
 		return
 	}
@@ -610,7 +615,7 @@ func (d *Device) newConn(fd int) *conn {
 	}
 	slot := d.free[len(d.free)-1]
 	if err := d.worker.WatchEdge(fd, connToken+uint32(slot)); err != nil {
-		d.log.Warn("virtio-vsock", "err", err)
+		d.glog.Warn("virtio-vsock: cannot watch a connection's socket", "err", err)
 		return nil
 	}
 	d.free = d.free[:len(d.free)-1]
@@ -660,9 +665,9 @@ func (d *Device) finish(c *conn) {
 func (d *Device) hostError(c *conn, err error) {
 	d.Metrics.HostErrors.Add(1)
 	if err == errCredit {
-		d.log.Warn("virtio-vsock: guest overran its credit; resetting the connection", "port", c.local, "guest_port", c.peer)
+		d.glog.Warn("virtio-vsock: guest overran its credit; resetting the connection", "port", c.local, "guest_port", c.peer)
 	} else {
-		d.log.Debug("virtio-vsock: host socket error; resetting the connection", "port", c.local, "guest_port", c.peer, "err", err)
+		d.glog.Debug("virtio-vsock: host socket error; resetting the connection", "port", c.local, "guest_port", c.peer, "err", err)
 	}
 	d.kill(c)
 }
