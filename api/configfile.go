@@ -53,7 +53,7 @@ func ToFullConfig(c vmm.Config) FullVmConfiguration {
 		}
 		out.Drives = append(out.Drives, Drive{DriveID: d.ID, PartUUID: d.PartUUID, IsRootDevice: d.Root,
 			CacheType: cache, IsReadOnly: d.ReadOnly, PathOnHost: d.Path,
-			RateLimiter: rateLimiterOf(d.RateLimit), IOEngine: IOEngineSync})
+			RateLimiter: rateLimiterOf(d.RateLimit), IOEngine: IOEngineSync, EmberBasePath: d.BasePath})
 	}
 	for _, n := range c.Nets {
 		ni := NetworkInterface{IfaceID: n.IfaceID, HostDevName: n.HostDevName, GuestMAC: n.GuestMAC,

@@ -114,6 +114,10 @@ type Drive struct {
 	// Socket describes a vhost-user-blk drive, which Ember does not
 	// support.
 	Socket string `json:"socket,omitempty"`
+	// EmberBasePath, an Ember extension, makes the drive copy-on-write:
+	// PathOnHost is then an overlay (made by `ember disk create`) over
+	// this read-only base file.
+	EmberBasePath string `json:"ember_base_path,omitempty"`
 }
 
 // PartialDrive is the body of PATCH /drives/{id} (after boot): a new

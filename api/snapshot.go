@@ -53,6 +53,15 @@ type VsockOverride struct {
 	UDSPath string `json:"uds_path" api:"required"`
 }
 
+// DriveOverride (an Ember extension) gives a restored drive a new file:
+// for a raw drive the file to use (a copy the caller made), for a
+// copy-on-write drive a new overlay, which must not exist, that the load
+// makes over the snapshot's overlay.
+type DriveOverride struct {
+	DriveID    string `json:"drive_id" api:"required"`
+	PathOnHost string `json:"path_on_host" api:"required"`
+}
+
 // SnapshotLoadParams is the body of PUT /snapshot/load.
 type SnapshotLoadParams struct {
 	SnapshotPath string         `json:"snapshot_path" api:"required"`
@@ -67,6 +76,8 @@ type SnapshotLoadParams struct {
 	VsockOverride       *VsockOverride    `json:"vsock_override,omitempty"`
 	ClockRealtime       bool              `json:"clock_realtime,omitempty"`
 	HugePages           *string           `json:"huge_pages,omitempty"`
+	// EmberDriveOverrides is an Ember extension (see DriveOverride).
+	EmberDriveOverrides []DriveOverride `json:"ember_drive_overrides,omitempty"`
 }
 
 // Firecracker's messages for snapshot/load's memory source.
@@ -153,6 +164,15 @@ func (s *Server) putSnapshotLoad(c *call) (any, error) {
 	}
 	if p.VsockOverride != nil {
 		l.VsockUDSPath = p.VsockOverride.UDSPath
+	}
+	for _, o := range p.EmberDriveOverrides {
+		if l.DriveOverrides == nil {
+			l.DriveOverrides = map[string]string{}
+		}
+		if _, dup := l.DriveOverrides[o.DriveID]; dup {
+			return nil, bodyError{fmt.Errorf("ember_drive_overrides: drive %q given twice", o.DriveID)}
+		}
+		l.DriveOverrides[o.DriveID] = o.PathOnHost
 	}
 	if err := s.b.LoadSnapshot(l); err != nil {
 		if errors.Is(err, vmm.ErrLoadAfterConfig) || errors.Is(err, vmm.ErrLoadAfterStart) {

@@ -222,9 +222,15 @@ func driveChange(d Drive) (change, error) {
 	if err := checkOpen("path_on_host", d.PathOnHost, flag); err != nil {
 		return nil, fmt.Errorf("drive %q: %w", d.DriveID, err)
 	}
+	if d.EmberBasePath != "" {
+		if err := checkOpen("ember_base_path", d.EmberBasePath, os.O_RDONLY); err != nil {
+			return nil, fmt.Errorf("drive %q: %w", d.DriveID, err)
+		}
+	}
 	dc := vmm.DriveConfig{
-		Config: blk.Config{ID: d.DriveID, Path: d.PathOnHost, ReadOnly: d.IsReadOnly, CacheType: cache, RateLimit: limit},
-		Root:   d.IsRootDevice, PartUUID: d.PartUUID,
+		Config: blk.Config{ID: d.DriveID, Path: d.PathOnHost, ReadOnly: d.IsReadOnly, CacheType: cache, RateLimit: limit,
+			BasePath: d.EmberBasePath},
+		Root: d.IsRootDevice, PartUUID: d.PartUUID,
 	}
 	return func(c *vmm.Config) error {
 		i := slices.IndexFunc(c.Drives, func(o vmm.DriveConfig) bool { return o.ID == dc.ID })

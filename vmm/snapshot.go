@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/devices"
+	"github.com/embervm/ember/disk"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/memory"
 	"github.com/embervm/ember/snapshot"
@@ -66,6 +68,13 @@ type SnapshotLoad struct {
 	NetOverrides map[string]string
 	// VsockUDSPath, if set, replaces the vsock device's uds_path.
 	VsockUDSPath string
+	// DriveOverrides (an Ember extension) maps a drive id to a new file
+	// for it. For a raw drive it is the file to use instead of the
+	// snapshotted one (a copy the caller made). For a copy-on-write drive
+	// it is a new overlay, which must not exist: LoadSnapshot makes it,
+	// empty, over the snapshot's overlay (in constant time), so that each
+	// clone writes its own overlay and the snapshot's stays as it was.
+	DriveOverrides map[string]string
 }
 
 // Device section names in the state file.
@@ -92,6 +101,11 @@ type savedConfig struct {
 	Vsock           *vsock.Config   `json:"vsock,omitempty"`
 	Balloon         *balloon.Config `json:"balloon,omitempty"`
 	RNG             *rng.Config     `json:"entropy,omitempty"`
+	// DriveOverlays has the Identity of each copy-on-write drive's overlay
+	// when the snapshot was taken (disk.COW.Mark): a load refuses an
+	// overlay written since, whose data no longer matches the snapshot's
+	// memory.
+	DriveOverlays map[string]disk.Identity `json:"drive_overlays,omitempty"`
 }
 
 func saveConfig(c *Config) savedConfig {
@@ -107,6 +121,75 @@ func (s savedConfig) apply(c *Config) {
 	c.KernelPath, c.Cmdline, c.VCPUs, c.MemMiB = s.KernelPath, s.Cmdline, s.VCPUs, s.MemMiB
 	c.SMT, c.PIT, c.BootTimer, c.HugePages, c.NoVirtioCmdline = s.SMT, s.PIT, s.BootTimer, s.HugePages, s.NoVirtioCmdline
 	c.Drives, c.Nets, c.Vsock, c.Balloon, c.RNG = s.Drives, s.Nets, s.Vsock, s.Balloon, s.RNG
+}
+
+// recordOverlays returns the identity of each copy-on-write drive's
+// overlay, for the snapshot (blk.Device.MarkOverlay: any later write to it
+// shows). The VM must be paused. It opens no file, so the running VM's
+// seccomp filter allows it.
+func (v *VM) recordOverlays() (map[string]disk.Identity, error) {
+	var out map[string]disk.Identity
+	for id, d := range v.drives {
+		ident, ok, err := d.MarkOverlay()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		if out == nil {
+			out = map[string]disk.Identity{}
+		}
+		out[id] = ident
+	}
+	return out, nil
+}
+
+// overrideDrives checks the snapshot's overlays and applies p's drive
+// overrides to cfg: a raw drive takes its new file, a copy-on-write drive
+// a new overlay over the snapshot's, made here. It returns the overlays it
+// made, for the caller to remove if the load fails.
+func overrideDrives(cfg *Config, sc savedConfig, p SnapshotLoad) (made []string, err error) {
+	defer func() {
+		if err != nil {
+			for _, f := range made {
+				os.Remove(f)
+			}
+			made = nil
+		}
+	}()
+	for id := range p.DriveOverrides {
+		if !slices.ContainsFunc(cfg.Drives, func(d DriveConfig) bool { return d.ID == id }) {
+			return nil, fmt.Errorf("ember_drive_overrides: the snapshot has no drive %q", id)
+		}
+	}
+	for i := range cfg.Drives {
+		dc := &cfg.Drives[i]
+		if want, ok := sc.DriveOverlays[dc.ID]; ok {
+			got, err := disk.OverlayIdentity(dc.Path)
+			if err != nil {
+				return made, fmt.Errorf("drive %s: overlay: %w", dc.ID, err)
+			}
+			if got != want {
+				return made, fmt.Errorf("drive %s: overlay %s was written after the snapshot was taken, so its data no longer matches the snapshot's memory: "+
+					"give each load its own new overlay (ember_drive_overrides) and leave the snapshot's alone", dc.ID, dc.Path)
+			}
+		}
+		path, ok := p.DriveOverrides[dc.ID]
+		if !ok {
+			continue
+		}
+		if dc.BasePath == "" {
+			dc.Path = path
+			continue
+		}
+		if err := disk.CreateOverlay(path, dc.Path, disk.CreateOptions{BaseIsOverlay: true}); err != nil {
+			return made, fmt.Errorf("drive %s: new overlay: %w", dc.ID, err)
+		}
+		made = append(made, path)
+		dc.BasePath, dc.Path = dc.Path, path
+	}
+	return made, nil
 }
 
 // deviceInfos lists the devices for the snapshot header.
@@ -152,7 +235,7 @@ func (v *VM) deviceInfos() []snapshot.DeviceInfo {
 }
 
 // saveState collects the state file's content. The VM must be paused.
-func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
+func (v *VM) saveState(kind snapshot.MemoryKind, overlays map[string]disk.Identity) (*snapshot.State, error) {
 	cpuid, err := v.cpus[0].fd.GetCPUID2()
 	if err != nil {
 		return nil, err
@@ -201,7 +284,9 @@ func (v *VM) saveState(kind snapshot.MemoryKind) (*snapshot.State, error) {
 		st.Devices = append(st.Devices, snapshot.Device{Name: name, Data: b})
 		return nil
 	}
-	if err := add(sectionConfig, saveConfig(&v.cfg)); err != nil {
+	sc := saveConfig(&v.cfg)
+	sc.DriveOverlays = overlays
+	if err := add(sectionConfig, sc); err != nil {
 		return nil, err
 	}
 	if err := add(sectionSerial, v.serial.SaveState()); err != nil {
@@ -309,7 +394,11 @@ func (v *VM) CreateSnapshot(p SnapshotCreate) (err error) {
 			return err
 		}
 	}
-	st, err := v.saveState(snapshot.MemoryKind(typ))
+	overlays, err := v.recordOverlays()
+	if err != nil {
+		return err
+	}
+	st, err := v.saveState(snapshot.MemoryKind(typ), overlays)
 	if err != nil {
 		return fmt.Errorf("saving the microVM state: %w", err)
 	}
@@ -451,6 +540,17 @@ func LoadSnapshot(base Config, p SnapshotLoad) (_ *VM, _ Config, err error) {
 	if uint64(cfg.MemMiB)<<20 != st.Header.MemorySize || cfg.VCPUs != st.Header.VCPUCount {
 		return nil, Config{}, bad(errors.New("the machine configuration does not match the header"))
 	}
+	made, err := overrideDrives(&cfg, sc, p)
+	if err != nil {
+		return nil, Config{}, bad(err)
+	}
+	defer func() {
+		if err != nil {
+			for _, f := range made {
+				os.Remove(f)
+			}
+		}
+	}()
 
 	v := &VM{cfg: cfg, log: cfg.Logger, fate: make(chan Fate, 1), stopped: make(chan struct{}), uffd: -1, pauseTimeout: pauseTimeout}
 	if v.log == nil {

@@ -16,9 +16,10 @@ import (
 
 // driveFlag collects repeated --drive flags:
 //
-//	--drive path=FILE[,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT]
+//	--drive path=FILE[,base=BASE][,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT]
 //
-// LIMIT is ratelimit.ParseFlag's form. Without id, drives are named
+// LIMIT is ratelimit.ParseFlag's form. base= (an Ember extension) makes
+// FILE a copy-on-write overlay over BASE. Without id, drives are named
 // drive0, drive1, ... in flag order.
 type driveFlag struct{ drives *[]vmm.DriveConfig }
 
@@ -31,6 +32,8 @@ func (f driveFlag) Set(s string) error {
 		switch {
 		case k == "path" && hasValue:
 			d.Path = v
+		case k == "base" && hasValue:
+			d.BasePath = v
 		case k == "id" && hasValue:
 			d.ID = v
 		case k == "cache" && hasValue:
@@ -46,7 +49,7 @@ func (f driveFlag) Set(s string) error {
 		case k == "root" && !hasValue:
 			d.Root = true
 		default:
-			return fmt.Errorf("unknown drive option %q (want path=, id=, ro, root, cache=, rate=)", kv)
+			return fmt.Errorf("unknown drive option %q (want path=, base=, id=, ro, root, cache=, rate=)", kv)
 		}
 	}
 	if d.Path == "" {

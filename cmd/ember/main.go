@@ -2,8 +2,11 @@
 //
 //	ember --api-sock PATH [--config-file FILE [--no-api]] ...   (Firecracker's flags and API)
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
-//	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
+//	          [--drive path=FILE[,base=BASE][,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	          [--no-seccomp | --seccomp-filter FILE]
+//	ember disk create --base FILE [--base-format raw|overlay] [--cluster-size BYTES] OVERLAY
+//	ember disk commit OVERLAY NEWBASE
+//	ember disk info OVERLAY
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember image import|pull|ls|inspect|rm|prune ...
 //	ember doctor [--vms N] [--fix]
@@ -74,6 +77,10 @@ func usage(w io.Writer) {
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
+  ember disk create --base FILE [--base-format raw|overlay] [--cluster-size BYTES] OVERLAY
+                                        an empty copy-on-write overlay over FILE (--drive path=OVERLAY,base=FILE)
+  ember disk commit OVERLAY NEWBASE     merge an overlay and its base into a new raw base
+  ember disk info OVERLAY               an overlay's header, base check and space
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
@@ -104,6 +111,8 @@ func run(args []string, start time.Time) int {
 		return exitOK
 	case "snapshot":
 		return runSnapshot(args[1:])
+	case "disk":
+		return runDisk(args[1:])
 	case "image":
 		return runImage(args[1:])
 	case "doctor":
@@ -134,7 +143,7 @@ func runVM(args []string, start time.Time) int {
 	fs.BoolVar(&cfg.PIT, "pit", false, "add the in-kernel i8254 PIT, for guests without kvm-clock that tick or calibrate with it")
 	fs.BoolVar(&cfg.BootTimer, "boot-timer", false, "attach the boot-timer device (guest writes 123 at 0xC0000000)")
 	fs.StringVar(&cfg.BootProtocol, "boot-protocol", "", "entry for ELF kernels: pvh or linux64 (default: pvh when the kernel has a PVH note)")
-	fs.Var(driveFlag{&cfg.Drives}, "drive", "a virtio-blk drive: path=FILE[,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT] (repeatable)")
+	fs.Var(driveFlag{&cfg.Drives}, "drive", "a virtio-blk drive: path=FILE[,base=BASE][,id=ID][,ro][,root][,cache=Unsafe|Writeback][,rate=LIMIT] (repeatable; base= makes FILE a copy-on-write overlay over BASE, see ember disk create)")
 	fs.Var(balloonFlag{&cfg.Balloon}, "balloon", "add a virtio-balloon device with a target of MIB: MIB[,deflate-on-oom][,stats=SECONDS]")
 	fs.Var(netFlag{&cfg.Nets}, "net", "a virtio-net interface on a tap: tap=NAME[,id=ID][,mac=MAC][,mtu=N][,rx-rate=LIMIT][,tx-rate=LIMIT] (repeatable)")
 	fs.Var(vsockFlag{&cfg.Vsock}, "vsock", "add a vsock device: cid=N,uds=PATH (Firecracker's hybrid vsock over host unix sockets)")

@@ -1,9 +1,11 @@
-// Package blk is Ember's virtio-blk device (virtio 5.2) backed by a raw
-// file: reads, writes, flushes and GET_ID, read-only drives, Firecracker's
-// cache types, and an optional rate limiter.
+// Package blk is Ember's virtio-blk device (virtio 5.2) backed by a
+// storage.Store, a raw file or (an Ember extension) a copy-on-write overlay
+// on a read-only base: reads, writes, flushes and GET_ID, read-only
+// drives, Firecracker's cache types, and an optional rate limiter.
 //
 // Requests are served on the device's worker goroutine straight between the
-// file and guest memory (pread/pwrite into the guest's buffers, no copy).
+// store and guest memory (each request's data segments go to the store as
+// one vector: preadv/pwritev into the guest's buffers, no copy).
 // Every request field comes from the guest and is checked: the header and
 // status must be where the spec puts them, the sector range must lie inside
 // the disk, data lengths must be whole sectors. A bad request gets
@@ -16,13 +18,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	// Named storage here: the tests' disk helper has the package's name.
+	storage "github.com/embervm/ember/disk"
 	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/virtio"
@@ -76,6 +78,19 @@ type Config struct {
 	ReadOnly  bool
 	CacheType string // CacheUnsafe or CacheWriteback; empty means Unsafe
 	RateLimit *ratelimit.Config
+	// BasePath, an Ember extension, makes Path a copy-on-write overlay
+	// (storage.CreateOverlay) over this read-only base file.
+	BasePath string `json:",omitempty"`
+}
+
+// open opens the store of a drive configured as c, with its file at path,
+// adding flags to every open(2) it makes.
+func (c *Config) open(path string, flags int) (storage.Store, error) {
+	s, err := storage.Open(storage.Options{Path: path, BasePath: c.BasePath, ReadOnly: c.ReadOnly, OpenFlags: flags})
+	if err != nil {
+		return nil, fmt.Errorf("drive %s: %w", c.ID, err)
+	}
+	return s, nil
 }
 
 // Metrics counts what the device did (Firecracker-style block metrics).
@@ -91,8 +106,7 @@ type Metrics struct {
 // Device is one virtio-blk drive.
 type Device struct {
 	cfg      Config
-	file     *os.File
-	fd       int
+	store    storage.Store
 	sectors  atomic.Uint64 // read by the vCPU serving config reads
 	features uint64
 	id       [IDBytes]byte
@@ -115,16 +129,16 @@ type Device struct {
 	worker *virtio.Worker
 	act    *virtio.Activation
 	chain  *virtio.Chain
-	iov    []unix.Iovec // a request's data segments, virtio.MaxChainLen
+	bufs   [][]byte // a request's data segments, virtio.MaxChainLen
 	broken bool
 }
 
 // limiterToken is the worker token of the rate limiter's timer.
 const limiterToken = 1 << 16
 
-// New opens the drive's file. It fails, naming the file, if the file cannot
+// New opens the drive's store. It fails, naming the file, if a file cannot
 // be opened with the access asked for or is not a regular file or block
-// device.
+// device, or an overlay is not one or not on its base.
 func New(cfg Config, log *slog.Logger) (*Device, error) {
 	if log == nil {
 		log = slog.Default()
@@ -136,21 +150,13 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	default:
 		return nil, fmt.Errorf("drive %s: cache_type %q: want %q or %q", cfg.ID, cfg.CacheType, CacheUnsafe, CacheWriteback)
 	}
-	flags := os.O_RDWR
-	if cfg.ReadOnly {
-		flags = os.O_RDONLY
-	}
-	f, err := os.OpenFile(cfg.Path, flags|unix.O_CLOEXEC, 0)
+	store, err := cfg.open(cfg.Path, 0)
 	if err != nil {
-		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
+		return nil, err
 	}
-	size, err := fileSize(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
-	}
-	d := &Device{cfg: cfg, file: f, fd: int(f.Fd()), log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain(),
-		iov: make([]unix.Iovec, 0, virtio.MaxChainLen)}
+	size := uint64(store.Size())
+	d := &Device{cfg: cfg, store: store, log: log, glog: virtio.NewGuestLog(log), chain: virtio.NewChain(),
+		bufs: make([][]byte, 0, virtio.MaxChainLen)}
 	d.sectors.Store(size / SectorSize)
 	d.features = featSegMax
 	if cfg.ReadOnly {
@@ -162,7 +168,7 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	copy(d.id[:], cfg.ID)
 	if cfg.RateLimit != nil {
 		if d.limiter, err = ratelimit.New(*cfg.RateLimit); err != nil {
-			f.Close()
+			store.Close()
 			return nil, fmt.Errorf("drive %s: %w", cfg.ID, err)
 		}
 	}
@@ -172,29 +178,11 @@ func New(cfg Config, log *slog.Logger) (*Device, error) {
 	return d, nil
 }
 
-func fileSize(f *os.File) (uint64, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	switch {
-	case st.Mode().IsRegular():
-		return uint64(st.Size()), nil
-	case st.Mode()&os.ModeDevice != 0:
-		end, err := f.Seek(0, 2)
-		if err != nil {
-			return 0, fmt.Errorf("size of %s: %w", f.Name(), err)
-		}
-		return uint64(end), nil
-	}
-	return 0, fmt.Errorf("%s: not a regular file or block device", f.Name())
-}
-
-// Close resets the device and closes its file.
+// Close resets the device and closes its store.
 func (d *Device) Close() error {
 	d.Reset()
 	d.limiter.Close()
-	return d.file.Close()
+	return d.store.Close()
 }
 
 // SuppressedLogs counts the guest-caused log lines the device's rate limit
@@ -236,26 +224,18 @@ func (d *Device) SetConfigNotifier(f func() error) {
 // (Firecracker's PATCH /drives path_on_host). Requests in flight finish on
 // the old file; later ones use the new one.
 func (d *Device) SetBackingFile(path string) error {
-	flags := os.O_RDWR
-	if d.cfg.ReadOnly {
-		flags = os.O_RDONLY
-	}
-	// OpenAfterBoot: the seccomp filter of a running VM lets this open
-	// through and refuses plain ones.
-	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC|seccomp.OpenAfterBoot, 0)
+	// OpenAfterBoot: the seccomp filter of a running VM lets the store's
+	// opens through and refuses plain ones.
+	store, err := d.cfg.open(path, seccomp.OpenAfterBoot)
 	if err != nil {
-		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
+		return err
 	}
-	size, err := fileSize(f)
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
-	}
+	size := uint64(store.Size())
 	d.mu.Lock()
-	var old *os.File
+	var old storage.Store
 	d.worker.Do(func() {
-		old = d.file
-		d.file, d.fd, d.cfg.Path = f, int(f.Fd()), path
+		old = d.store
+		d.store, d.cfg.Path = store, path
 		d.sectors.Store(size / SectorSize)
 	})
 	notify := d.configChanged
@@ -521,8 +501,8 @@ func (d *Device) execute(c *virtio.Chain, r *request) (status byte, written uint
 	case typeFlush:
 		d.Metrics.FlushCount.Add(1)
 		if d.cfg.CacheType == CacheWriteback && !d.cfg.ReadOnly {
-			if err := unix.Fsync(d.fd); err != nil {
-				d.glog.Warn("virtio-blk: fsync failed", "drive", d.cfg.ID, "err", err)
+			if err := d.store.Flush(); err != nil {
+				d.glog.Warn("virtio-blk: flush failed", "drive", d.cfg.ID, "err", err)
 				return statusIOErr, 0
 			}
 		}
@@ -550,40 +530,21 @@ func (d *Device) inDisk(sector, n uint64) bool {
 	return sector <= sectors && n/SectorSize <= sectors-sector
 }
 
-// io moves r's data between the file at off and the guest's buffers:
-// one preadv or pwritev (trap) for all of its segments, more only after a
-// short transfer. It does not allocate.
+// io moves r's data between the store at off and the guest's buffers, as
+// one vector: reading it (trap unix.SYS_PREADV) or writing it
+// (unix.SYS_PWRITEV), with as few system calls as the store can. It does
+// not allocate.
 func (d *Device) io(c *virtio.Chain, r *request, off int64, trap uintptr) error {
-	iov := d.iov[:0]
+	bufs := d.bufs[:0]
 	for i := r.first; i <= r.last; i++ {
 		if b := r.segment(c, i); len(b) > 0 {
-			iov = append(iov, unix.Iovec{Base: unsafe.SliceData(b), Len: uint64(len(b))})
+			bufs = append(bufs, b)
 		}
 	}
-	for len(iov) > 0 {
-		// x86-64 preadv/pwritev: fd, iov, iovcnt, pos_l, pos_h (0).
-		n, _, e := unix.Syscall6(trap, uintptr(d.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)), uintptr(off), 0, 0)
-		switch {
-		case e == unix.EINTR:
-			continue
-		case e != 0:
-			return e
-		case n == 0:
-			return fmt.Errorf("short transfer at offset %d (file truncated?)", off)
-		}
-		off += int64(n)
-		for n > 0 {
-			if uintptr(iov[0].Len) <= n {
-				n -= uintptr(iov[0].Len)
-				iov = iov[1:]
-				continue
-			}
-			iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-			iov[0].Len -= uint64(n)
-			n = 0
-		}
+	if trap == unix.SYS_PWRITEV {
+		return d.store.WriteVec(bufs, off)
 	}
-	return nil
+	return d.store.ReadVec(bufs, off)
 }
 
 // Pause parks the device's worker: until Resume it touches neither guest
@@ -603,17 +564,33 @@ func (d *Device) Resume() {
 	w.Resume()
 }
 
-// Flush makes the drive's writes durable on the host (fsync), as before a
-// snapshot: the disk file is the user's to copy along with it. Read-only
-// drives and files that cannot be synced (EINVAL) need nothing.
+// Flush makes the drive's writes durable on the host (the store's Flush),
+// as before a snapshot: the disk file is the user's to copy along with it.
+// Read-only drives and files that cannot be synced (EINVAL) need nothing.
 func (d *Device) Flush() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cfg.ReadOnly || d.file == nil {
+	if d.cfg.ReadOnly || d.store == nil {
 		return nil
 	}
-	if err := unix.Fsync(d.fd); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("drive %s: fsync: %w", d.cfg.ID, err)
+	if err := d.store.Flush(); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("drive %s: %w", d.cfg.ID, err)
 	}
 	return nil
+}
+
+// MarkOverlay flushes a copy-on-write drive and records its overlay for a
+// snapshot (storage.COW.Mark): the identity a load checks the overlay
+// against. ok is false for a raw drive. The VM must be paused.
+func (d *Device) MarkOverlay() (id storage.Identity, ok bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.store.(*storage.COW)
+	if !ok {
+		return storage.Identity{}, false, nil
+	}
+	if id, err = c.Mark(); err != nil {
+		return storage.Identity{}, true, fmt.Errorf("drive %s: %w", d.cfg.ID, err)
+	}
+	return id, true, nil
 }
