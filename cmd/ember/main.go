@@ -4,6 +4,7 @@
 //	ember run --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--mem-mib N] [--boot-timer] [--pit]
 //	          [--drive path=FILE[,id=ID][,ro][,root][,cache=MODE][,rate=LIMIT]]... [--rng]
 //	ember extract-vmlinux BZIMAGE OUT
+//	ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]   (Firecracker's jailer; also as "jailer")
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
@@ -18,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -44,6 +46,9 @@ const consoleEscape = 0x01
 func main() {
 	start := time.Now()
 	vmm.EmberVersion = version
+	if filepath.Base(os.Args[0]) == jailerName {
+		os.Exit(runJail(os.Args[1:]))
+	}
 	os.Exit(run(os.Args[1:], start))
 }
 
@@ -62,6 +67,9 @@ func usage(w io.Writer) {
   ember snapshot describe FILE          print a snapshot state file's header, devices and vCPUs
   ember snapshot apply-diff BASE DIFF   merge a Diff memory file into its base memory file
   ember snapshot serve-uffd SOCKET MEM  page-fault handler for loads with the Uffd backend
+  ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]
+      Firecracker's jailer (also when invoked as "jailer"); ember jail --help for its flags
+  ember jail sweep [--chroot-base-dir DIR]  remove jails whose VM ended but were never removed
   ember version
 `)
 }
@@ -89,6 +97,8 @@ func run(args []string, start time.Time) int {
 		return exitOK
 	case "snapshot":
 		return runSnapshot(args[1:])
+	case "jail":
+		return runJail(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK

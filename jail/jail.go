@@ -1,0 +1,449 @@
+package jail
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The jail's layout: Firecracker's <base>/<exec name>/<id>/root, with
+// Ember's record beside root.
+const (
+	rootDirName = "root"
+	// recordName is the file, beside root and out of the jailed process's
+	// reach, that marks a jail as Ember's and says what to remove with it.
+	recordName = "ember-jail.json"
+	// pidFileSuffix names <root>/<exec name>.pid, which holds the VMM's
+	// PID (Firecracker's PID_FILE_EXTENSION).
+	pidFileSuffix = ".pid"
+	// Modes: the jail's directories belong to the VMM's user alone
+	// (Firecracker's FOLDER_PERMISSIONS), device nodes too (S_IRUSR|S_IWUSR).
+	jailDirMode  = 0o700
+	deviceMode   = 0o600
+	baseDirMode  = 0o755
+	recordMode   = 0o644
+	execFileMode = 0o755
+)
+
+// jailDirs are the directories inside the jail that the VMM's user owns:
+// the root, /dev for its device nodes, and /run for the API socket.
+var jailDirs = []string{"dev", "dev/net", "run"}
+
+// selfExe re-executes the running jailer, for its reaper and for the
+// child that enters the jail in --new-pid-ns and --daemonize modes.
+const selfExe = "/proc/self/exe"
+
+// Internal commands of `ember jail`: the re-executed jailer runs these.
+const (
+	EnterCommand = "__enter"
+	ReapCommand  = "__reap"
+)
+
+// record is the jail's record file.
+type record struct {
+	ID      string   `json:"id"`
+	Root    string   `json:"root"`
+	Cgroups []string `json:"cgroups,omitempty"` // groups made for the VM
+	Keep    bool     `json:"keep,omitempty"`    // --keep-jail: sweep leaves it unless asked
+}
+
+func errJailExists(dir string) error {
+	return fmt.Errorf("the jail %s already exists (its VM may still run; `ember jail sweep` removes jails whose VM has ended)", dir)
+}
+
+// Run jails the VMM as the options say and execs it. In the plain mode it
+// returns only on failure: on success the process has become the VMM. With
+// --new-pid-ns or --daemonize the VMM runs in a child and Run returns nil
+// once that child has exec'd it. Unless --keep-jail, a detached reaper
+// removes the jail and its cgroups when the VMM ends. Errors name the flag
+// or host feature at fault, and nothing is left behind.
+func Run(o Options, stderr *os.File) error {
+	if err := closeInheritedFDs(); err != nil {
+		return err
+	}
+	os.Clearenv()
+	p, err := validate(o)
+	if err != nil {
+		return err
+	}
+	j, err := build(p)
+	if err != nil {
+		return err
+	}
+	defer j.lock.Close()
+	if p.NewPIDNS || p.Daemon {
+		return j.runChild(stderr)
+	}
+	if err := writePIDFile(p, os.Getpid()); err != nil {
+		j.remove()
+		return err
+	}
+	if !p.Keep {
+		pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+		if err == nil {
+			err = startReaper(p.Dir, pidfd, j.lock, stderr)
+		}
+		if err != nil {
+			j.remove()
+			return fmt.Errorf("start the jail's reaper: %w", err)
+		}
+	}
+	jailed, err := enter(p)
+	if !jailed && p.Keep {
+		j.remove() // without --keep-jail the reaper does it when this process exits
+	}
+	return err
+}
+
+// closeInheritedFDs closes every descriptor above stderr that this process
+// inherited, so none reaches the jail. Inherited ones are those without
+// close-on-exec: Go opens everything of its own with it.
+func closeInheritedFDs() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list open files: %w", err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			unix.Close(fd)
+		}
+	}
+	return nil
+}
+
+// jail is a jail being made: what was made so far, in order, so a failure
+// removes exactly that, and the lock that marks it in use.
+type jail struct {
+	p    *plan
+	made []string
+	lock *os.File
+}
+
+// build makes the jail: its directories, the exec file, device nodes, the
+// record and the cgroups. On failure it removes what it made.
+func build(p *plan) (j *jail, err error) {
+	j = &jail{p: p}
+	defer func() {
+		if err != nil {
+			j.undo()
+		}
+	}()
+	for _, d := range []string{filepath.Dir(p.Dir), p.Dir} {
+		if err := j.mkdir(d, baseDirMode); err != nil {
+			return nil, err
+		}
+	}
+	// The lock says "in use" to `ember jail sweep` and to a second jailer
+	// given the same --id, until the reaper is done with the jail.
+	if j.lock, err = os.Open(p.Dir); err != nil {
+		return nil, fmt.Errorf("jail %s: %w", p.Dir, err)
+	}
+	if err := unix.Flock(int(j.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return nil, fmt.Errorf("--id %s: the jail %s is in use by another jailer", p.ID, p.Dir)
+	}
+	// The record is made exclusively, so a finished jail that was kept or
+	// orphaned is never taken over.
+	rec := record{ID: p.ID, Root: p.Root, Cgroups: p.Cgroups.groupDirs(), Keep: p.Keep}
+	data, _ := json.Marshal(rec)
+	recPath := filepath.Join(p.Dir, recordName)
+	f, err := os.OpenFile(recPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, recordMode)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("--id %s: %w", p.ID, errJailExists(p.Dir))
+		}
+		return nil, fmt.Errorf("jail %s: %w", p.Dir, err)
+	}
+	j.made = append(j.made, recPath)
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write %s: %w", recPath, err)
+	}
+	if err := j.mkdir(p.Root, jailDirMode); err != nil {
+		return nil, err
+	}
+	if err := j.own(p.Root, jailDirMode); err != nil {
+		return nil, err
+	}
+	if err := j.placeExecFile(); err != nil {
+		return nil, err
+	}
+	for _, d := range jailDirs {
+		path := filepath.Join(p.Root, d)
+		if err := j.mkdir(path, jailDirMode); err != nil {
+			return nil, err
+		}
+		if err := j.own(path, jailDirMode); err != nil {
+			return nil, err
+		}
+	}
+	devs, err := hostDevices()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range devs {
+		path := filepath.Join(p.Root, d.path)
+		if err := unix.Mknod(path, unix.S_IFCHR|deviceMode, int(d.rdev)); err != nil {
+			return nil, fmt.Errorf("make the device node %s in the jail: %w", d.path, err)
+		}
+		j.made = append(j.made, path)
+		if err := j.own(path, deviceMode); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.Cgroups.create(&j.made); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// mkdir makes a directory unless it is there, noting it if made.
+func (j *jail) mkdir(dir string, mode os.FileMode) error {
+	created, err := mkdirNew(dir, mode)
+	if err != nil {
+		return fmt.Errorf("jail directory %s: %w", dir, err)
+	}
+	if created {
+		j.made = append(j.made, dir)
+	}
+	return nil
+}
+
+// mkdirNew makes dir, reporting whether it did; an existing directory is
+// fine, anything else in its place is not.
+func mkdirNew(dir string, mode os.FileMode) (bool, error) {
+	err := os.Mkdir(dir, mode)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, os.ErrExist) {
+		if st, serr := os.Stat(dir); serr == nil && st.IsDir() {
+			return false, nil
+		}
+		return false, errors.New("exists and is not a directory")
+	}
+	return false, unwrapPath(err)
+}
+
+// own gives path to the VMM's user with the given mode (explicitly, as the
+// umask may have narrowed it).
+func (j *jail) own(path string, mode os.FileMode) error {
+	if err := os.Chown(path, int(j.p.UID), int(j.p.GID)); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	return nil
+}
+
+// placeExecFile puts the exec file at /<name> in the jail: a hard link,
+// which costs nothing, when the file is on the jail's filesystem and the
+// VMM's user cannot write it; otherwise a copy, as Firecracker always
+// makes, owned by root and never setuid.
+func (j *jail) placeExecFile() error {
+	dst := filepath.Join(j.p.Root, j.p.ExecName)
+	st, err := os.Stat(j.p.ExecPath)
+	if err != nil {
+		return fmt.Errorf("--exec-file %s: %w", j.p.ExecPath, unwrapPath(err))
+	}
+	if !writableBy(st, j.p.UID, j.p.GID) {
+		if err := os.Link(j.p.ExecPath, dst); err == nil {
+			j.made = append(j.made, dst)
+			return nil
+		}
+	}
+	src, err := os.Open(j.p.ExecPath)
+	if err != nil {
+		return fmt.Errorf("--exec-file %s: %w", j.p.ExecPath, unwrapPath(err))
+	}
+	defer src.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, execFileMode)
+	if err != nil {
+		return fmt.Errorf("copy the exec file into the jail: %w", err)
+	}
+	j.made = append(j.made, dst)
+	_, err = io.Copy(out, src)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("copy the exec file into the jail: %w", err)
+	}
+	return nil
+}
+
+// writableBy reports whether uid or gid could write the file: then the jail
+// gets a copy, or the jailed process could change the host's binary.
+func writableBy(st os.FileInfo, uid, gid uint32) bool {
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return true
+	}
+	m := st.Mode().Perm()
+	return sys.Uid == uid && m&0o200 != 0 || sys.Gid == gid && m&0o020 != 0 || m&0o002 != 0
+}
+
+// device is a device node the jail gets.
+type device struct {
+	path string // inside the jail
+	rdev uint64
+}
+
+// jailDevices are the nodes the VMM needs (Firecracker's jailer makes the
+// same): KVM, the tun clone device for taps, the urandom device, and
+// userfaultfd's device (Linux 6.1) where the host has it. Numbers are the
+// host's own node's; fixed ones (Documentation/admin-guide/devices.txt)
+// stand in for a missing tun or urandom node, whose modules load on open.
+var jailDevices = []struct {
+	path         string
+	major, minor uint32
+	need         string // non-empty: the host must have it, and this says why
+	dynamic      bool   // a dynamic misc minor: made only where the host has it
+}{
+	{path: "dev/kvm", major: 10, minor: 232, need: "KVM (modules kvm and kvm_intel or kvm_amd)"},
+	{path: "dev/net/tun", major: 10, minor: 200},
+	{path: "dev/urandom", major: 1, minor: 9},
+	{path: "dev/userfaultfd", dynamic: true},
+}
+
+// hostDevices resolves the device nodes to make.
+func hostDevices() ([]device, error) {
+	var out []device
+	for _, d := range jailDevices {
+		var st unix.Stat_t
+		err := unix.Stat("/"+d.path, &st)
+		switch {
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR:
+			out = append(out, device{d.path, st.Rdev})
+		case d.need != "":
+			return nil, fmt.Errorf("this host has no /%s: the jailed VMM needs %s", d.path, d.need)
+		case !d.dynamic:
+			out = append(out, device{d.path, unix.Mkdev(d.major, d.minor)})
+		}
+	}
+	return out, nil
+}
+
+// writePIDFile writes the VMM's PID to <root>/<exec name>.pid, where
+// Firecracker's jailer puts it.
+func writePIDFile(p *plan, pid int) error {
+	path := filepath.Join(p.Root, p.ExecName+pidFileSuffix)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, recordMode)
+	if err != nil {
+		return fmt.Errorf("write the PID file: %w", err)
+	}
+	_, err = f.WriteString(strconv.Itoa(pid))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// undo removes what build made, newest first.
+func (j *jail) undo() {
+	for i := len(j.made) - 1; i >= 0; i-- {
+		os.Remove(j.made[i])
+	}
+	if j.lock != nil {
+		j.lock.Close()
+	}
+}
+
+// remove removes the whole jail and its cgroups, for a failure after build.
+func (j *jail) remove() {
+	removeJail(j.p.Dir, record{ID: j.p.ID, Root: j.p.Root, Cgroups: j.p.Cgroups.groupDirs()})
+}
+
+// runChild starts the child that enters the jail and execs the VMM (in a
+// new PID namespace with --new-pid-ns), writes its PID file, hands the
+// child to a reaper, and returns once the child has exec'd the VMM or
+// failed. The child reports a failure on a pipe that its exec closes.
+func (j *jail) runChild(stderr *os.File) error {
+	p := j.p
+	// The first process of a PID namespace would get SIGHUP when a jailer
+	// that leads its session exits (Firecracker PR #5045): it gets a
+	// session of its own, as a daemon does.
+	sid, _ := unix.Getsid(0)
+	p.NewSession = p.Daemon || p.NewPIDNS && sid == os.Getpid()
+	spec, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer statusR.Close()
+	cmd := &exec.Cmd{Path: selfExe, Args: []string{"ember", "jail", EnterCommand, string(spec)},
+		Stdin: os.Stdin, Stdout: os.Stdout, Stderr: stderr, ExtraFiles: []*os.File{statusW},
+		SysProcAttr: &syscall.SysProcAttr{}}
+	if p.NewPIDNS {
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWPID
+	}
+	err = cmd.Start()
+	statusW.Close()
+	if err != nil {
+		j.remove()
+		return fmt.Errorf("start the jailed child: %w", err)
+	}
+	if err := writePIDFile(p, cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		j.remove()
+		return err
+	}
+	if !p.Keep {
+		// The child is not reaped before this, so its PID is still its own.
+		pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+		if err == nil {
+			err = startReaper(p.Dir, pidfd, j.lock, nil)
+		}
+		if err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			j.remove()
+			return fmt.Errorf("start the jail's reaper: %w", err)
+		}
+	}
+	msg, _ := io.ReadAll(statusR)
+	if len(msg) > 0 {
+		cmd.Wait()
+		j.remove()
+		return errors.New(strings.TrimSpace(string(msg)))
+	}
+	return cmd.Process.Release()
+}
+
+// startReaper starts the detached process that waits for the VMM (pidfd)
+// and then removes the jail. It shares the jail's lock, holding it for as
+// long as it runs, and reports on stderr (nil: /dev/null).
+func startReaper(dir string, pidfd int, lock, stderr *os.File) error {
+	pf := os.NewFile(uintptr(pidfd), "pidfd")
+	defer pf.Close()
+	cmd := &exec.Cmd{Path: selfExe, Args: []string{"ember", "jail", ReapCommand, dir},
+		ExtraFiles:  []*os.File{pf, lock},
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
+	if stderr != nil {
+		cmd.Stderr = stderr
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
