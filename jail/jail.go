@@ -134,25 +134,30 @@ type jail struct {
 
 // build makes the jail: its directories, the exec file, device nodes, the
 // record and the cgroups. On failure it removes what it made.
-func build(p *plan) (j *jail, err error) {
-	j = &jail{p: p}
-	defer func() {
-		if err != nil {
-			j.undo()
-		}
-	}()
+func build(p *plan) (*jail, error) {
+	j := &jail{p: p}
+	if err := j.make(); err != nil {
+		j.undo()
+		return nil, err
+	}
+	return j, nil
+}
+
+func (j *jail) make() error {
+	p := j.p
+	var err error
 	for _, d := range []string{filepath.Dir(p.Dir), p.Dir} {
 		if err := j.mkdir(d, baseDirMode); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// The lock says "in use" to `ember jail sweep` and to a second jailer
 	// given the same --id, until the reaper is done with the jail.
 	if j.lock, err = os.Open(p.Dir); err != nil {
-		return nil, fmt.Errorf("jail %s: %w", p.Dir, err)
+		return fmt.Errorf("jail %s: %w", p.Dir, err)
 	}
 	if err := unix.Flock(int(j.lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		return nil, fmt.Errorf("--id %s: the jail %s is in use by another jailer", p.ID, p.Dir)
+		return fmt.Errorf("--id %s: the jail %s is in use by another jailer", p.ID, p.Dir)
 	}
 	// The record is made exclusively, so a finished jail that was kept or
 	// orphaned is never taken over.
@@ -162,9 +167,9 @@ func build(p *plan) (j *jail, err error) {
 	f, err := os.OpenFile(recPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, recordMode)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("--id %s: %w", p.ID, errJailExists(p.Dir))
+			return fmt.Errorf("--id %s: %w", p.ID, errJailExists(p.Dir))
 		}
-		return nil, fmt.Errorf("jail %s: %w", p.Dir, err)
+		return fmt.Errorf("jail %s: %w", p.Dir, err)
 	}
 	j.made = append(j.made, recPath)
 	_, err = f.Write(data)
@@ -172,44 +177,44 @@ func build(p *plan) (j *jail, err error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("write %s: %w", recPath, err)
+		return fmt.Errorf("write %s: %w", recPath, err)
 	}
 	if err := j.mkdir(p.Root, jailDirMode); err != nil {
-		return nil, err
+		return err
 	}
 	if err := j.own(p.Root, jailDirMode); err != nil {
-		return nil, err
+		return err
 	}
 	if err := j.placeExecFile(); err != nil {
-		return nil, err
+		return err
 	}
 	for _, d := range jailDirs {
 		path := filepath.Join(p.Root, d)
 		if err := j.mkdir(path, jailDirMode); err != nil {
-			return nil, err
+			return err
 		}
 		if err := j.own(path, jailDirMode); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	devs, err := hostDevices()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, d := range devs {
 		path := filepath.Join(p.Root, d.path)
 		if err := unix.Mknod(path, unix.S_IFCHR|deviceMode, int(d.rdev)); err != nil {
-			return nil, fmt.Errorf("make the device node %s in the jail: %w", d.path, err)
+			return fmt.Errorf("make the device node %s in the jail: %w", d.path, err)
 		}
 		j.made = append(j.made, path)
 		if err := j.own(path, deviceMode); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := p.Cgroups.create(&j.made); err != nil {
-		return nil, err
+		return err
 	}
-	return j, nil
+	return nil
 }
 
 // mkdir makes a directory unless it is there, noting it if made.

@@ -195,6 +195,11 @@ func runFirecracker(args []string, start time.Time) int {
 		}
 	}
 
+	// Signals are caught before the socket exists: a client that sees the
+	// socket may stop the VM at once, and must not meet the default action
+	// (which would leave the socket file behind).
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
 	if !f.noAPI {
 		ln, err := api.ListenUnix(f.apiSock)
 		if err != nil {
@@ -212,8 +217,6 @@ func runFirecracker(args []string, start time.Time) int {
 		log.Info("API server listening", "socket", f.apiSock)
 	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM, unix.SIGHUP)
 	select {
 	case s := <-sigs:
 		log.Info("stopping the microVM", "signal", s)
