@@ -529,3 +529,27 @@ func killMembers(dir string) {
 		}
 	}
 }
+
+// HostCgroups returns the cgroup version on which this host offers every
+// controller named, and the mount points of the hierarchies that hold them:
+// version 2 when its v2 hierarchy has them all, else 1 when v1 hierarchies
+// do, else 0. (A host mounts each controller on one version only.)
+func HostCgroups(controllers ...string) (version int, hierarchies []string) {
+	mounts, err := readMounts(mountInfoPath)
+	if err != nil {
+		return 0, nil
+	}
+	if m, ok := cgroup2Mount(mounts); ok && !slices.ContainsFunc(controllers, func(c string) bool { return !v2Offers(m, c) }) {
+		return 2, []string{m}
+	}
+	for _, c := range controllers {
+		m, ok := v1Mount(mounts, c)
+		if !ok {
+			return 0, nil
+		}
+		if !slices.Contains(hierarchies, m) {
+			hierarchies = append(hierarchies, m)
+		}
+	}
+	return 1, hierarchies
+}

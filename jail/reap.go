@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,6 +36,9 @@ func Reap(dir string, out io.Writer) error {
 		}
 	}
 	rec, err := readRecord(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // the jailer failed and removed the jail itself
+	}
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/jail"
 )
 
 // jailUID is the user (and group) the jail tests run the VMM as.
@@ -122,17 +123,12 @@ func cgroupMounts(t *testing.T) map[string]string {
 
 func detectCgroups(t *testing.T) hostCgroups {
 	t.Helper()
-	m := cgroupMounts(t)
-	if u, ok := m["unified"]; ok {
-		avail, _ := os.ReadFile(filepath.Join(u, "cgroup.controllers"))
-		f := strings.Fields(string(avail))
-		if slices.Contains(f, "memory") && slices.Contains(f, "pids") && slices.Contains(f, "cpu") {
-			return hostCgroups{version: 2, mounts: []string{u}, memFile: "memory.max",
-				props: map[string]string{"memory.max": "268435456", "pids.max": "64", "cpu.max": "50000 100000"}}
-		}
-	}
-	if m["memory"] != "" && m["pids"] != "" && m["cpu"] != "" {
-		return hostCgroups{version: 1, mounts: []string{m["memory"], m["pids"], m["cpu"]}, memFile: "memory.limit_in_bytes",
+	switch v, mounts := jail.HostCgroups("memory", "pids", "cpu"); v {
+	case 2:
+		return hostCgroups{version: 2, mounts: mounts, memFile: "memory.max",
+			props: map[string]string{"memory.max": "268435456", "pids.max": "64", "cpu.max": "50000 100000"}}
+	case 1:
+		return hostCgroups{version: 1, mounts: mounts, memFile: "memory.limit_in_bytes",
 			props: map[string]string{"memory.limit_in_bytes": "268435456", "pids.max": "64", "cpu.cfs_quota_us": "50000"}}
 	}
 	t.Log("no memory, pids and cpu controllers on either cgroup version: testing without cgroups")
@@ -618,8 +614,10 @@ func waitGone(t *testing.T, path string) {
 }
 
 // TestJailSnapshotAcrossJails: a Full snapshot of the counting guest taken
-// in one jail loads in a second jail and runs on (its memory file is edited
-// so that the guest, once running, resets at once).
+// in one jail loads in a second jail (File backend) and in a third (Uffd
+// backend, through /dev/userfaultfd: the jailed VMM may not make a
+// userfaultfd by the system call) and runs on; its memory file is edited
+// so that the guest, once running, resets at once.
 func TestJailSnapshotAcrossJails(t *testing.T) {
 	needJailHost(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*hangLimit)
@@ -641,25 +639,51 @@ func TestJailSnapshotAcrossJails(t *testing.T) {
 	must("snapshot", ca.CreateSnapshot(ctx, api.SnapshotCreateParams{SnapshotPath: "/vm.snap", MemFilePath: "/vm.mem", SnapshotType: "Full"}))
 
 	b, cb := startJail(t, ctx, base, "snap-b")
-	for _, f := range []string{"vm.snap", "vm.mem"} {
-		if err := os.Link(filepath.Join(a.root, f), filepath.Join(b.root, f)); err != nil {
-			t.Fatal(err)
+	c, cc := startJail(t, ctx, base, "snap-c")
+	mem := filepath.Join(base, "vm.mem") // the Uffd handler's, on the host
+	must("link", os.Link(filepath.Join(a.root, "vm.mem"), mem))
+	for _, dst := range []string{b.root, c.root} {
+		for _, f := range []string{"vm.snap", "vm.mem"} {
+			must("link", os.Link(filepath.Join(a.root, f), filepath.Join(dst, f)))
 		}
 	}
 	a.cmd.Process.Signal(syscall.SIGTERM)
 	a.wait(t)
 	mustNotExist(t, a.dir)
-	f, err := os.OpenFile(filepath.Join(b.root, "vm.mem"), os.O_RDWR, 0)
+	f, err := os.OpenFile(mem, os.O_RDWR, 0)
 	must("open memory file", err)
 	_, err = f.WriteAt([]byte{1}, tiny.ExitFlagAddr)
 	f.Close()
 	must("set exit flag", err)
-	must("load", cb.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: "/vm.snap",
+
+	must("load (File)", cb.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: "/vm.snap",
 		MemBackend: &api.MemoryBackend{BackendType: api.BackendFile, BackendPath: "/vm.mem"}, ResumeVM: true}))
 	if st := b.wait(t); st.ExitCode() != 0 {
-		t.Fatalf("restored VM: exit %v, want 0 (guest reset)\n%s", st, b.stderr.String())
+		t.Fatalf("restored VM (File): exit %v, want 0 (guest reset)\n%s", st, b.stderr.String())
 	}
 	mustNotExist(t, b.dir)
+
+	usock := filepath.Join(c.root, "run", "uffd.sock")
+	handler := exec.Command(emberBin, "snapshot", "serve-uffd", usock, mem)
+	var hlog bytes.Buffer
+	handler.Stderr = &hlog
+	must("start the handler", handler.Start())
+	defer func() { handler.Process.Signal(os.Interrupt); handler.Wait() }()
+	for deadline := time.Now().Add(hangLimit); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(usock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve-uffd did not listen\n%s", hlog.String())
+		}
+	}
+	must("hand the handler's socket to the jail's user", os.Chown(usock, jailUID, jailUID))
+	must("load (Uffd)", cc.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: "/vm.snap",
+		MemBackend: &api.MemoryBackend{BackendType: api.BackendUffd, BackendPath: "/run/uffd.sock"}, ResumeVM: true}))
+	if st := c.wait(t); st.ExitCode() != 0 {
+		t.Fatalf("restored VM (Uffd): exit %v, want 0 (guest reset)\n%s\nhandler:\n%s", st, c.stderr.String(), hlog.String())
+	}
+	mustNotExist(t, c.dir)
 }
 
 // TestJailCgroupV2 places the VM in a cgroup v2 group with core values,
