@@ -22,6 +22,7 @@ const (
 	fsCgroup1         = "cgroup"
 	fsCgroup2         = "cgroup2"
 	procsFile         = "cgroup.procs"           // v1 and v2: writing a PID (0: the writer) moves its whole process
+	tasksFile         = "tasks"                  // v1: writing a TID (0: the writer) moves that one thread
 	controllersFile   = "cgroup.controllers"     // v2: controllers a group can pass to its children
 	subtreeFile       = "cgroup.subtree_control" // v2: controllers a group passes to its children
 	killFile          = "cgroup.kill"            // v2 (Linux 5.14): writing 1 kills every member
@@ -50,6 +51,9 @@ type cgroupPlan struct {
 	Version  int
 	Groups   []cgroupGroup
 	JoinOnly string `json:",omitempty"`
+	// Forked says the process was made in its group (clone3's
+	// CLONE_INTO_CGROUP, cgroup v2) and has nothing to join.
+	Forked bool `json:",omitempty"`
 }
 
 // cgroupGroup is the VM's group in one hierarchy.
@@ -445,12 +449,27 @@ func writeCgroupFile(dir, file, value string) error {
 	return nil
 }
 
-// openJoin opens the cgroup.procs files of the groups to join, so the
-// process can place itself after pivot_root has hidden cgroupfs.
-func openJoin(dirs []string) ([]*os.File, error) {
+// openJoin opens, in each group the process joins, the file through which
+// the thread that will exec places itself there: opened now, written after
+// pivot_root has hidden cgroupfs. Moving a whole process (cgroup.procs)
+// takes the kernel's cgroup_threadgroup_rwsem for writing, which waits for
+// an RCU grace period (10-15 ms on these hosts) unless the hierarchy is
+// mounted with favordynmods. On v1 only the thread that will exec moves
+// (writing 0 to tasks), which needs no such lock: exec makes that thread
+// the whole process and ends the others. v2 moves processes only; the
+// jailer's child is made in its group instead, when there is one
+// (joinFD).
+func (c *cgroupPlan) openJoin() ([]*os.File, error) {
+	if c == nil || c.Forked {
+		return nil, nil
+	}
+	file := procsFile
+	if c.Version == 1 {
+		file = tasksFile
+	}
 	var files []*os.File
-	for _, d := range dirs {
-		f, err := os.OpenFile(filepath.Join(d, procsFile), os.O_WRONLY, 0)
+	for _, d := range c.joinDirs() {
+		f, err := os.OpenFile(filepath.Join(d, file), os.O_WRONLY, 0)
 		if err != nil {
 			closeAll(files)
 			return nil, fmt.Errorf("cgroup %s: %w", d, unwrapPath(err))
@@ -460,8 +479,22 @@ func openJoin(dirs []string) ([]*os.File, error) {
 	return files, nil
 }
 
-// join moves the whole calling process (writing 0 names the writer) into
-// each group.
+// joinFD opens the group a child is to be made in (v2: one group), or
+// returns nil.
+func (c *cgroupPlan) joinFD() (*os.File, error) {
+	if c == nil || c.Version != 2 {
+		return nil, nil
+	}
+	dirs := c.joinDirs()
+	f, err := os.Open(dirs[0])
+	if err != nil {
+		return nil, fmt.Errorf("cgroup %s: %w", dirs[0], unwrapPath(err))
+	}
+	return f, nil
+}
+
+// join places the calling thread (v1) or process (v2) in each group:
+// writing 0 names the writer.
 func join(files []*os.File) error {
 	defer closeAll(files)
 	for _, f := range files {

@@ -56,7 +56,7 @@ func enter(p *plan) (jailed bool, err error) {
 		}
 		defer netns.Close()
 	}
-	cgroups, err := openJoin(p.Cgroups.joinDirs())
+	cgroups, err := p.Cgroups.openJoin()
 	if err != nil {
 		return false, err
 	}

@@ -386,6 +386,17 @@ func (j *jail) runChild(stderr *os.File) error {
 	// session of its own, as a daemon does.
 	sid, _ := unix.Getsid(0)
 	p.NewSession = p.Daemon || p.NewPIDNS && sid == os.Getpid()
+	cgroupDir, err := p.Cgroups.joinFD()
+	if err != nil {
+		j.remove()
+		return err
+	}
+	if cgroupDir != nil {
+		defer cgroupDir.Close()
+		forked := *p.Cgroups
+		forked.Forked = true
+		p.Cgroups = &forked
+	}
 	spec, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -400,6 +411,9 @@ func (j *jail) runChild(stderr *os.File) error {
 		SysProcAttr: &syscall.SysProcAttr{}}
 	if p.NewPIDNS {
 		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWPID
+	}
+	if cgroupDir != nil { // made in its group: no migration, no grace period
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgroupDir.Fd())
 	}
 	err = cmd.Start()
 	statusW.Close()

@@ -688,31 +688,58 @@ func TestJailSnapshotAcrossJails(t *testing.T) {
 
 // TestJailCgroupV2 places the VM in a cgroup v2 group with core values,
 // which every v2 hierarchy has (this covers v2 where the host's memory,
-// pids and cpu controllers are on v1).
+// pids and cpu controllers are on v1): by migration in the plain mode, and
+// made there by clone3 (CLONE_INTO_CGROUP) with --daemonize.
 func TestJailCgroupV2(t *testing.T) {
 	needJailHost(t)
 	mnt, ok := cgroupMounts(t)["unified"]
 	if !ok {
 		t.Skip("no cgroup v2 hierarchy")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
-	defer cancel()
-	base, parent, id := t.TempDir(), testParentCgroup(t), "v2-1"
-	j, _ := startJail(t, ctx, base, id, "--cgroup-version", "2", "--parent-cgroup", parent,
-		"--cgroup", "cgroup.max.descendants=3", "--cgroup", "cgroup.max.depth=2")
-	dir := filepath.Join(mnt, parent, id)
-	for file, want := range map[string]string{"cgroup.max.descendants": "3", "cgroup.max.depth": "2"} {
-		if b, _ := os.ReadFile(filepath.Join(dir, file)); strings.TrimSpace(string(b)) != want {
-			t.Errorf("%s = %q, want %s", file, b, want)
-		}
+	for _, mode := range []string{"plain", "--daemonize"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+			defer cancel()
+			base, parent, id := t.TempDir(), testParentCgroup(t), "v2-1"
+			flags := []string{"--cgroup-version", "2", "--parent-cgroup", parent,
+				"--cgroup", "cgroup.max.descendants=3", "--cgroup", "cgroup.max.depth=2"}
+			dir := filepath.Join(mnt, parent, id)
+			root := filepath.Join(base, "ember", id, "root")
+			var pid int
+			var stop func()
+			if mode == "plain" {
+				j, _ := startJail(t, ctx, base, id, flags...)
+				pid, stop = j.pid, func() { j.cmd.Process.Signal(syscall.SIGTERM); j.wait(t) }
+			} else {
+				cmd := exec.Command(emberBin, jailArgs(t, base, id, append(flags, mode), "--api-sock", "/run/api.sock")...)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("jailer: %v\n%s", err, out)
+				}
+				pid = readPIDFile(t, root)
+				pidfd, err := unix.PidfdOpen(pid, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Close(pidfd)
+				stop = func() {
+					unix.PidfdSendSignal(pidfd, unix.SIGTERM, nil, 0)
+					unix.Poll([]unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}, int(hangLimit/time.Millisecond))
+					waitGone(t, filepath.Dir(root))
+				}
+			}
+			for file, want := range map[string]string{"cgroup.max.descendants": "3", "cgroup.max.depth": "2"} {
+				if b, _ := os.ReadFile(filepath.Join(dir, file)); strings.TrimSpace(string(b)) != want {
+					t.Errorf("%s = %q, want %s", file, b, want)
+				}
+			}
+			cgs, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if !strings.Contains(string(cgs), "0::/"+parent+"/"+id+"\n") {
+				t.Errorf("the VMM is not in %s:\n%s", dir, cgs)
+			}
+			stop()
+			mustNotExist(t, dir, filepath.Dir(root))
+		})
 	}
-	cgs, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", j.pid))
-	if !strings.Contains(string(cgs), "0::/"+parent+"/"+id+"\n") {
-		t.Errorf("the VMM is not in %s:\n%s", dir, cgs)
-	}
-	j.cmd.Process.Signal(syscall.SIGTERM)
-	j.wait(t)
-	mustNotExist(t, dir, j.dir)
 }
 
 // TestJailBadFlags: every bad flag, and every flag naming a missing host
