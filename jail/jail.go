@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -75,24 +76,28 @@ func Run(o Options, stderr *os.File) error {
 	if err != nil {
 		return err
 	}
-	j, err := build(p)
+	child := p.NewPIDNS || p.Daemon
+	// In the plain mode the reaper watches this process, and starts while
+	// the jail is still being made.
+	var reaper <-chan error
+	var onLocked func(lock *os.File)
+	if !child && !p.Keep {
+		onLocked = func(lock *os.File) { reaper = startReaper(p.Dir, os.Getpid(), lock, stderr) }
+	}
+	j, err := build(p, onLocked)
 	if err != nil {
 		return err
 	}
 	defer j.lock.Close()
-	if p.NewPIDNS || p.Daemon {
+	if child {
 		return j.runChild(stderr)
 	}
 	if err := writePIDFile(p, os.Getpid()); err != nil {
 		j.remove()
 		return err
 	}
-	if !p.Keep {
-		pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
-		if err == nil {
-			err = startReaper(p.Dir, pidfd, j.lock, stderr)
-		}
-		if err != nil {
+	if reaper != nil {
+		if err := <-reaper; err != nil {
 			j.remove()
 			return fmt.Errorf("start the jail's reaper: %w", err)
 		}
@@ -134,16 +139,17 @@ type jail struct {
 
 // build makes the jail: its directories, the exec file, device nodes, the
 // record and the cgroups. On failure it removes what it made.
-func build(p *plan) (*jail, error) {
+// onLocked, if not nil, is called once the jail is locked and recorded.
+func build(p *plan, onLocked func(lock *os.File)) (*jail, error) {
 	j := &jail{p: p}
-	if err := j.make(); err != nil {
+	if err := j.make(onLocked); err != nil {
 		j.undo()
 		return nil, err
 	}
 	return j, nil
 }
 
-func (j *jail) make() error {
+func (j *jail) make(onLocked func(lock *os.File)) error {
 	p := j.p
 	var err error
 	for _, d := range []string{filepath.Dir(p.Dir), p.Dir} {
@@ -178,6 +184,9 @@ func (j *jail) make() error {
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", recPath, err)
+	}
+	if onLocked != nil {
+		onLocked(j.lock)
 	}
 	if err := j.mkdir(p.Root, jailDirMode); err != nil {
 		return err
@@ -429,11 +438,7 @@ func (j *jail) runChild(stderr *os.File) error {
 	}
 	if !p.Keep {
 		// The child is not reaped before this, so its PID is still its own.
-		pidfd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
-		if err == nil {
-			err = startReaper(p.Dir, pidfd, j.lock, nil)
-		}
-		if err != nil {
+		if err := <-startReaper(p.Dir, cmd.Process.Pid, j.lock, nil); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
 			j.remove()
@@ -449,10 +454,45 @@ func (j *jail) runChild(stderr *os.File) error {
 	return cmd.Process.Release()
 }
 
-// startReaper starts the detached process that waits for the VMM (pidfd)
-// and then removes the jail. It shares the jail's lock, holding it for as
-// long as it runs, and reports on stderr (nil: /dev/null).
-func startReaper(dir string, pidfd int, lock, stderr *os.File) error {
+// reaperNice is the reaper's scheduling priority: the lowest, so that its
+// start-up (a Go runtime's) takes no CPU from the VMM's own, and its work,
+// at the VM's end, none from running VMs.
+const reaperNice = 19
+
+// startReaper starts the detached process that waits for the VMM's process
+// pid and then removes the jail, and returns at once; the outcome arrives on
+// the channel. The reaper gets a pidfd of pid (so a reused PID is never
+// mistaken for the VMM) and shares the jail's lock, holding it for as long
+// as it runs; it reports on stderr (nil: /dev/null). It is forked from a
+// thread of its own at reaperNice, which it inherits; that thread ends with
+// its goroutine (a goroutine that exits locked takes its thread with it),
+// so no other goroutine, and no VMM exec'd later, runs at that priority.
+func startReaper(dir string, pid int, lock, stderr *os.File) <-chan error {
+	errc := make(chan error, 1)
+	// The goroutine gets a lock of its own (the same open file, so the same
+	// flock): the jail's may be closed before the goroutine is done.
+	fd, err := unix.FcntlInt(lock.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		errc <- fmt.Errorf("dup the jail's lock: %w", err)
+		return errc
+	}
+	own := os.NewFile(uintptr(fd), lock.Name())
+	go func() {
+		defer own.Close()
+		runtime.LockOSThread()
+		errc <- spawnReaper(dir, pid, own, stderr)
+	}()
+	return errc
+}
+
+func spawnReaper(dir string, pid int, lock, stderr *os.File) error {
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, reaperNice); err != nil { // 0: this thread
+		return fmt.Errorf("setpriority: %w", err)
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
 	pf := os.NewFile(uintptr(pidfd), "pidfd")
 	defer pf.Close()
 	cmd := &exec.Cmd{Path: selfExe, Args: []string{"ember", "jail", ReapCommand, dir},

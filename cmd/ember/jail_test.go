@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -665,22 +667,24 @@ func TestJailSnapshotAcrossJails(t *testing.T) {
 
 	usock := filepath.Join(c.root, "run", "uffd.sock")
 	handler := exec.Command(emberBin, "snapshot", "serve-uffd", usock, mem)
-	var hlog bytes.Buffer
-	handler.Stderr = &hlog
+	herr, err := handler.StderrPipe()
+	must("handler's stderr", err)
 	must("start the handler", handler.Start())
 	defer func() { handler.Process.Signal(os.Interrupt); handler.Wait() }()
-	for deadline := time.Now().Add(hangLimit); ; time.Sleep(time.Millisecond) {
-		if _, err := os.Stat(usock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve-uffd did not listen\n%s", hlog.String())
-		}
+	// It says so once it listens (the socket file exists a little before).
+	hout := bufio.NewReader(herr)
+	if line, err := hout.ReadString('\n'); err != nil || !strings.Contains(line, "serving") {
+		t.Fatalf("serve-uffd: %q, %v", line, err)
 	}
+	var hlog bytes.Buffer
+	hdone := make(chan struct{})
+	go func() { io.Copy(&hlog, hout); close(hdone) }()
 	must("hand the handler's socket to the jail's user", os.Chown(usock, jailUID, jailUID))
 	must("load (Uffd)", cc.LoadSnapshot(ctx, api.SnapshotLoadParams{SnapshotPath: "/vm.snap",
 		MemBackend: &api.MemoryBackend{BackendType: api.BackendUffd, BackendPath: "/run/uffd.sock"}, ResumeVM: true}))
 	if st := c.wait(t); st.ExitCode() != 0 {
+		handler.Process.Signal(os.Interrupt)
+		<-hdone
 		t.Fatalf("restored VM (Uffd): exit %v, want 0 (guest reset)\n%s\nhandler:\n%s", st, c.stderr.String(), hlog.String())
 	}
 	mustNotExist(t, c.dir)
