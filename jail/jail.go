@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -76,28 +75,20 @@ func Run(o Options, stderr *os.File) error {
 	if err != nil {
 		return err
 	}
-	child := p.NewPIDNS || p.Daemon
-	// In the plain mode the reaper watches this process, and starts while
-	// the jail is still being made.
-	var reaper <-chan error
-	var onLocked func(lock *os.File)
-	if !child && !p.Keep {
-		onLocked = func(lock *os.File) { reaper = startReaper(p.Dir, os.Getpid(), lock, stderr) }
-	}
-	j, err := build(p, onLocked)
+	j, err := build(p)
 	if err != nil {
 		return err
 	}
 	defer j.lock.Close()
-	if child {
+	if p.NewPIDNS || p.Daemon {
 		return j.runChild(stderr)
 	}
 	if err := writePIDFile(p, os.Getpid()); err != nil {
 		j.remove()
 		return err
 	}
-	if reaper != nil {
-		if err := <-reaper; err != nil {
+	if !p.Keep {
+		if err := startReaper(p.Dir, os.Getpid(), j.lock, stderr); err != nil {
 			j.remove()
 			return fmt.Errorf("start the jail's reaper: %w", err)
 		}
@@ -139,17 +130,16 @@ type jail struct {
 
 // build makes the jail: its directories, the exec file, device nodes, the
 // record and the cgroups. On failure it removes what it made.
-// onLocked, if not nil, is called once the jail is locked and recorded.
-func build(p *plan, onLocked func(lock *os.File)) (*jail, error) {
+func build(p *plan) (*jail, error) {
 	j := &jail{p: p}
-	if err := j.make(onLocked); err != nil {
+	if err := j.make(); err != nil {
 		j.undo()
 		return nil, err
 	}
 	return j, nil
 }
 
-func (j *jail) make(onLocked func(lock *os.File)) error {
+func (j *jail) make() error {
 	p := j.p
 	var err error
 	for _, d := range []string{filepath.Dir(p.Dir), p.Dir} {
@@ -184,9 +174,6 @@ func (j *jail) make(onLocked func(lock *os.File)) error {
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", recPath, err)
-	}
-	if onLocked != nil {
-		onLocked(j.lock)
 	}
 	if err := j.mkdir(p.Root, jailDirMode); err != nil {
 		return err
@@ -438,7 +425,7 @@ func (j *jail) runChild(stderr *os.File) error {
 	}
 	if !p.Keep {
 		// The child is not reaped before this, so its PID is still its own.
-		if err := <-startReaper(p.Dir, cmd.Process.Pid, j.lock, nil); err != nil {
+		if err := startReaper(p.Dir, cmd.Process.Pid, j.lock, nil); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
 			j.remove()
@@ -454,41 +441,11 @@ func (j *jail) runChild(stderr *os.File) error {
 	return cmd.Process.Release()
 }
 
-// reaperNice is the reaper's scheduling priority: the lowest, so that its
-// start-up (a Go runtime's) takes no CPU from the VMM's own, and its work,
-// at the VM's end, none from running VMs.
-const reaperNice = 19
-
 // startReaper starts the detached process that waits for the VMM's process
-// pid and then removes the jail, and returns at once; the outcome arrives on
-// the channel. The reaper gets a pidfd of pid (so a reused PID is never
-// mistaken for the VMM) and shares the jail's lock, holding it for as long
-// as it runs; it reports on stderr (nil: /dev/null). It is forked from a
-// thread of its own at reaperNice, which it inherits; that thread ends with
-// its goroutine (a goroutine that exits locked takes its thread with it),
-// so no other goroutine, and no VMM exec'd later, runs at that priority.
-func startReaper(dir string, pid int, lock, stderr *os.File) <-chan error {
-	errc := make(chan error, 1)
-	// The goroutine gets a lock of its own (the same open file, so the same
-	// flock): the jail's may be closed before the goroutine is done.
-	fd, err := unix.FcntlInt(lock.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		errc <- fmt.Errorf("dup the jail's lock: %w", err)
-		return errc
-	}
-	own := os.NewFile(uintptr(fd), lock.Name())
-	go func() {
-		defer own.Close()
-		runtime.LockOSThread()
-		errc <- spawnReaper(dir, pid, own, stderr)
-	}()
-	return errc
-}
-
-func spawnReaper(dir string, pid int, lock, stderr *os.File) error {
-	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, reaperNice); err != nil { // 0: this thread
-		return fmt.Errorf("setpriority: %w", err)
-	}
+// pid and then removes the jail. The reaper gets a pidfd of pid (so a reused
+// PID is never mistaken for the VMM) and shares the jail's lock, holding it
+// for as long as it runs; it reports on stderr (nil: /dev/null).
+func startReaper(dir string, pid int, lock, stderr *os.File) error {
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return fmt.Errorf("pidfd_open: %w", err)
