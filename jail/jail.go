@@ -425,7 +425,11 @@ func (j *jail) runChild(stderr *os.File) error {
 	}
 	if !p.Keep {
 		// The child is not reaped before this, so its PID is still its own.
-		if err := startReaper(p.Dir, cmd.Process.Pid, j.lock, nil); err != nil {
+		reports := stderr
+		if p.Daemon {
+			reports = nil
+		}
+		if err := startReaper(p.Dir, cmd.Process.Pid, j.lock, reports); err != nil {
 			cmd.Process.Kill()
 			cmd.Wait()
 			j.remove()
