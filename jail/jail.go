@@ -34,8 +34,9 @@ const (
 	execFileMode = 0o755
 )
 
-// jailDirs are the directories inside the jail that the VMM's user owns:
-// the root, /dev for its device nodes, and /run for the API socket.
+// jailDirs are the directories below the jail's root that the VMM's user
+// owns, as it owns the root: /dev and /dev/net for its device nodes, and
+// /run for the API socket. Parents come first.
 var jailDirs = []string{"dev", "dev/net", "run"}
 
 // selfExe re-executes the running jailer, for its reaper and for the
@@ -124,16 +125,29 @@ func closeInheritedFDs() error {
 // removes exactly that, and the lock that marks it in use.
 type jail struct {
 	p    *plan
-	made []string
-	lock *os.File
+	made []string // host paths: directories, files, cgroups
+	// madeInside removes what was made below the jail's root, through the
+	// directory descriptors in dirs (see makeInside).
+	madeInside []func()
+	dirs       []int
+	lock       *os.File
 }
 
 // build makes the jail: its directories, the exec file, device nodes, the
-// record and the cgroups. On failure it removes what it made.
+// record and the cgroups. On failure it removes what it made. The umask is
+// cleared meanwhile, so every mode is the one given.
 func build(p *plan) (*jail, error) {
+	umask := syscall.Umask(0)
+	defer syscall.Umask(umask)
 	j := &jail{p: p}
-	if err := j.make(); err != nil {
+	err := j.make()
+	if err != nil {
 		j.undo()
+	}
+	for _, fd := range j.dirs {
+		unix.Close(fd)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return j, nil
@@ -178,39 +192,13 @@ func (j *jail) make() error {
 	if err := j.mkdir(p.Root, jailDirMode); err != nil {
 		return err
 	}
-	if err := j.own(p.Root, jailDirMode); err != nil {
-		return err
-	}
 	if err := j.placeExecFile(); err != nil {
 		return err
 	}
-	for _, d := range jailDirs {
-		path := filepath.Join(p.Root, d)
-		if err := j.mkdir(path, jailDirMode); err != nil {
-			return err
-		}
-		if err := j.own(path, jailDirMode); err != nil {
-			return err
-		}
-	}
-	devs, err := hostDevices()
-	if err != nil {
+	if err := j.makeInside(); err != nil {
 		return err
 	}
-	for _, d := range devs {
-		path := filepath.Join(p.Root, d.path)
-		if err := unix.Mknod(path, unix.S_IFCHR|deviceMode, int(d.rdev)); err != nil {
-			return fmt.Errorf("make the device node %s in the jail: %w", d.path, err)
-		}
-		j.made = append(j.made, path)
-		if err := j.own(path, deviceMode); err != nil {
-			return err
-		}
-	}
-	if err := p.Cgroups.create(&j.made); err != nil {
-		return err
-	}
-	return nil
+	return p.Cgroups.create(&j.made)
 }
 
 // mkdir makes a directory unless it is there, noting it if made.
@@ -226,14 +214,14 @@ func (j *jail) mkdir(dir string, mode os.FileMode) error {
 }
 
 // mkdirNew makes dir, reporting whether it did; an existing directory is
-// fine, anything else in its place is not.
+// fine, anything else in its place (a symbolic link too) is not.
 func mkdirNew(dir string, mode os.FileMode) (bool, error) {
 	err := os.Mkdir(dir, mode)
 	if err == nil {
 		return true, nil
 	}
 	if errors.Is(err, os.ErrExist) {
-		if st, serr := os.Stat(dir); serr == nil && st.IsDir() {
+		if st, serr := os.Lstat(dir); serr == nil && st.IsDir() {
 			return false, nil
 		}
 		return false, errors.New("exists and is not a directory")
@@ -241,14 +229,72 @@ func mkdirNew(dir string, mode os.FileMode) (bool, error) {
 	return false, unwrapPath(err)
 }
 
-// own gives path to the VMM's user with the given mode (explicitly, as the
-// umask may have narrowed it).
-func (j *jail) own(path string, mode os.FileMode) error {
-	if err := os.Chown(path, int(j.p.UID), int(j.p.GID)); err != nil {
-		return fmt.Errorf("jail: %w", err)
+// makeInside makes the jail's directories and device nodes, owned by the
+// VMM's user, through directory descriptors opened without following
+// symbolic links, never by path: in a jail made ahead of the jailer (which
+// Firecracker's allows, and scripts that put the kernel in first rely on),
+// whoever had it before may have left root/dev as a link to /etc, and a
+// path would lead the jailer out of the jail with it. (Firecracker's jailer
+// does this work after chroot, for the same reason.)
+func (j *jail) makeInside() error {
+	p := j.p
+	root, err := unix.Open(p.Root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("jail directory %s: %w", p.Root, err)
 	}
-	if err := os.Chmod(path, mode); err != nil {
-		return fmt.Errorf("jail: %w", err)
+	j.dirs = append(j.dirs, root)
+	if err := j.own(root, p.Root); err != nil {
+		return err
+	}
+	fds := map[string]int{".": root}
+	for _, d := range jailDirs { // parents first
+		fd, err := j.mkdirAt(fds[filepath.Dir(d)], filepath.Base(d), filepath.Join(p.Root, d))
+		if err != nil {
+			return err
+		}
+		fds[d] = fd
+	}
+	devs, err := hostDevices()
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		dir, name := fds[filepath.Dir(d.path)], filepath.Base(d.path)
+		if err := unix.Mknodat(dir, name, unix.S_IFCHR|deviceMode, int(d.rdev)); err != nil {
+			return fmt.Errorf("make the device node /%s in the jail: %w", d.path, err)
+		}
+		j.madeInside = append(j.madeInside, func() { unix.Unlinkat(dir, name, 0) })
+		if err := unix.Fchownat(dir, name, int(p.UID), int(p.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("give the device node /%s to the VMM's user: %w", d.path, err)
+		}
+	}
+	return nil
+}
+
+// mkdirAt makes (or finds) the directory name in parent and returns it open,
+// owned by the VMM's user with jailDirMode; path names it in errors.
+func (j *jail) mkdirAt(parent int, name, path string) (int, error) {
+	err := unix.Mkdirat(parent, name, jailDirMode)
+	if err == nil {
+		j.madeInside = append(j.madeInside, func() { unix.Unlinkat(parent, name, unix.AT_REMOVEDIR) })
+	} else if !errors.Is(err, unix.EEXIST) {
+		return -1, fmt.Errorf("jail directory %s: %w", path, err)
+	}
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("jail directory %s: exists and is not a directory (%w)", path, err)
+	}
+	j.dirs = append(j.dirs, fd)
+	return fd, j.own(fd, path)
+}
+
+// own gives the open directory to the VMM's user with jailDirMode.
+func (j *jail) own(fd int, path string) error {
+	if err := unix.Fchown(fd, int(j.p.UID), int(j.p.GID)); err != nil {
+		return fmt.Errorf("jail directory %s: %w", path, err)
+	}
+	if err := unix.Fchmod(fd, jailDirMode); err != nil {
+		return fmt.Errorf("jail directory %s: %w", path, err)
 	}
 	return nil
 }
@@ -358,6 +404,9 @@ func writePIDFile(p *plan, pid int) error {
 
 // undo removes what build made, newest first.
 func (j *jail) undo() {
+	for i := len(j.madeInside) - 1; i >= 0; i-- {
+		j.madeInside[i]()
+	}
 	for i := len(j.made) - 1; i >= 0; i-- {
 		os.Remove(j.made[i])
 	}

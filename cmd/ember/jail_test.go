@@ -773,6 +773,20 @@ func TestJailBadFlags(t *testing.T) {
 
 	// ok is a good command line with the flags given replacing its own (or
 	// added, if it has none of that name); args not starting "--" are added.
+	// A jail made ahead, whose last occupant left /dev as a link out of it.
+	outside := filepath.Join(tmp, "outside")
+	os.Mkdir(outside, 0o755)
+	linked := filepath.Join(base, "ember", "linked", "root")
+	os.MkdirAll(linked, 0o700)
+	os.Symlink(outside, filepath.Join(linked, "dev"))
+	defer func() {
+		var st unix.Stat_t
+		ents, _ := os.ReadDir(outside)
+		if unix.Stat(outside, &st); st.Uid != 0 || st.Mode&0o777 != 0o755 || len(ents) != 0 {
+			t.Errorf("the jailer followed the jail's /dev link out: %s is now uid %d mode %o with %d entries", outside, st.Uid, st.Mode&0o777, len(ents))
+		}
+	}()
+
 	ok := func(over ...string) []string {
 		args := []string{"jail", "--id", "bad-1", "--exec-file", bin, "--uid", "10000", "--gid", "10000",
 			"--chroot-base-dir", base, "--parent-cgroup", parent}
@@ -833,6 +847,7 @@ func TestJailBadFlags(t *testing.T) {
 		{"unknown flag", ok("--frobnicate"), "frobnicate"},
 		{"stray argument", ok("extra", "--", "--api-sock", "/run/a"), "unexpected argument"},
 		{"jail exists", ok("--id", "busy"), "already exists"},
+		{"jail with a link out", ok("--id", "linked"), "/dev: exists and is not a directory"},
 	}
 	if cg.version != 0 {
 		// Values the kernel sees only once the group is made: the group
