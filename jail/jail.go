@@ -444,10 +444,12 @@ func (j *jail) runChild(stderr *os.File) error {
 	}
 	spec, err := json.Marshal(p)
 	if err != nil {
+		j.remove()
 		return err
 	}
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
+		j.remove()
 		return err
 	}
 	defer statusR.Close()
