@@ -5,7 +5,9 @@
 // --daemonize, --new-pid-ns, -- VMM ARGS) and makes Firecracker's layout,
 // <chroot-base-dir>/<exec file name>/<id>/root, so tools built for
 // Firecracker's jailer (firecracker-go-sdk's JailerCommandBuilder) drive
-// it unchanged. It wraps an ember process; it does not link the VMM.
+// it unchanged. The exec file's name is taken as given, not resolved, so
+// ember linked as "firecracker" gets the jail that SDK expects. It wraps
+// an ember process; it does not link the VMM.
 //
 // # What the jailer does
 //

@@ -86,7 +86,7 @@ func CheckInstanceID(id string) error {
 type plan struct {
 	ID       string
 	ExecPath string // the exec file, absolute and resolved
-	ExecName string // its base name: the jail's directory and file name
+	ExecName string // its base name as given: the jail's directory and file name
 	Dir      string // <base>/<exec name>/<id>: holds root and the record
 	Root     string // Dir/root: the jail
 	UID, GID uint32
@@ -122,7 +122,10 @@ func validate(o Options) (*plan, error) {
 	if p.ExecPath, err = checkExecFile(o.ExecFile); err != nil {
 		return nil, err
 	}
-	p.ExecName = filepath.Base(p.ExecPath)
+	// The name as given, not the resolved one: firecracker-go-sdk computes
+	// the jail's path from it, and Ember is often installed under
+	// Firecracker's name as a link.
+	p.ExecName = filepath.Base(o.ExecFile)
 	base, err := checkBaseDir(o.ChrootBaseDir)
 	if err != nil {
 		return nil, err

@@ -520,13 +520,21 @@ func TestJailOOMKill(t *testing.T) {
 }
 
 // TestJailerEntryPoint: the binary invoked as "jailer" is `ember jail`:
-// here it runs the tiny guest with `-- run` in a jail made ahead with the
-// kernel in it (as scripts written for Firecracker's jailer do), which is
-// removed, with the kernel, once the guest has reset.
+// here it jails ember linked as "firecracker" and runs the tiny guest with
+// `-- run` in a jail made ahead with the kernel in it (as scripts written
+// for Firecracker's jailer do), which is removed, with the kernel, once the
+// guest has reset.
 func TestJailerEntryPoint(t *testing.T) {
 	needJailHost(t)
-	jailer := filepath.Join(t.TempDir(), "jailer")
+	links := t.TempDir()
+	jailer := filepath.Join(links, "jailer")
 	if err := os.Symlink(emberBin, jailer); err != nil {
+		t.Fatal(err)
+	}
+	// The VMM under Firecracker's name, as a link: the jail is named for
+	// the link, as firecracker-go-sdk expects.
+	firecracker := filepath.Join(links, "firecracker")
+	if err := os.Symlink(staticBin(t), firecracker); err != nil {
 		t.Fatal(err)
 	}
 	out, _ := exec.Command(jailer, "--version").Output()
@@ -534,10 +542,11 @@ func TestJailerEntryPoint(t *testing.T) {
 		t.Errorf("jailer --version: %q", out)
 	}
 	base, id := t.TempDir(), "run-1"
-	root := filepath.Join(base, "ember", id, "root")
+	root := filepath.Join(base, "firecracker", id, "root")
 	os.MkdirAll(root, 0o700)
 	os.WriteFile(filepath.Join(root, "tiny.elf"), tiny.Image(), 0o644)
-	cmd := exec.Command(jailer, jailArgs(t, base, id, nil, "run", "--kernel", "/tiny.elf", "--boot-timer")[1:]...)
+	cmd := exec.Command(jailer, "--id", id, "--exec-file", firecracker, "--uid", strconv.Itoa(jailUID), "--gid", strconv.Itoa(jailUID),
+		"--chroot-base-dir", base, "--", "run", "--kernel", "/tiny.elf", "--boot-timer")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil || !strings.Contains(stderr.String(), "Guest-boot-time") {
