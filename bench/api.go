@@ -22,6 +22,10 @@ type APIResult struct {
 	// StartToSocketMS is the median time from exec until the API socket
 	// accepts a connection.
 	StartToSocketMS float64
+	// StartToSocketJailedMS is the same through `ember jail` (uid/gid
+	// 10000, the host's cgroups with memory, pids and cpu limits); 0 when
+	// not measured (the jailer needs root).
+	StartToSocketJailedMS float64
 	// GetP50US and GetP99US are GET / latencies; PutDriveP50US is the
 	// median latency of PUT /drives/{id} (pre-boot, replacing the drive).
 	GetP50US, GetP99US, PutDriveP50US float64
@@ -30,6 +34,9 @@ type APIResult struct {
 // Lines prints the headline figures as NAME VALUE UNIT.
 func (r APIResult) Lines(w io.Writer) {
 	Line(w, "api_start_to_socket_ms", r.StartToSocketMS, "ms")
+	if r.StartToSocketJailedMS > 0 {
+		Line(w, "api_start_to_socket_jailed_ms", r.StartToSocketJailedMS, "ms")
+	}
 	Line(w, "api_get_p50_us", r.GetP50US, "us")
 	Line(w, "api_get_p99_us", r.GetP99US, "us")
 	Line(w, "api_put_drive_p50_us", r.PutDriveP50US, "us")
@@ -61,6 +68,9 @@ func API(ctx context.Context, ember string, startRuns, requests int, progress io
 	}
 	r.StartToSocketMS = Median(starts)
 	fmt.Fprintf(progress, "exec to socket: median %.2f ms over %d starts\n", r.StartToSocketMS, startRuns)
+	if r.StartToSocketJailedMS, err = JailedStartToSocket(ctx, ember, startRuns, progress); err != nil {
+		return r, fmt.Errorf("jailed start: %w", err)
+	}
 
 	cmd := exec.CommandContext(ctx, ember, "--api-sock", sock, "--level", "Warning")
 	if err := cmd.Start(); err != nil {

@@ -167,6 +167,9 @@ var (
 var uffdRequests = []named{
 	{"UFFDIO_API", 0xc018aa3f},      // _IOWR(0xAA, 0x3F, struct uffdio_api)
 	{"UFFDIO_REGISTER", 0xc020aa00}, // _IOWR(0xAA, 0x00, struct uffdio_register)
+	// USERFAULTFD_IOC_NEW on /dev/userfaultfd, where the system call is
+	// not permitted (a jailed VMM): _IO(0xAA, 0x00).
+	{"USERFAULTFD_IOC_NEW", 0xaa00},
 }
 
 // fcntl commands every filter allows: the close-on-exec flag, the status

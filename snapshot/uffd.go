@@ -30,6 +30,13 @@ const (
 	uffdEventPagefault      = 0x12
 	uffdEventRemove         = 0x15
 	uffdMsgSize             = 32
+	// userfaultfdIOCNew is USERFAULTFD_IOC_NEW, _IO(0xAA, 0x00) on
+	// /dev/userfaultfd (Linux 6.1): a userfaultfd for whoever may open the
+	// device, where the system call needs CAP_SYS_PTRACE (or
+	// vm.unprivileged_userfaultfd) to catch the kernel's own faults, as
+	// KVM's are. A jailed VMM has no capabilities but gets the device.
+	userfaultfdIOCNew = 0xaa00
+	userfaultfdDev    = "/dev/userfaultfd"
 )
 
 // Limits on the mapping message from a VMM (the handler's peer, which it
@@ -47,6 +54,29 @@ const (
 	uffdMaxRAM = 1 << 48
 )
 
+// newUserfaultfd makes a userfaultfd through the system call or, where that
+// is not permitted, through /dev/userfaultfd (as Firecracker does).
+func newUserfaultfd() (int, error) {
+	const flags = unix.O_CLOEXEC | unix.O_NONBLOCK
+	r1, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, flags, 0, 0)
+	if errno == 0 {
+		return int(r1), nil
+	}
+	if errno != unix.EPERM {
+		return -1, fmt.Errorf("userfaultfd: %w", errno)
+	}
+	dev, err := unix.Open(userfaultfdDev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("userfaultfd: %w, and %s: %w", errno, userfaultfdDev, err)
+	}
+	defer unix.Close(dev)
+	r1, _, errno2 := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), userfaultfdIOCNew, flags)
+	if errno2 != 0 {
+		return -1, fmt.Errorf("userfaultfd: %w, and USERFAULTFD_IOC_NEW on %s: %w", errno, userfaultfdDev, errno2)
+	}
+	return int(r1), nil
+}
+
 // UffdMapping describes one guest RAM region to a page-fault handler
 // (Firecracker's GuestRegionUffdMapping).
 type UffdMapping struct {
@@ -63,11 +93,9 @@ type UffdMapping struct {
 // returns the mappings and the userfaultfd. Nothing can touch the memory
 // until a handler serves its faults (SendUffd).
 func MapUffd(sizes []uint64) (regions [][]byte, uffd int, err error) {
-	r1, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK, 0, 0)
-	if errno != 0 {
-		return nil, -1, fmt.Errorf("userfaultfd: %w", errno)
+	if uffd, err = newUserfaultfd(); err != nil {
+		return nil, -1, err
 	}
-	uffd = int(r1)
 	defer func() {
 		if err != nil {
 			Unmap(regions)

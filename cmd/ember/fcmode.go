@@ -225,6 +225,10 @@ func runFirecracker(args []string, start time.Time) int {
 		}
 	}
 
+	// Signals are caught before the socket exists: a client that sees the
+	// socket may stop the VM at once, and must not meet the default action
+	// (which would leave the socket file behind).
+	sigs := notifyStop()
 	if !f.noAPI {
 		ln, err := api.ListenUnix(f.apiSock)
 		if err != nil {
@@ -242,7 +246,7 @@ func runFirecracker(args []string, start time.Time) int {
 		log.Info("API server listening", "socket", f.apiSock)
 	}
 
-	go watchSignals(log, notifyStop(), ctl.Done(), ctl.Stop, stopTimeout, func(reason string) {
+	go watchSignals(log, sigs, ctl.Done(), ctl.Stop, stopTimeout, func(reason string) {
 		log.Error("exiting at once", "reason", reason)
 		fmt.Fprintf(os.Stderr, "ember: exiting at once: %s\n", reason)
 		if !f.noAPI {

@@ -11,6 +11,7 @@
 //	ember image import|pull|ls|inspect|rm|prune ...
 //	ember doctor [--vms N] [--fix]
 //	ember seccomp print [--json]
+//	ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]   (Firecracker's jailer; also as "jailer")
 //	ember version
 //
 // Exit status of run: 0 when the guest resets or powers off, 1 when it
@@ -29,6 +30,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -57,6 +59,9 @@ const consoleEscape = 0x01
 func main() {
 	start := time.Now()
 	vmm.EmberVersion = version
+	if filepath.Base(os.Args[0]) == jailerName {
+		os.Exit(runJail(os.Args[1:]))
+	}
 	os.Exit(run(os.Args[1:], start))
 }
 
@@ -84,6 +89,9 @@ func usage(w io.Writer) {
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
+  ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]
+      Firecracker's jailer (also when invoked as "jailer"); ember jail --help for its flags
+  ember jail sweep [--chroot-base-dir DIR]  remove jails whose VM ended but were never removed
   ember version
 `)
 }
@@ -119,6 +127,8 @@ func run(args []string, start time.Time) int {
 		return runDoctor(args[1:])
 	case "seccomp":
 		return runSeccompCmd(args[1:])
+	case "jail":
+		return runJail(args[1:])
 	case "version", "--version", "-version":
 		fmt.Println("ember", version)
 		return exitOK
