@@ -88,8 +88,11 @@ lab-bin:
 
 guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs guest-probe
 
+# bin/ember-vmlinux is the guest kernel `ember run --image` boots by default.
 guest-minimal: setup
 	scripts/build-minimal-kernel.sh guest/kernel/microvm.config $(GUEST_DIR)
+	@mkdir -p bin
+	cp $(GUEST_DIR)/minimal-vmlinux bin/ember-vmlinux
 
 guest-initramfs: setup lab-bin
 	$(LAB) guest-initramfs --init guest/testinit/init -o $(GUEST_DIR)/initramfs.cpio.gz

@@ -74,7 +74,7 @@ func TestUnpackOverlayMarkers(t *testing.T) {
 func TestUnpackRefusesOverlayXattrs(t *testing.T) {
 	needRoot(t)
 	d := dirE("d/")
-	d.xattrs = map[string]string{"trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "kept"}
+	d.Xattrs = map[string]string{"trusted.overlay.redirect": "/etc", "trusted.overlay.opaque": "y", "trusted.other": "kept"}
 	root, err := unpackDir(t, whiteoutsToOverlay, layerTar(t, d))
 	if err != nil {
 		t.Fatal(err)

@@ -2,25 +2,19 @@ package image
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/embervm/ember/image/imagetest"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // needRoot skips a test that converts layers (owners, device nodes) when
@@ -58,68 +52,17 @@ func needMount(t testing.TB) {
 	}
 }
 
-// ent is one tar entry of a test layer.
-type ent struct {
-	name   string
-	typ    byte
-	body   string
-	link   string
-	mode   int64
-	uid    int
-	gid    int
-	major  int64
-	minor  int64
-	xattrs map[string]string
-}
+// Test layers and images are built with package imagetest.
+type ent = imagetest.Entry
 
-func dirE(name string) ent        { return ent{name: name, typ: tar.TypeDir, mode: 0o755} }
-func fileE(name, body string) ent { return ent{name: name, typ: tar.TypeReg, body: body, mode: 0o644} }
-func symlinkE(name, target string) ent {
-	return ent{name: name, typ: tar.TypeSymlink, link: target, mode: 0o777}
-}
-func hardlinkE(name, target string) ent {
-	return ent{name: name, typ: tar.TypeLink, link: target, mode: 0o644}
-}
+var (
+	dirE      = imagetest.Dir
+	fileE     = imagetest.File
+	symlinkE  = imagetest.Symlink
+	hardlinkE = imagetest.Hardlink
+)
 
-// testTime is the modification time of every test entry.
-var testTime = time.Date(2020, 2, 2, 2, 2, 2, 0, time.UTC)
-
-// layerTar writes entries as a tar stream (USTAR, or PAX for entries with
-// xattrs).
-func layerTar(t testing.TB, entries ...ent) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := &tar.Header{
-			Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode,
-			Uid: e.uid, Gid: e.gid, Devmajor: e.major, Devminor: e.minor,
-			ModTime: testTime,
-		}
-		if e.typ == tar.TypeReg {
-			h.Size = int64(len(e.body))
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-				h.Format = tar.FormatPAX
-			}
-			h.PAXRecords[paxXattrPrefix+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if e.typ == tar.TypeReg {
-			if _, err := io.WriteString(tw, e.body); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+func layerTar(t testing.TB, entries ...ent) []byte { return imagetest.Tar(t, entries...) }
 
 // testConfig is the config of the test images.
 var testConfig = v1.Config{
@@ -130,53 +73,12 @@ var testConfig = v1.Config{
 	Cmd:        []string{"--serve"},
 }
 
-// buildImage makes an OCI image of the layer tars, gzip-compressed, for
-// linux/GOARCH, with cfg.
 func buildImage(t testing.TB, cfg v1.Config, layers ...[]byte) v1.Image {
-	t.Helper()
-	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	for _, lb := range layers {
-		lb := lb
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-			return io.NopCloser(bytes.NewReader(lb)), nil
-		}, tarball.WithMediaType(types.OCILayer))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Config = "linux", runtime.GOARCH, cfg
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return imagetest.Build(t, cfg, layers...)
 }
 
-// writeLayout writes img as an OCI image layout with the ref name refName.
 func writeLayout(t testing.TB, img v1.Image, refName string) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "layout")
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var opts []layout.Option
-	if refName != "" {
-		opts = append(opts, layout.WithAnnotations(map[string]string{refNameAnnotation: refName}))
-	}
-	if err := p.AppendImage(img, opts...); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return imagetest.WriteLayout(t, t.TempDir(), img, refName)
 }
 
 // writeDockerSave writes img as `docker save` (before Docker 25) does:

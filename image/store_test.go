@@ -31,12 +31,12 @@ const netRawCap = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\
 // baseLayer has one of everything a root filesystem holds.
 func baseLayer(t testing.TB) []byte {
 	prog := fileE("bin/prog", "#!/bin/sh\necho prog\n")
-	prog.mode = 0o4755
+	prog.Mode = 0o4755
 	data := fileE("home/u/data", "secret\n")
-	data.uid, data.gid, data.mode = 1000, 1001, 0o640
-	data.xattrs = map[string]string{"user.note": "hi", "security.capability": netRawCap}
-	null := ent{name: "dev/null", typ: tar.TypeChar, major: 1, minor: 3, mode: 0o666}
-	fifo := ent{name: "run/fifo", typ: tar.TypeFifo, mode: 0o600}
+	data.UID, data.GID, data.Mode = 1000, 1001, 0o640
+	data.Xattrs = map[string]string{"user.note": "hi", "security.capability": netRawCap}
+	null := ent{Name: "dev/null", Type: tar.TypeChar, Major: 1, Minor: 3, Mode: 0o666}
+	fifo := ent{Name: "run/fifo", Type: tar.TypeFifo, Mode: 0o600}
 	return layerTar(t,
 		dirE("./"), dirE("bin/"), prog, hardlinkE("bin/prog2", "bin/prog"), symlinkE("bin/sh", "/bin/prog"),
 		dirE("etc/"), fileE("etc/hostname", "base\n"), fileE("etc/gone", "old\n"),

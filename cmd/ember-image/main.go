@@ -61,6 +61,9 @@ func runImage(args []string) int {
 		return exitOK
 	}
 	cmd, args := args[0], args[1:]
+	if cmd == "run" {
+		return runVM(args)
+	}
 	fs := flag.NewFlagSet("ember image "+cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	home := fs.String("home", image.Home(), "Ember's home folder (the store is HOME/images)")

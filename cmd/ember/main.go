@@ -9,6 +9,7 @@
 //	ember disk info OVERLAY
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember image import|pull|ls|inspect|rm|prune ...
+//	ember run --image REF [flags] [-- CMD ARGS...]   (prepared by ember-image)
 //	ember doctor [--vms N] [--fix]
 //	ember seccomp print [--json]
 //	ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]   (Firecracker's jailer; also as "jailer")
@@ -87,6 +88,8 @@ func usage(w io.Writer) {
   ember disk commit OVERLAY NEWBASE     merge an overlay and its base into a new raw base
   ember disk info OVERLAY               an overlay's header, base check and space
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
+  ember run --image REF [--env K=V]... [--user U] [--disk PATH] [...] [-- CMD ARGS]
+                                        boot an image and exit with its workload's status (ember run --image x --help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]
@@ -106,6 +109,11 @@ func run(args []string, start time.Time) int {
 	}
 	switch args[0] {
 	case "run":
+		if usesImage(args[1:]) {
+			// An image VM is prepared by the image tool, which runs ember
+			// (this binary) with the image's drives and initrd.
+			return runImage(append([]string{"run"}, args[1:]...))
+		}
 		return runVM(args[1:], start)
 	case "extract-vmlinux":
 		if len(args) != 3 {
