@@ -45,12 +45,12 @@ APT_UPDATE_DAYS := 7
 # erofs-utils (mkfs.erofs) for the image store's layer filesystems.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates acpica-tools iproute2 erofs-utils
+	e2fsprogs ca-certificates acpica-tools iproute2 mmdebstrap erofs-utils
 
 # The demo guest.
 DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
-.PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe \
+.PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
 	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
 
 all: build
@@ -86,7 +86,7 @@ ember-init:
 lab-bin:
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/ember-lab
 
-guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs guest-probe
+guest: guest-minimal guest-initramfs guest-cloud guest-cloud-vmlinux guest-cloud-initramfs guest-probe guest-debian
 
 # bin/ember-vmlinux is the guest kernel `ember run --image` boots by default.
 guest-minimal: setup
@@ -96,6 +96,11 @@ guest-minimal: setup
 
 guest-initramfs: setup lab-bin
 	$(LAB) guest-initramfs --init guest/testinit/init -o $(GUEST_DIR)/initramfs.cpio.gz
+
+# A Debian 12 root filesystem (mmdebstrap, cached by its package list), which
+# the image and sandbox tests import as an OCI image.
+guest-debian: setup
+	scripts/debian-rootfs.sh $(GUEST_DIR)/debian-rootfs.tar
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:
