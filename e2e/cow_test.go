@@ -38,7 +38,9 @@ func TestCOWDrive(t *testing.T) {
 			t.Fatalf("ember disk create: %v\n%s", err, out)
 		}
 		for _, step := range []func() error{
-			func() error { return c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: ptr(1), MemSizeMiB: ptr(256)}) },
+			func() error {
+				return c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: ptr(1), MemSizeMiB: ptr(256)})
+			},
 			func() error {
 				return c.PutBootSource(ctx, api.BootSource{KernelImagePath: kernel, InitrdPath: &initrd, BootArgs: &args})
 			},

@@ -114,6 +114,19 @@ func driveCount(t *testing.T, path string) int {
 	return n
 }
 
+// cowCount is driveCount of a copy-on-write drive: its overlay and base
+// merged into a raw file with ember disk commit.
+func cowCount(t *testing.T, overlay string) int {
+	t.Helper()
+	raw := overlay + ".raw"
+	os.Remove(raw)
+	if out, err := exec.Command(emberBinary(t), "disk", "commit", overlay, raw).CombinedOutput(); err != nil {
+		t.Fatalf("ember disk commit %s: %v\n%s", overlay, err, out)
+	}
+	defer os.Remove(raw)
+	return driveCount(t, raw)
+}
+
 // setDriveFlag writes "go" into the drive's sector 8 (the guest then fills
 // 10 MiB of tmpfs).
 func setDriveFlag(t *testing.T, path string) {
@@ -153,16 +166,22 @@ func fileSHA(t *testing.T, path string) string {
 }
 
 // bootCounter boots the counting guest with the data drive at drive (and
-// vsock at uds, if set) and waits for its count to reach 6, so that the
+// vsock at uds, if set; drive is a fresh copy-on-write overlay over base
+// if base is set, else a zeroed raw file) and waits for its count to reach 6, so that the
 // report line of count 5 is whole (a slow host was seen to be snapshotted
 // with count 5 on the drive and its line still half printed).
-func bootCounter(t *testing.T, drive, uds string, trackDirty bool) *apiVM {
+func bootCounter(t *testing.T, drive, base, uds string, trackDirty bool) *apiVM {
 	t.Helper()
 	kernel, initrd := guestFile(t, "minimal-bzImage"), guestFile(t, "initramfs.cpio.gz")
 	args := cmdline(`ember_mode=cmd ember_cmd="` + counterScript + `"`)
 	return bootAPI(t, nil, "ember-guest: count=6 ", func(ctx context.Context, c *client.Client) error {
 		// A fresh drive for each attempt.
-		if err := os.WriteFile(drive, make([]byte, 4<<20), 0o644); err != nil {
+		if base != "" {
+			os.Remove(drive)
+			if out, err := exec.Command(emberBinary(t), "disk", "create", "--base", base, drive).CombinedOutput(); err != nil {
+				return fmt.Errorf("ember disk create: %v: %s", err, out)
+			}
+		} else if err := os.WriteFile(drive, make([]byte, 4<<20), 0o644); err != nil {
 			return err
 		}
 		steps := []func() error{
@@ -172,7 +191,9 @@ func bootCounter(t *testing.T, drive, uds string, trackDirty bool) *apiVM {
 			func() error {
 				return c.PutBootSource(ctx, api.BootSource{KernelImagePath: kernel, InitrdPath: &initrd, BootArgs: &args})
 			},
-			func() error { return c.PutDrive(ctx, api.Drive{DriveID: "data", PathOnHost: drive}) },
+			func() error {
+				return c.PutDrive(ctx, api.Drive{DriveID: "data", PathOnHost: drive, EmberBasePath: base})
+			},
 		}
 		if uds != "" {
 			steps = append(steps, func() error { return c.PutVsock(ctx, api.Vsock{GuestCID: 3, UDSPath: uds}) })
@@ -257,9 +278,13 @@ func restore(t *testing.T, name string, p api.SnapshotLoadParams, after int, pre
 // path before its load.
 func TestSnapshotClones(t *testing.T) {
 	dir := scratchDir(t)
-	drive, uds := filepath.Join(dir, "data.img"), filepath.Join(dir, "vsock.sock")
+	drive, uds := filepath.Join(dir, "data.cow"), filepath.Join(dir, "vsock.sock")
+	base := filepath.Join(dir, "data.base")
+	if err := os.WriteFile(base, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	snap, mem := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
-	a := bootCounter(t, drive, uds, false)
+	a := bootCounter(t, drive, base, uds, false)
 	boot := a.out.String()
 	for _, want := range []string{"vmgenid-driver=1", "ged=1"} {
 		if !consoleHas(boot, want) {
@@ -278,9 +303,8 @@ func TestSnapshotClones(t *testing.T) {
 		atGen, atIRQs = rs[len(rs)-1].gen, rs[len(rs)-1].gedIRQs
 	}
 	t.Logf("source VM: guest wall clock %v behind the host's (at most), before the snapshot", clockLag(a).Round(time.Millisecond))
-	saved := filepath.Join(dir, "data.snapshot.img")
-	copyFile(t, saved, drive)
-	t.Logf("snapshot at count %d (drive %d), VMGenID %s", at, driveCount(t, saved), atGen)
+	snapDrive := fileSHA(t, drive)
+	t.Logf("snapshot at count %d (drive %d), VMGenID %s", at, cowCount(t, drive), atGen)
 	if at < 5 {
 		t.Fatalf("snapshot at count %d, want at least 5\n%s", at, tailString(a.out.String()))
 	}
@@ -302,8 +326,12 @@ func TestSnapshotClones(t *testing.T) {
 	for i := range 3 {
 		name := fmt.Sprintf("clone %d", i)
 		cuds := filepath.Join(dir, fmt.Sprintf("vsock-%d.sock", i))
+		// Each clone gets a new empty overlay over the snapshot's, made by
+		// the load in constant time (no copy of the drive).
+		cdrive := filepath.Join(dir, fmt.Sprintf("clone-%d.cow", i))
 		v := restore(t, name, api.SnapshotLoadParams{SnapshotPath: snap, MemFilePath: &mem,
-			VsockOverride: &api.VsockOverride{UDSPath: cuds}}, at, func() { copyFile(t, drive, saved) })
+			VsockOverride:       &api.VsockOverride{UDSPath: cuds},
+			EmberDriveOverrides: []api.DriveOverride{{DriveID: "data", PathOnHost: cdrive}}}, at, func() { os.Remove(cdrive) })
 		if _, err := os.Stat(cuds); err != nil {
 			t.Errorf("%s: vsock_override socket: %v", name, err)
 		}
@@ -330,8 +358,8 @@ func TestSnapshotClones(t *testing.T) {
 		if first := rs[0].n; first < at {
 			t.Errorf("%s: counter restarted at %d, want it to carry on from %d", name, first, at)
 		}
-		if n := driveCount(t, drive); n <= at {
-			t.Errorf("%s: drive holds count %d, want more than the snapshot's %d", name, n, at)
+		if n := cowCount(t, cdrive); n <= at || n < rs[len(rs)-1].n {
+			t.Errorf("%s: its drive holds count %d, want more than the snapshot's %d and at least its last line's %d", name, n, at, rs[len(rs)-1].n)
 		}
 		t.Logf("%s: counts %d..%d, VMGenID %s", name, rs[0].n, rs[len(rs)-1].n, c.gen)
 		if c.gen == atGen {
@@ -341,6 +369,9 @@ func TestSnapshotClones(t *testing.T) {
 			t.Errorf("%s: the GED has had %d interrupts, want the snapshot's %d + 1 (the VMGenID notification)", name, got, atIRQs)
 		}
 		clones = append(clones, c)
+	}
+	if fileSHA(t, drive) != snapDrive {
+		t.Error("the snapshot's overlay changed while its clones ran")
 	}
 	// Random bytes a few iterations after the restore (the VMGenID
 	// notification reseeds the guest's RNG as it runs). In the lab the
@@ -379,7 +410,7 @@ func TestSnapshotClones(t *testing.T) {
 func TestSnapshotDiff(t *testing.T) {
 	dir := scratchDir(t)
 	drive := filepath.Join(dir, "data.img")
-	a := bootCounter(t, drive, "", true)
+	a := bootCounter(t, drive, "", "", true)
 	full, fullMem := filepath.Join(dir, "full.snap"), filepath.Join(dir, "full.mem")
 	pauseSnapshot(t, a, full, fullMem, "Full")
 	ctx, cancel := apiCtx()
