@@ -47,8 +47,6 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
 	e2fsprogs ca-certificates acpica-tools iproute2 mmdebstrap erofs-utils
 
-# The demo guest.
-DEMO_CMDLINE := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd ember_mode=uname
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
 	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
@@ -127,9 +125,13 @@ guest-cloud-vmlinux: guest-cloud build
 lab: setup lab-bin
 	$(LAB) prepare
 
+# The demo imports the Debian root filesystem into an Ember home under
+# build/ and, in the lab, runs a command in that image.
+DEMO_HOME := $(CURDIR)/build/demo-home
 demo: setup build guest lab
-	$(LAB) run -- ember run --kernel $(GUEST_DIR)/minimal-bzImage \
-		--initrd $(GUEST_DIR)/initramfs.cpio.gz --cmdline "$(DEMO_CMDLINE)"
+	bin/ember image import --rootfs --home $(DEMO_HOME) $(GUEST_DIR)/debian-rootfs.tar demo/debian:12
+	$(LAB) run --add $(DEMO_HOME) -- ember run --image demo/debian:12 --home $(DEMO_HOME) -- \
+		/bin/bash -c 'echo "hello from $$(. /etc/os-release; echo $$PRETTY_NAME) in an Ember microVM, kernel $$(uname -r)"; python3 -c "import uuid; print(uuid.uuid4())"'
 
 test: setup build guest lab
 	$(GO) vet ./...

@@ -16,7 +16,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -324,4 +327,43 @@ func checkImage(m *v1.Manifest, cf *v1.ConfigFile) error {
 func sha256Hash(b []byte) v1.Hash {
 	sum := sha256.Sum256(b)
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// RootfsConfig is the config of an image imported from a root filesystem
+// tarball: the OCI default PATH and a shell, as `docker import` leaves a
+// user to override at run time.
+var RootfsConfig = v1.Config{
+	Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+	Cmd: []string{"/bin/sh"},
+}
+
+// ImportRootfs adds a root filesystem tarball (mmdebstrap's or debootstrap's
+// output, `docker export`'s) as an image of one uncompressed layer with
+// RootfsConfig, as `docker import` does. opts.Name names it.
+func (s *Store) ImportRootfs(ctx context.Context, path string, opts ImportOptions) (*Image, error) {
+	if err := s.canImport(); err != nil {
+		return nil, err
+	}
+	layer, err := tarball.LayerFromFile(path, tarball.WithMediaType(types.OCIUncompressedLayer))
+	if err != nil {
+		return nil, fmt.Errorf("import --rootfs %s: %w", path, err)
+	}
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return nil, fmt.Errorf("import --rootfs %s: %w", path, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("import --rootfs %s: %w", path, err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Config = "linux", runtime.GOARCH, RootfsConfig
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, fmt.Errorf("import --rootfs %s: %w", path, err)
+	}
+	src, err := imageSource(path, img, v1.Hash{})
+	if err != nil {
+		return nil, err
+	}
+	return s.add(ctx, src, opts)
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -544,5 +545,26 @@ func TestMalformedInputs(t *testing.T) {
 	}
 	if _, err := os.Stat("/tmp/pwned"); err == nil {
 		t.Error("/tmp/pwned exists")
+	}
+}
+
+// TestImportRootfs: a root filesystem tarball becomes a one-layer image
+// with the default PATH and /bin/sh.
+func TestImportRootfs(t *testing.T) {
+	needRoot(t)
+	s := openStore(t, t.TempDir())
+	tarPath := filepath.Join(t.TempDir(), "rootfs.tar")
+	if err := os.WriteFile(tarPath, layerTar(t, dirE("bin"), fileE("bin/sh", "#!")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.ImportRootfs(context.Background(), tarPath, ImportOptions{Name: "rootfs:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Layers) != 1 || !slices.Equal(img.Config.Cmd, []string{"/bin/sh"}) || len(img.Config.Env) != 1 {
+		t.Fatalf("image %+v", img)
+	}
+	if got, err := s.Inspect("rootfs:1"); err != nil || got.ID != img.ID {
+		t.Fatalf("inspect: %v, %v", got, err)
 	}
 }

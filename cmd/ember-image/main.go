@@ -39,6 +39,7 @@ func isHelp(a string) bool { return a == "-h" || a == "--help" || a == "-help" }
 
 const imageUsage = `usage:
   ember image import [--home DIR] PATH [NAME]   add an OCI image layout folder or a docker save tarball
+  ember image import --rootfs [--home DIR] TAR NAME   add a root filesystem tarball as a one-layer image
   ember image pull [--home DIR] [--insecure] REF fetch an image from its registry
   ember image ls [--home DIR]                   list the images
   ember image inspect [--home DIR] NAME|ID      print an image's record (layers, config) as JSON
@@ -67,9 +68,12 @@ func runImage(args []string) int {
 	fs := flag.NewFlagSet("ember image "+cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	home := fs.String("home", image.Home(), "Ember's home folder (the store is HOME/images)")
-	insecure := false
+	insecure, rootfs := false, false
 	if cmd == "pull" {
 		fs.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
+	}
+	if cmd == "import" {
+		fs.BoolVar(&rootfs, "rootfs", false, "PATH is a root filesystem tarball: one layer, PATH and /bin/sh as the config")
 	}
 	argc := map[string][2]int{ // minimum and maximum positional arguments
 		"import": {1, 2}, "pull": {1, 1}, "ls": {0, 0}, "inspect": {1, 1}, "rm": {1, -1}, "prune": {0, 0},
@@ -109,7 +113,11 @@ func runImage(args []string) int {
 		switch cmd {
 		case "import":
 			opts.Name = fs.Arg(1)
-			img, err := store.Import(ctx, fs.Arg(0), opts)
+			importer := store.Import
+			if rootfs {
+				importer = store.ImportRootfs
+			}
+			img, err := importer(ctx, fs.Arg(0), opts)
 			if err == nil {
 				image.WriteAdded(os.Stdout, img)
 			}
