@@ -296,14 +296,14 @@ func checkConfined(t *testing.T, j *jailed) {
 		st := statusFields(t, fmt.Sprintf("/proc/%d/task/%s/status", j.pid, task.Name()))
 		want := map[string]string{"Uid": ids, "Gid": ids, "Groups": "", "NoNewPrivs": "1",
 			"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
-			"CapBnd": "0000000000000000", "CapAmb": "0000000000000000"}
+			"CapBnd": "0000000000000000", "CapAmb": "0000000000000000", "Seccomp": "2"}
 		for k, v := range want {
 			if st[k] != v {
 				t.Errorf("thread %s: %s %q, want %q", task.Name(), k, st[k], v)
 			}
 		}
 	}
-	t.Logf("%d threads: uid/gid %d, no groups, no capabilities in any set, NoNewPrivs 1", len(tasks), jailUID)
+	t.Logf("%d threads: uid/gid %d, no groups, no capabilities in any set, NoNewPrivs 1, seccomp filters", len(tasks), jailUID)
 	var procRoot, jailRoot unix.Stat_t
 	if err := unix.Stat(fmt.Sprintf("/proc/%d/root", j.pid), &procRoot); err != nil {
 		t.Fatal(err)
