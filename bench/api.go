@@ -107,7 +107,14 @@ func API(ctx context.Context, ember string, startRuns, requests int, progress io
 // startToSocket execs ember and returns how long until its socket accepts.
 func startToSocket(ctx context.Context, ember, sock string) (time.Duration, error) {
 	os.Remove(sock)
-	cmd := exec.CommandContext(ctx, ember, "--api-sock", sock, "--level", "Warning")
+	return execToSocket(ctx, ember, []string{"--api-sock", sock, "--level", "Warning"}, sock)
+}
+
+// execToSocket execs ember with args (the VMM, or the jailer that becomes
+// it) and returns how long until the socket sock accepts; then it stops
+// the VMM.
+func execToSocket(ctx context.Context, ember string, args []string, sock string) (time.Duration, error) {
+	cmd := exec.CommandContext(ctx, ember, args...)
 	t0 := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, err

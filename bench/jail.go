@@ -4,12 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/embervm/ember/jail"
@@ -65,7 +62,7 @@ func JailedStartToSocket(ctx context.Context, ember string, runs int, progress i
 			"--gid", strconv.Itoa(jailBenchUID), "--chroot-base-dir", base}, cgFlags...)
 		args = append(args, "--", "--api-sock", "/run/api.sock", "--level", "Warning")
 		dir := filepath.Join(base, filepath.Base(ember), id)
-		d, err := startToJailedSocket(ctx, ember, args, filepath.Join(dir, "root", "run", "api.sock"))
+		d, err := execToSocket(ctx, ember, args, filepath.Join(dir, "root", "run", "api.sock"))
 		if err != nil {
 			return 0, fmt.Errorf("start %d: %w", i, err)
 		}
@@ -81,27 +78,6 @@ func JailedStartToSocket(ctx context.Context, ember string, runs int, progress i
 	}
 	fmt.Fprintf(progress, "jailed exec to socket: median %.2f ms over %d starts (uid/gid %d, %s)\n", m, runs, jailBenchUID, cg)
 	return m, nil
-}
-
-// startToJailedSocket execs the jailer and returns how long until the
-// jailed VMM's socket accepts; then it stops the VMM.
-func startToJailedSocket(ctx context.Context, ember string, args []string, sock string) (time.Duration, error) {
-	cmd := exec.CommandContext(ctx, ember, args...)
-	t0 := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	deadline := t0.Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			d := time.Since(t0)
-			c.Close()
-			return d, nil
-		}
-		time.Sleep(socketPoll)
-	}
-	return 0, fmt.Errorf("socket %s not accepting after 10 s", sock)
 }
 
 // waitRemoved waits for the reaper to remove a jail (well under a second;
