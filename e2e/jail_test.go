@@ -279,14 +279,21 @@ func TestJailedGuest(t *testing.T) {
 			}
 		}
 	}
-	aRoot := a.root
+	// The jailer removes A's jail when A ends: keep its snapshot first.
+	kept := filepath.Join(dir, "snapshot-of-a")
+	if err := os.Mkdir(kept, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vm.snap", "vm.mem", "probe.ext4", "data.img"} {
+		link(filepath.Join(a.root, f), filepath.Join(kept, f))
+	}
 	killVM(a.apiVM)
 	for attempt := 1; ; attempt++ {
 		b := startJailed(t, base, fmt.Sprintf("e2e-b%d", attempt), ns, cgFlags, func(root string) {
 			for _, f := range []string{"vm.snap", "vm.mem", "probe.ext4"} {
-				link(filepath.Join(aRoot, f), filepath.Join(root, f))
+				link(filepath.Join(kept, f), filepath.Join(root, f))
 			}
-			sh(t, "cp "+aRoot+"/data.img "+root+"/ && chown "+strconv.Itoa(jailUID)+" "+root+"/data.img")
+			sh(t, "cp "+kept+"/data.img "+root+"/ && chown "+strconv.Itoa(jailUID)+" "+root+"/data.img")
 			os.MkdirAll(filepath.Join(root, "run"), 0o755)
 			os.Chown(filepath.Join(root, "run"), jailUID, jailUID)
 		})
