@@ -91,11 +91,11 @@ func TestRunImage(t *testing.T) {
 	importImage(t, home, imagetest.Build(t, busyboxConfig, base, top), "e2e/busybox:1")
 
 	r := runImage(t, home, "e2e/busybox:1", []string{"--hostname", "imgbox"},
-		`echo "image-run env=$GREETING cwd=$(pwd) id=$(id -u):$(id -g) host=$(hostname) hello=$(cat hello) doomed=$(ls /etc/doomed 2>&1 | wc -l)"; exit 5`)
+		`echo "image-run env=$GREETING cwd=$(pwd) id=$(id -u):$(id -g) host=$(hostname) hello=$(cat hello) doomed=$(test -e /etc/doomed && echo yes || echo no)"; exit 5`)
 	if r.code != 5 {
 		t.Fatalf("ember exited %d, want the workload's 5\nstdout:\n%s\nstderr:\n%s", r.code, tailString(r.stdout), r.stderr)
 	}
-	want := "image-run env=hello cwd=/work id=1000:1000 host=imgbox hello=hi doomed=0"
+	want := "image-run env=hello cwd=/work id=1000:1000 host=imgbox hello=hi doomed=no"
 	if !strings.Contains(r.stdout, want) {
 		t.Fatalf("want %q in the output\n%s", want, tailString(r.stdout))
 	}
