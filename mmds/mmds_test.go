@@ -71,11 +71,11 @@ const populated = `{"name":{"first":"John","second":"Doe"},"age":43,"phones":["+
 func TestLookup(t *testing.T) {
 	root := mustParse(t, populated)
 	for _, tc := range []struct {
-		path     string
-		imds     string // "" with imdsErr
-		imdsErr  error
-		json     string
-		jsonErr  error
+		path    string
+		imds    string // "" with imdsErr
+		imdsErr error
+		json    string
+		jsonErr error
 	}{
 		{path: "/invalid_path", imdsErr: ErrNotFound, jsonErr: ErrNotFound},
 		{path: "/name", imds: "first\nsecond", json: `{"first":"John","second":"Doe"}`},
