@@ -350,6 +350,7 @@ func (c *conn) timeout(now time.Time) {
 		if !c.finAcked {
 			c.finSent = false
 		}
+		c.probeDue = c.sndWnd == 0 // a lost probe into a zero window: probe again
 	case c.unsent() > 0:
 		c.probeDue = true
 	default:
