@@ -327,3 +327,42 @@ func TestStackOtherPortsAndProtocols(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestStackConcurrentClients: clients in parallel, on kept-alive and fresh
+// connections, get whole answers, and every connection ends.
+func TestStackConcurrentClients(t *testing.T) {
+	big := strings.Repeat("x", 30000)
+	g := newGuestNet(t, service(t, `{"id":"i-1","big":"`+big+`"}`), nil)
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			kept := g.client(t)
+			defer kept.CloseIdleConnections()
+			for i := range 60 {
+				c := kept
+				if w%2 == 0 {
+					c = g.client(t)
+					c.Transport.(*http.Transport).DisableKeepAlives = true
+				}
+				path, want := "/id", "i-1"
+				if i%10 == 0 {
+					path, want = "/big", big
+				}
+				if code, body := get(t, c, path); code != 200 || body != want {
+					t.Errorf("client %d request %d: %d, %d bytes", w, i, code, len(body))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(wait)
+	for g.m.ConnectionsDestroyed.Load() != g.m.ConnectionsCreated.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("connections created %d, destroyed %d", g.m.ConnectionsCreated.Load(), g.m.ConnectionsDestroyed.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
