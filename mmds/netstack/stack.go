@@ -65,10 +65,12 @@ const (
 	finWait2Timeout = 30 * time.Second
 
 	// The HTTP server's bounds: header bytes (net/http adds 4 KiB of
-	// slack), time to send the headers, to write a response, and to
-	// keep an idle connection.
+	// slack), time to send the headers and the whole request (a body,
+	// which MMDS requests do not have, is discarded: at most net/http's
+	// 256 KiB), to write a response, and to keep an idle connection.
 	maxHeaderBytes    = 4 << 10
 	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
 	writeTimeout      = 30 * time.Second
 	idleTimeout       = 30 * time.Second
 )
@@ -510,6 +512,7 @@ func (s *Stack) startServer() {
 		Handler:           s.handler,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
 		IdleTimeout:       idleTimeout,
 		ErrorLog:          log.New(guestLogWriter{s.glog}, "", 0),
