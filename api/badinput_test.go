@@ -175,10 +175,6 @@ func TestStateRules(t *testing.T) {
 func TestNotSupportedYet(t *testing.T) {
 	h := newHarness(t)
 	for _, r := range []struct{ method, path, body, want string }{
-		{"PUT", "/mmds", `{"a": 1}`, "MMDS"},
-		{"PATCH", "/mmds", `{"a": 1}`, "MMDS"},
-		{"GET", "/mmds", ``, "MMDS"},
-		{"PUT", "/mmds/config", `{"network_interfaces": ["eth0"]}`, "MMDS"},
 		{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/u"}, "huge_pages": "2M"}`, "huge_pages"},
 		{"PUT", "/pmem/p0", `{"id": "p0", "path_on_host": "/p"}`, "pmem"},
 		{"PATCH", "/pmem/p0", `{"id": "p0"}`, "pmem"},

@@ -77,6 +77,7 @@ func ToFullConfig(c vmm.Config) FullVmConfiguration {
 	if c.RNG != nil {
 		out.Entropy = &EntropyDevice{RateLimiter: rateLimiterOf(c.RNG.RateLimit)}
 	}
+	out.MMDSConfig = mmdsConfigOf(c.MMDS)
 	return out
 }
 
@@ -93,7 +94,7 @@ func ApplyConfigFile(b vmm.Backend, data []byte) error {
 // "metrics" through the Options hooks (which counts as their one
 // configuration), then the VMM's configuration, all or nothing, in
 // Firecracker's order: machine-config, cpu-config, boot-source, drives,
-// network-interfaces, vsock, balloon, entropy. Errors name the key at
+// network-interfaces, vsock, balloon, mmds-config, entropy. Errors name the key at
 // fault, as in `config file: "drives"[1]: ...`.
 func (s *Server) ApplyConfigFile(data []byte) error {
 	var f FullVmConfiguration
@@ -116,7 +117,7 @@ func (s *Server) applyConfigFile(f *FullVmConfiguration) error {
 	unsupported := []struct {
 		key string
 		raw json.RawMessage
-	}{{keyMMDSConfig, f.MMDSConfig}, {keyPmem, f.Pmem}, {keyMemHotplug, f.MemoryHotplug}}
+	}{{keyPmem, f.Pmem}, {keyMemHotplug, f.MemoryHotplug}}
 	for _, u := range unsupported {
 		if !isEmptyJSON(u.raw) {
 			return fmt.Errorf("%q: %w", u.key, notSupported("%s is not implemented by Ember yet", u.key))
@@ -200,6 +201,12 @@ func configFileChanges(f *FullVmConfiguration) ([]keyedChange, error) {
 	if f.Balloon != nil {
 		ch, err := balloonChange(*f.Balloon)
 		if err := add(quote(keyBalloon), ch, err); err != nil {
+			return nil, err
+		}
+	}
+	if f.MMDSConfig != nil {
+		ch, err := mmdsConfigChange(*f.MMDSConfig)
+		if err := add(quote(keyMMDSConfig), ch, err); err != nil {
 			return nil, err
 		}
 	}

@@ -21,8 +21,8 @@
 //     implement yet answer 400 with a fault_message saying so (see
 //     endpoints.md).
 //
-// Errors follow Firecracker: every failure is a 400 whose JSON body is
-// {"fault_message": "..."}; successes are 204 without a body, except GETs,
+// Errors follow Firecracker: every failure is a 400 (413 for an MMDS data
+// store over its limit) whose JSON body is {"fault_message": "..."}; successes are 204 without a body, except GETs,
 // which answer 200 with JSON.
 //
 // Process-level configuration that is not the VMM's (the logger and the

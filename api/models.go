@@ -251,8 +251,8 @@ type MsrModifier struct {
 // --config-file. "boot-source" and "drives" are required in a config file,
 // as in Firecracker. "cpu-config" is, in a config file, the path of a CPU
 // template file (Firecracker's form) or the template itself; GET /vm/config
-// gives the template itself. The MMDS, pmem and memory hot-plug sections
-// are not supported yet: they must be absent, null or empty.
+// gives the template itself. The pmem and memory hot-plug sections are not
+// supported yet: they must be absent, null or empty.
 type FullVmConfiguration struct {
 	Balloon           *Balloon              `json:"balloon"`
 	Drives            []Drive               `json:"drives" api:"required"`
@@ -261,7 +261,7 @@ type FullVmConfiguration struct {
 	Logger            *Logger               `json:"logger"`
 	MachineConfig     *MachineConfiguration `json:"machine-config"`
 	Metrics           *Metrics              `json:"metrics"`
-	MMDSConfig        json.RawMessage       `json:"mmds-config"`
+	MMDSConfig        *MmdsConfig           `json:"mmds-config"`
 	NetworkInterfaces []NetworkInterface    `json:"network-interfaces"`
 	Vsock             *Vsock                `json:"vsock"`
 	Entropy           *EntropyDevice        `json:"entropy"`

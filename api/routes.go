@@ -40,11 +40,14 @@ func (s *Server) routes() {
 	s.handle("PUT /snapshot/create", s.putSnapshotCreate)
 	s.handle("PUT /snapshot/load", s.putSnapshotLoad)
 
+	s.handle("GET /mmds", s.getMMDS)
+	s.handle("PUT /mmds", s.putMMDS)
+	s.handle("PATCH /mmds", s.patchMMDS)
+	s.handle("PUT /mmds/config", s.putMMDSConfig)
+
 	s.handle("PUT /logger", s.putLogger)
 	s.handle("PUT /metrics", s.putMetrics)
 
-	s.unsupported("the MMDS (microVM metadata service)",
-		"PUT /mmds", "PATCH /mmds", "GET /mmds", "PUT /mmds/config")
 	s.unsupported("virtio-pmem devices", "PUT /pmem/{id}", "PATCH /pmem/{id}")
 	s.unsupported("memory hot-plug (virtio-mem)",
 		"PUT /hotplug/memory", "PATCH /hotplug/memory", "GET /hotplug/memory")

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/embervm/ember/mmds"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -70,6 +71,12 @@ type Options struct {
 	// CountRequest is called once per request with its method and its
 	// route ("/drives/{id}"), or its path if no route matched.
 	CountRequest func(method, path string)
+
+	// MMDS is the process's MMDS data store, which PUT, PATCH and GET
+	// /mmds edit and read at any time; the VMM must be given the same one
+	// (vmm.Config.MMDSStore). Nil: a store of the default limit, which
+	// only the API sees.
+	MMDS *mmds.Store
 }
 
 // Server serves Firecracker's API for one VMM.
@@ -95,6 +102,9 @@ func New(b vmm.Backend, opts Options) *Server {
 	}
 	if opts.MaxPayload <= 0 {
 		opts.MaxPayload = DefaultMaxPayload
+	}
+	if opts.MMDS == nil {
+		opts.MMDS = mmds.NewStore(mmds.DefaultSizeLimit)
 	}
 	s := &Server{b: b, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
 	if s.log == nil {
@@ -262,10 +272,17 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 func (s *Server) reply(w http.ResponseWriter, r *http.Request, answer any, err error) {
 	status := http.StatusNoContent
 	var data []byte
+	var se statusError
+	raw, isRaw := answer.(rawJSON)
 	switch {
 	case err != nil:
 		status = http.StatusBadRequest
+		if errors.As(err, &se) {
+			status = se.status
+		}
 		data, _ = json.Marshal(Error{FaultMessage: faultMessage(err)})
+	case isRaw:
+		status, data = http.StatusOK, raw
 	case answer != nil:
 		var merr error
 		if data, merr = json.Marshal(answer); merr != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/embervm/ember/mmds"
 	"github.com/embervm/ember/ratelimit"
 	"github.com/embervm/ember/virtio/balloon"
 	vnet "github.com/embervm/ember/virtio/net"
@@ -63,6 +64,17 @@ type Config struct {
 	Vsock *vsock.Config
 	// RNG, if set, adds a virtio-rng entropy device.
 	RNG *rng.Config
+	// MMDS, if set, answers the guest's metadata requests on the
+	// interfaces it names (Normalized: every field filled). Snapshots
+	// keep it.
+	MMDS *mmds.Config
+	// MMDSStore is the MMDS data store: the process's, shared by the VM
+	// it builds (nil: an empty one of the default limit). It is not
+	// configuration: snapshots do not keep it, clones share it.
+	MMDSStore *mmds.Store
+	// InstanceID is the microVM's id (--id): the MMDS binds its V2
+	// tokens to it.
+	InstanceID string
 	// BootProtocol selects how an ELF kernel is entered (BootAuto, BootLinux64, BootPVH).
 	BootProtocol string
 
@@ -193,10 +205,31 @@ func (c *Config) Validate() error {
 			return invalid("serial: %v", err)
 		}
 	}
+	if c.MMDS != nil {
+		if err := c.checkMMDS(); err != nil {
+			return err
+		}
+	}
 	switch c.BootProtocol {
 	case BootAuto, BootLinux64, BootPVH:
 	default:
 		return invalid("boot protocol %q: must be %q or %q", c.BootProtocol, BootLinux64, BootPVH)
+	}
+	return nil
+}
+
+// checkMMDS checks the MMDS configuration against the interfaces.
+func (c *Config) checkMMDS() error {
+	m := c.MMDS.Clone()
+	if err := m.Normalize(); err != nil {
+		return invalid("mmds-config: %v", err)
+	}
+	ids := make([]string, len(c.Nets))
+	for i, n := range c.Nets {
+		ids[i] = n.IfaceID
+	}
+	if err := m.CheckInterfaces(ids); err != nil {
+		return invalid("mmds-config: %v", err)
 	}
 	return nil
 }
@@ -219,6 +252,7 @@ func (c Config) clone() Config {
 		r := *c.RNG
 		n.RNG = &r
 	}
+	n.MMDS = c.MMDS.Clone()
 	if c.SerialOutRateLimit != nil {
 		l := *c.SerialOutRateLimit
 		n.SerialOutRateLimit = &l

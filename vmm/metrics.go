@@ -21,13 +21,16 @@ type metricValue struct {
 // readMetrics reports the cumulative counters of the VM's devices: one
 // group per drive and interface ("block_ID", "net_ID"; the metrics writer
 // sums them into "block" and "net"), and "uart", "vsock", "entropy" and
-// "balloon"; and, in logger.missed_log_count, the guest-caused log lines
+// "balloon", and "mmds" with the MMDS; and, in logger.missed_log_count, the guest-caused log lines
 // the virtio devices' rate limits left out (the writer adds them to the
 // lines the log itself lost).
 func (v *VM) readMetrics(add func(group, name string, value uint64)) {
 	var suppressed uint64
 	for _, d := range v.virtio {
 		suppressed += d.transport.SuppressedLogs()
+	}
+	if v.mmds != nil {
+		suppressed += v.mmds.readMetrics(add)
 	}
 	add(metrics.LoggerGroup, metrics.MissedLogCount, suppressed)
 	// The serial console, in bytes (Firecracker counts its one-byte

@@ -16,6 +16,7 @@ import (
 	"github.com/embervm/ember/disk"
 	"github.com/embervm/ember/kvm"
 	"github.com/embervm/ember/memory"
+	"github.com/embervm/ember/mmds"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/virtio"
 	"github.com/embervm/ember/virtio/balloon"
@@ -101,6 +102,10 @@ type savedConfig struct {
 	Vsock           *vsock.Config   `json:"vsock,omitempty"`
 	Balloon         *balloon.Config `json:"balloon,omitempty"`
 	RNG             *rng.Config     `json:"entropy,omitempty"`
+	// MMDS is the MMDS configuration (Firecracker saves it too); the data
+	// store is not saved: a clone's owner PUTs the clone's own after the
+	// load.
+	MMDS *mmds.Config `json:"mmds_config,omitempty"`
 	// DriveOverlays has the Identity of each copy-on-write drive's overlay
 	// when the snapshot was taken (disk.COW.Mark): a load refuses an
 	// overlay written since, whose data no longer matches the snapshot's
@@ -113,7 +118,7 @@ func saveConfig(c *Config) savedConfig {
 	return savedConfig{KernelPath: c2.KernelPath, Cmdline: c2.Cmdline, VCPUs: c2.VCPUs, MemMiB: c2.MemMiB,
 		SMT: c2.SMT, PIT: c2.PIT, BootTimer: c2.BootTimer, HugePages: c2.HugePages,
 		NoVirtioCmdline: c2.NoVirtioCmdline, Drives: c2.Drives, Nets: c2.Nets, Vsock: c2.Vsock,
-		Balloon: c2.Balloon, RNG: c2.RNG}
+		Balloon: c2.Balloon, RNG: c2.RNG, MMDS: c2.MMDS}
 }
 
 // apply fills c's machine fields from the snapshot's.
@@ -121,6 +126,7 @@ func (s savedConfig) apply(c *Config) {
 	c.KernelPath, c.Cmdline, c.VCPUs, c.MemMiB = s.KernelPath, s.Cmdline, s.VCPUs, s.MemMiB
 	c.SMT, c.PIT, c.BootTimer, c.HugePages, c.NoVirtioCmdline = s.SMT, s.PIT, s.BootTimer, s.HugePages, s.NoVirtioCmdline
 	c.Drives, c.Nets, c.Vsock, c.Balloon, c.RNG = s.Drives, s.Nets, s.Vsock, s.Balloon, s.RNG
+	c.MMDS = s.MMDS
 }
 
 // recordOverlays returns the identity of each copy-on-write drive's

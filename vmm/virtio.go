@@ -133,6 +133,9 @@ func (v *VM) setupVirtio() (cmdline []string, err error) {
 		}
 		v.nets[n.IfaceID] = dev
 	}
+	if err := v.setupMMDS(); err != nil {
+		return nil, err
+	}
 	if v.cfg.Vsock != nil {
 		dev, err := vsock.New(*v.cfg.Vsock, v.log.With("device", "vsock"))
 		if err != nil {

@@ -122,6 +122,7 @@ type VM struct {
 	rng       *rng.Device
 	drives    map[string]*blk.Device
 	nets      map[string]*vnet.Device
+	mmds      *vmMMDS // nil without MMDS
 	// devCmdline announces the devices on the kernel command line.
 	devCmdline []string
 
@@ -682,6 +683,7 @@ func (v *VM) Close() error {
 	for _, c := range v.cpus {
 		errs = append(errs, c.fd.Close())
 	}
+	v.closeMMDS()
 	errs = append(errs, v.closeVirtio())
 	if v.console != nil {
 		v.console.Close()

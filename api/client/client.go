@@ -301,3 +301,26 @@ func (c *Client) CreateSnapshot(ctx context.Context, p api.SnapshotCreateParams)
 func (c *Client) LoadSnapshot(ctx context.Context, p api.SnapshotLoadParams) error {
 	return c.do(ctx, http.MethodPut, "/snapshot/load", p, nil)
 }
+
+// PutMMDS is PUT /mmds: data (any JSON value, or a json.RawMessage)
+// replaces the MMDS data store.
+func (c *Client) PutMMDS(ctx context.Context, data any) error {
+	return c.do(ctx, http.MethodPut, "/mmds", data, nil)
+}
+
+// PatchMMDS is PATCH /mmds: patch is merged into the data store (RFC 7396).
+func (c *Client) PatchMMDS(ctx context.Context, patch any) error {
+	return c.do(ctx, http.MethodPatch, "/mmds", patch, nil)
+}
+
+// GetMMDS is GET /mmds: the whole data store.
+func (c *Client) GetMMDS(ctx context.Context) (json.RawMessage, error) {
+	var out json.RawMessage
+	err := c.do(ctx, http.MethodGet, "/mmds", nil, &out)
+	return out, err
+}
+
+// PutMMDSConfig is PUT /mmds/config (before boot).
+func (c *Client) PutMMDSConfig(ctx context.Context, m api.MmdsConfig) error {
+	return c.do(ctx, http.MethodPut, "/mmds/config", m, nil)
+}

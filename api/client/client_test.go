@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -193,6 +194,17 @@ func TestClient(t *testing.T) {
 	must("PutDrive", c.PutDrive(ctx, api.Drive{DriveID: "rootfs", IsRootDevice: true, PathOnHost: disk}))
 	must("PutNetworkInterface", c.PutNetworkInterface(ctx, api.NetworkInterface{IfaceID: "eth0", HostDevName: "tap0"}))
 	must("PutVsock", c.PutVsock(ctx, api.Vsock{GuestCID: 3, UDSPath: "/tmp/v.sock"}))
+	must("PutMMDSConfig", c.PutMMDSConfig(ctx, api.MmdsConfig{NetworkInterfaces: []string{"eth0"}, Version: api.Ptr("V2")}))
+	must("PutMMDS", c.PutMMDS(ctx, map[string]any{"a": map[string]any{"b": "c"}}))
+	must("PatchMMDS", c.PatchMMDS(ctx, json.RawMessage(`{"a":{"d":"e"}}`)))
+	md, err := c.GetMMDS(ctx)
+	must("GetMMDS", err)
+	if string(md) != `{"a":{"b":"c","d":"e"}}` {
+		t.Errorf("GetMMDS: %s", md)
+	}
+	if b.cfg.MMDS == nil || b.cfg.MMDS.Version != "V2" {
+		t.Errorf("mmds-config %+v", b.cfg.MMDS)
+	}
 	must("PutEntropy", c.PutEntropy(ctx, api.EntropyDevice{}))
 	must("PutBalloon", c.PutBalloon(ctx, api.Balloon{AmountMiB: 16, StatsPollingIntervalS: 1}))
 	bl, err := c.GetBalloon(ctx)

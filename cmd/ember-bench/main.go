@@ -127,6 +127,11 @@ func boot(args []string) error {
 	if err != nil {
 		return err
 	}
+	fmt.Println("== tiny guest with a network interface, without and with an MMDS (8 KiB store) alternately")
+	mr, err := bench.TinyMMDS(ctx, sibling("ember"), *runs, os.Stdout)
+	if err != nil {
+		return err
+	}
 	fmt.Println("== Linux boot to init in the lab, Ember and QEMU microvm alternately")
 	cmd := exec.Command(sibling("ember-lab"), "run", "--", sibling("ember-bench"), "lab-boot",
 		"--kernel", *kernel, "--initrd", *initrd, "--runs", strconv.Itoa(*labRuns))
@@ -160,6 +165,7 @@ func boot(args []string) error {
 	bench.Line(os.Stdout, "tiny_exec_to_exit_ms", tr.EmberMS, "ms")
 	bench.Line(os.Stdout, "tiny_exec_to_exit_seccomp_ms", tr.EmberSeccompMS, "ms")
 	bench.Line(os.Stdout, "tiny_peak_rss_mib", tr.EmberRSSMiB, "MiB")
+	bench.Line(os.Stdout, "mmds_extra_rss_mib", mr.ExtraMiB(), "MiB")
 	bench.Line(os.Stdout, "qemu_tiny_exec_to_exit_ms", tr.QEMUMS, "ms")
 	bench.Line(os.Stdout, "qemu_tiny_peak_rss_mib", tr.QEMURSSMiB, "MiB")
 	return nil

@@ -15,6 +15,7 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/logger"
 	"github.com/embervm/ember/metrics"
+	"github.com/embervm/ember/mmds"
 	"github.com/embervm/ember/seccomp"
 	"github.com/embervm/ember/snapshot"
 	"github.com/embervm/ember/vmm"
@@ -85,8 +86,8 @@ func parseFCFlags(args []string) (*fcFlags, error) {
 	fs.StringVar(&f.metricsPath, "metrics-path", "", "write metrics to this file or FIFO")
 	fs.IntVar(&f.maxPayload, "http-api-max-payload-size", defaultMaxPayload, "largest API request body, in bytes")
 	f.seccomp.register(fs)
-	fs.StringVar(&f.metadata, "metadata", "", "not supported yet (MMDS)")
-	fs.IntVar(&f.mmdsSizeLimit, "mmds-size-limit", 0, "accepted for compatibility (MMDS is not supported yet)")
+	fs.StringVar(&f.metadata, "metadata", "", "JSON file to fill the MMDS data store with at start")
+	fs.IntVar(&f.mmdsSizeLimit, "mmds-size-limit", 0, "MMDS data store limit, in bytes (default: --http-api-max-payload-size)")
 	fs.Uint64Var(&f.startTimeUS, "start-time-us", 0, "process start time from the jailer (accepted)")
 	fs.Uint64Var(&f.startTimeCPUUS, "start-time-cpu-us", 0, "process start CPU time from the jailer (accepted)")
 	fs.Uint64Var(&f.parentCPUUS, "parent-cpu-time-us", 0, "the jailer's CPU time (accepted)")
@@ -102,8 +103,12 @@ func parseFCFlags(args []string) (*fcFlags, error) {
 		return nil, fmt.Errorf("--id %q: want 1 to %d letters, digits or '-'", f.id, maxInstanceIDLen)
 	case f.maxPayload <= 0:
 		return nil, fmt.Errorf("--http-api-max-payload-size %d: must be positive", f.maxPayload)
-	case f.metadata != "":
-		return nil, errors.New("--metadata: MMDS is not supported yet")
+	case f.mmdsSizeLimit < 0:
+		return nil, fmt.Errorf("--mmds-size-limit %d: must be positive", f.mmdsSizeLimit)
+	}
+	if f.mmdsSizeLimit == 0 {
+		// Firecracker's default: the API's payload limit (51200).
+		f.mmdsSizeLimit = f.maxPayload
 	}
 	if _, err := logger.ParseLevel(f.level); err != nil {
 		return nil, fmt.Errorf("--level: %w", err)
@@ -161,8 +166,19 @@ func runFirecracker(args []string, start time.Time) int {
 		}
 	}
 
+	// The MMDS data store is the process's: the API edits it at any time,
+	// the VM (and a VM restored from a snapshot) reads it.
+	store := mmds.NewStore(f.mmdsSizeLimit)
+	if f.metadata != "" {
+		if err := loadMetadata(store, f.metadata); err != nil {
+			fmt.Fprintf(os.Stderr, "ember: --metadata %s: %v\n", f.metadata, err)
+			return exitBadArguments
+		}
+	}
+
 	ctl := vmm.NewController(vmm.Config{
 		VCPUs: vmm.DefaultVCPUs, MemMiB: vmm.DefaultMemMiB, Cmdline: vmm.DefaultCmdline,
+		MMDSStore: store, InstanceID: f.id,
 		BootTimer: f.bootTimer, Console: os.Stdout, ConsoleIn: os.Stdin, Logger: log,
 		AllowEmulatedKVM: os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1",
 		Confine:          asConfiner(conf),
@@ -210,6 +226,7 @@ func runFirecracker(args []string, start time.Time) int {
 		ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
 		FlushMetrics:     mets.Flush,
 		CountRequest:     requestCounter(mets.Registry()),
+		MMDS:             store,
 	})
 	if f.configFile != "" {
 		data, err := readConfigFile(f.configFile)
@@ -273,6 +290,34 @@ func runFirecracker(args []string, start time.Time) int {
 	log.Error("guest failed", "fate", fate.Kind, "err", fate.Err)
 	fmt.Fprintf(os.Stderr, "ember: guest %s: %v\n", fate.Kind, fate.Err)
 	return exitFailure
+}
+
+// loadMetadata fills store from the JSON file at path (--metadata), as a
+// PUT /mmds would: a file that is not one JSON value, or whose value is
+// over the store's limit, is refused.
+func loadMetadata(store *mmds.Store, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// The store's compact JSON is at most its limit; the file may be
+	// indented: allow it maxConfigFileSize on top.
+	data, err := io.ReadAll(io.LimitReader(f, int64(store.Limit())+maxConfigFileSize+1))
+	if err != nil {
+		return err
+	}
+	if len(data) > store.Limit()+maxConfigFileSize {
+		return fmt.Errorf("the file is larger than the MMDS limit (--mmds-size-limit %d) allows", store.Limit())
+	}
+	v, err := mmds.ParseJSON(data)
+	if err != nil {
+		return fmt.Errorf("not JSON: %w", err)
+	}
+	if err := store.Put(v); err != nil {
+		return fmt.Errorf("%w (--mmds-size-limit %d)", err, store.Limit())
+	}
+	return nil
 }
 
 // readConfigFile reads the --config-file at path, refusing one larger than

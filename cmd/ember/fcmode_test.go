@@ -26,7 +26,13 @@ const hangLimit = 30 * time.Second
 // and Firecracker's exit code 153, and leave no socket behind.
 func TestFirecrackerFlagErrors(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
+	notJSON := write(t, "meta.txt", []byte("not json"))
+	big := write(t, "big.json", []byte(`{"a": "0123456789"}`))
 	for _, args := range [][]string{
+		{"--api-sock", sock, "--mmds-size-limit", "-1"},
+		{"--api-sock", sock, "--metadata", "/nonexistent/meta.json"},
+		{"--api-sock", sock, "--metadata", notJSON},
+		{"--api-sock", sock, "--metadata", big, "--mmds-size-limit", "10"},
 		{"--no-api"},
 		{"--api-sock", sock, "--bogus"},
 		{"--api-sock", sock, "--id", "bad id!"},
@@ -41,6 +47,32 @@ func TestFirecrackerFlagErrors(t *testing.T) {
 		if _, err := os.Stat(sock); err == nil {
 			t.Errorf("ember %s left the socket behind", strings.Join(args, " "))
 		}
+	}
+}
+
+// TestMetadataFlag: --metadata fills the MMDS data store before the API
+// answers; --mmds-size-limit bounds it.
+func TestMetadataFlag(t *testing.T) {
+	meta := write(t, "meta.json", []byte("{\n  \"latest\": {\"meta-data\": {\"id\": \"i-1\"}}\n}\n"))
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	cmd := exec.Command(emberBin, "--api-sock", sock, "--metadata", meta, "--mmds-size-limit", "64")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+	defer cancel()
+	if err := client.WaitForSocket(ctx, sock); err != nil {
+		t.Fatal(err)
+	}
+	c := client.New(sock)
+	got, err := c.GetMMDS(ctx)
+	if err != nil || string(got) != `{"latest":{"meta-data":{"id":"i-1"}}}` {
+		t.Fatalf("GET /mmds: %s %v", got, err)
+	}
+	err = c.PatchMMDS(ctx, map[string]string{"more": strings.Repeat("x", 64)})
+	if e, ok := client.IsAPIError(err); !ok || e.Status != 413 {
+		t.Fatalf("PATCH over the limit: %v", err)
 	}
 }
 

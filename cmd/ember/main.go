@@ -73,7 +73,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   ember --api-sock PATH [--id ID] [--config-file FILE [--no-api]] [--boot-timer] [--log-path P] [--level L]
         [--show-level] [--show-log-origin] [--metrics-path P] [--http-api-max-payload-size N]
-        [--no-seccomp | --seccomp-filter FILE]
+        [--metadata FILE] [--mmds-size-limit N] [--no-seccomp | --seccomp-filter FILE]
       Firecracker-compatible: serve Firecracker's REST API on a unix socket
   ember --snapshot-version | --describe-snapshot FILE
       the snapshot format version Ember writes, or the one of FILE (as Firecracker's)

@@ -18,6 +18,12 @@
 // every descriptor. A bad chain is returned unused and counted; it never
 // stops the device.
 //
+// An Interceptor (intercept.go: the MMDS, mmds/netstack) may be attached
+// at build: the guest's frames it wants (those for the MMDS address) go to
+// it instead of the tap, and its frames enter the receive path ahead of the
+// tap's, through the same receive-buffer handling. Without one, each path
+// pays a nil check.
+//
 // Threads: the device's worker goroutine alone does the I/O and owns the
 // queue state; metrics are atomics. There is no lock and no allocation per
 // frame.
@@ -154,6 +160,9 @@ type Device struct {
 	glog     *virtio.GuestLog // for the lines a guest can cause
 
 	rxLimiter, txLimiter *ratelimit.Limiter
+	// ic is the interceptor (the MMDS) and its buffers, nil without one
+	// (intercept.go).
+	ic *interception
 
 	Metrics Metrics
 
@@ -351,6 +360,9 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	}
 	d.start(a)
 	d.worker = w
+	if d.ic != nil {
+		d.ic.rxKick.Store(a.Notify[rxQueue])
+	}
 	w.Start()
 	return nil
 }
@@ -391,6 +403,9 @@ func (d *Device) Reset() {
 	defer d.mu.Unlock()
 	if d.worker == nil {
 		return
+	}
+	if d.ic != nil {
+		d.ic.rxKick.Store(nil)
 	}
 	d.worker.Stop()
 	d.worker, d.act = nil, nil

@@ -186,7 +186,7 @@ func (d *Device) processRx() {
 			}
 			continue
 		}
-		if !s.tapReady || d.rxLimiter.Blocked() {
+		if !(s.tapReady || d.replyPending()) || d.rxLimiter.Blocked() {
 			break
 		}
 		if budget == 0 {
@@ -267,10 +267,14 @@ func (d *Device) pushRx(q *virtio.Queue, head uint16, n uint32) {
 	}
 }
 
-// readFrame reads one frame from the tap into the window (and the
-// overflow buffer) and checks it; a frame that passes is left in flight
-// for finishFrame.
+// readFrame reads one frame into the window (and the overflow buffer):
+// the interceptor's if it has one (its frames go first), else the tap's.
+// It checks it; a frame that passes is left in flight for finishFrame.
 func (d *Device) readFrame() {
+	if d.replyPending() {
+		d.readReply()
+		return
+	}
 	s := &d.rx
 	setIov(&s.iov[s.i1], s.pending)
 	n, err := d.tap.readv(s.iov[s.i0 : s.i1+1])
@@ -294,6 +298,13 @@ func (d *Device) readFrame() {
 		}
 		return
 	}
+	d.frameRead(n)
+}
+
+// frameRead checks the frame of n bytes (vnet header included) just put
+// into the window and leaves it in flight if it passes.
+func (d *Device) frameRead(n int) {
+	s := &d.rx
 	if n < HdrLen || uint64(n) > s.cap+uint64(len(s.pending)) {
 		d.Metrics.RxDrops.Add(1) // cannot happen with a sane tap: too short, or cut
 		return

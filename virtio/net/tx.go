@@ -33,8 +33,9 @@ func (s *txState) reset() {
 	s.tapBlocked, s.charged, s.broken = false, false, false
 }
 
-// processTx sends every frame the driver has made available.
-func (d *Device) processTx() {
+// processTxQueue sends every frame the driver has made available (through
+// processTx, which then delivers the interceptor's answers).
+func (d *Device) processTxQueue() {
 	s := &d.tx
 	if s.broken || s.tapBlocked || d.txLimiter.Blocked() {
 		return
@@ -109,6 +110,10 @@ func (d *Device) sendFrame(c *virtio.Chain) bool {
 			return false
 		}
 		s.charged = true
+	}
+	if d.ic != nil && d.interceptTx(c) {
+		s.charged = false
+		return true
 	}
 	_, err := d.tap.writev(s.iov[:n])
 	switch err {
