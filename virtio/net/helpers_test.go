@@ -210,6 +210,9 @@ func recvSent(t *testing.T, fd int) []byte {
 	buf := make([]byte, 70000)
 	for {
 		n, from, err := unix.Recvfrom(fd, buf, 0)
+		if err == unix.EINTR {
+			continue // a signal (the Go runtime's preemption) interrupted the wait
+		}
 		if err != nil {
 			t.Fatalf("no frame from the guest: %v", err)
 		}
