@@ -237,7 +237,11 @@ func (s *Session) dispatch(f *proto.Frame) error {
 		if e.Error == nil && s.server {
 			e.Error = proto.Errorf(proto.CodeCanceled, "canceled by the client")
 		}
-		st.peerEnded(e.Error)
+		if e.Error == nil {
+			st.peerEnded(nil) // not a nil *proto.Error in an error
+		} else {
+			st.peerEnded(e.Error)
+		}
 		return nil
 	}
 	return st.deliver(f)

@@ -55,6 +55,7 @@ type Stream struct {
 	sendAvail int
 	sendWake  chan struct{} // closed (and replaced) when sendAvail grows
 	ended     bool
+	endErr    error // what Recv returns once this side ended
 }
 
 func newStream(s *Session, id uint32, op string, req json.RawMessage) *Stream {
@@ -190,6 +191,11 @@ func (st *Stream) RecvHold(ctx context.Context) (Item, error) {
 			}
 			return Item{}, err
 		}
+		if st.ended {
+			err := st.endErr
+			st.mu.Unlock()
+			return Item{}, err
+		}
 		st.mu.Unlock()
 		select {
 		case <-st.recvWake:
@@ -197,6 +203,14 @@ func (st *Stream) RecvHold(ctx context.Context) (Item, error) {
 			return Item{}, context.Cause(ctx)
 		}
 	}
+}
+
+// Queued says whether items wait to be received: a receiver that has
+// consumed everything may want to tell the peer so before it blocks.
+func (st *Stream) Queued() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.queue) > 0
 }
 
 // Cost is what an item took from the window (for Credit).
@@ -307,8 +321,8 @@ func (st *Stream) sendErr() error {
 
 // End ends the stream from this side: with err nil, success (the agent's
 // normal end); otherwise err is sent as the outcome (an agent's error, or
-// a client's cancellation). Later calls do nothing. Items still queued are
-// dropped.
+// a client's cancellation). Later calls do nothing. Items already queued
+// can still be received.
 func (st *Stream) End(err error) {
 	st.mu.Lock()
 	if st.ended {
@@ -316,8 +330,11 @@ func (st *Stream) End(err error) {
 		return
 	}
 	st.ended = true
+	st.endErr = proto.Errorf(proto.CodeCanceled, "%s: this side ended the stream", st.op)
+	if pe, ok := err.(*proto.Error); ok && pe.Code == proto.CodeCanceled {
+		st.endErr = pe
+	}
 	peerEnded := st.peerEnd
-	st.queue = nil
 	st.mu.Unlock()
 	if st.stopCtx != nil {
 		st.stopCtx()

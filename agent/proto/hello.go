@@ -70,10 +70,10 @@ type HelloReply struct {
 }
 
 // Supports says whether the agent announced feature.
-func (h *HelloReply) Supports(feature string) bool { return slices.Contains(h.Features, feature) }
+func (h HelloReply) Supports(feature string) bool { return slices.Contains(h.Features, feature) }
 
 // Serves says whether the agent announced operation op.
-func (h *HelloReply) Serves(op string) bool { return slices.Contains(h.Ops, op) }
+func (h HelloReply) Serves(op string) bool { return slices.Contains(h.Ops, op) }
 
 // Negotiate picks the version of a connection between a client offering
 // [h.MinVersion, h.Version] and an agent speaking [minV, maxV].

@@ -133,7 +133,18 @@ func (s *Server) attach(st *mux.Stream, p *process, from int64, autoAck, noOutpu
 	if err := st.SendMsg(proto.ExecEvent{Attached: &proto.Attached{PID: p.pid, Tag: p.info.Tag, From: cursor}}); err != nil {
 		return err
 	}
-	go p.takeInput(ctx, st)
+	inputDone := make(chan struct{})
+	go func() {
+		p.takeInput(ctx, st)
+		close(inputDone)
+	}()
+	defer func() {
+		if ctx.Err() != nil {
+			// The client ended the stream: what it sent before (its last
+			// acknowledgement) is taken before the stream goes.
+			<-inputDone
+		}
+	}()
 
 	if noOutput {
 		select {

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sort"
 	"sync"
@@ -306,54 +305,68 @@ func (t *processTable) forget(p *process) {
 }
 
 // pump reads one output file into the log until EOF, or until the
-// process has exited and nothing more is pending.
+// process has exited and nothing more is pending: a background child that
+// holds the pipe or terminal open must not keep the exit from being
+// reported (it gets EPIPE, or a hangup, if it writes later).
 func (p *process) pump(f *os.File, ch uint8) {
 	defer p.pumps.Done()
 	defer f.Close()
 	stop := make(chan struct{})
 	defer close(stop)
-	deadlineSet := make(chan struct{})
 	go func() {
 		select {
 		case <-p.exitFlag:
 			// Wake a read that waits for output that may never come.
 			_ = f.SetReadDeadline(time.Now())
-			close(deadlineSet)
 		case <-stop:
 		}
 	}()
 	buf := make([]byte, readSize)
-	exited := false
 	for {
-		if !exited {
-			select {
-			case <-p.exitFlag:
-				exited = true
-				<-deadlineSet
-				_ = f.SetReadDeadline(time.Time{})
-			default:
-			}
-		}
-		// Once the process has exited, what is pending was written before
-		// (or by a child that outlived it); read that much, then stop.
-		if exited && pendingInput(f) == 0 {
-			return
-		}
 		n, err := f.Read(buf)
 		if n > 0 {
 			if p.out.append(ch, buf[:n]) != nil {
 				return // released
 			}
 		}
-		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			// The process exited: drain below.
-		case errors.Is(err, io.EOF), errors.Is(err, unix.EIO):
-			// EOF of a pipe; EIO from a terminal whose every slave is
-			// closed.
-			return
-		default:
+		if err == nil {
+			select {
+			case <-p.exitFlag:
+			default:
+				continue
+			}
+		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return // EOF of a pipe; EIO from a terminal whose every slave is closed
+		}
+		p.drain(f, ch, buf)
+		return
+	}
+}
+
+// drain reads what f holds now, without waiting: what the process wrote
+// before it exited. The reads are non-blocking read(2)s outside Go's
+// poller (whose deadline has passed); on a terminal's master such a read
+// first flushes the line discipline's pending work (n_tty_read), so output
+// written just before the exit is not missed as it could be by FIONREAD.
+func (p *process) drain(f *os.File, ch uint8, buf []byte) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	for {
+		var n int
+		var rerr error
+		if err := rc.Control(func(fd uintptr) {
+			for {
+				n, rerr = unix.Read(int(fd), buf)
+				if !errors.Is(rerr, unix.EINTR) {
+					return
+				}
+			}
+		}); err != nil || rerr != nil || n <= 0 {
+			return // EAGAIN: nothing pending; EOF; EIO
+		}
+		if p.out.append(ch, buf[:n]) != nil {
 			return
 		}
 	}

@@ -60,18 +60,3 @@ func setWinsize(f *os.File, size proto.TTYSize) error {
 	}
 	return nil
 }
-
-// pendingInput returns how many bytes wait to be read on f (TIOCINQ, also
-// known as FIONREAD: a
-// pipe's contents, a terminal's output queue).
-func pendingInput(f *os.File) int {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	n := 0
-	_ = rc.Control(func(fd uintptr) {
-		n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ)
-	})
-	return n
-}
