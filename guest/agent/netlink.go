@@ -116,8 +116,11 @@ func (m *nlMsg) attr(typ uint16, data []byte) *nlMsg {
 func u32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
 
 // do sends a request and returns the payloads of the replies: every
-// message of a dump (NLM_F_DUMP), or nothing for an acknowledged change.
+// message of a dump, or what a get answers, or nothing for an
+// acknowledged change. (Whether it is a dump is not read from the flags:
+// NLM_F_DUMP's bits mean NLM_F_REPLACE and NLM_F_EXCL on a new-request.)
 func (c *nlConn) do(typ, flags uint16, m []byte) ([][]byte, error) {
+	dump := flags == unix.NLM_F_DUMP
 	c.seq++
 	binary.NativeEndian.PutUint32(m[0:4], uint32(len(m)))
 	binary.NativeEndian.PutUint16(m[4:6], typ)
@@ -159,7 +162,7 @@ func (c *nlConn) do(typ, flags uint16, m []byte) ([][]byte, error) {
 				if errno := -int32(binary.NativeEndian.Uint32(body[0:4])); errno != 0 {
 					return nil, unix.Errno(errno)
 				}
-				if flags&unix.NLM_F_DUMP == 0 {
+				if !dump {
 					return out, nil
 				}
 			default:
