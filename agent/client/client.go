@@ -319,7 +319,7 @@ func (c *Client) Upload(ctx context.Context, req proto.WriteRequest, r io.Reader
 		n, rerr := r.Read(buf)
 		if n > 0 {
 			if err := st.Write(proto.ChanBody, buf[:n]); err != nil {
-				return e, c.streamErr(ctx, st, err)
+				break // the agent ended the stream: its reply says why
 			}
 		}
 		if errors.Is(rerr, io.EOF) {
@@ -330,9 +330,7 @@ func (c *Client) Upload(ctx context.Context, req proto.WriteRequest, r io.Reader
 			return e, fmt.Errorf("reading the upload: %w", rerr)
 		}
 	}
-	if err := st.CloseChannel(proto.ChanBody); err != nil {
-		return e, c.streamErr(ctx, st, err)
-	}
+	_ = st.CloseChannel(proto.ChanBody) // if it fails, the reply says why
 	got := false
 	for {
 		it, err := st.Recv(ctx)
@@ -353,21 +351,6 @@ func (c *Client) Upload(ctx context.Context, req proto.WriteRequest, r io.Reader
 		return e, proto.Errorf(proto.CodeInternal, "%s: the agent sent no reply", proto.OpWrite)
 	}
 	return e, nil
-}
-
-// streamErr prefers the agent's reason for ending a stream over the
-// local "cannot send" error.
-func (c *Client) streamErr(ctx context.Context, st *mux.Stream, err error) error {
-	for {
-		_, rerr := st.Recv(ctx)
-		if rerr == nil {
-			continue
-		}
-		if errors.Is(rerr, io.EOF) {
-			return err
-		}
-		return rerr
-	}
 }
 
 // Download is a file (or a tar of a directory) coming from the guest.

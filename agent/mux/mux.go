@@ -28,8 +28,9 @@ type Session struct {
 	conn   io.ReadWriteCloser
 	server bool
 
-	wmu  sync.Mutex // serialises frames on conn
-	wbuf []byte
+	wmu    sync.Mutex // serialises frames on conn
+	wbuf   []byte
+	openMu sync.Mutex // orders Opens (client)
 
 	mu      sync.Mutex
 	streams map[uint32]*Stream
@@ -348,10 +349,14 @@ func (s *Session) Open(ctx context.Context, op string, req any) (*Stream, error)
 	if len(payload) > proto.MaxFrame {
 		return nil, proto.Errorf(proto.CodeInvalid, "%s request: %d bytes encoded (limit %d)", op, len(payload), proto.MaxFrame)
 	}
+	// Stream IDs must reach the agent in increasing order: the ID is
+	// taken and the Open written under one lock.
+	s.openMu.Lock()
 	s.mu.Lock()
 	select {
 	case <-s.closed:
 		s.mu.Unlock()
+		s.openMu.Unlock()
 		return nil, s.lostErr()
 	default:
 	}
@@ -359,7 +364,9 @@ func (s *Session) Open(ctx context.Context, op string, req any) (*Stream, error)
 	st := newStream(s, s.lastID, op, nil)
 	s.streams[st.id] = st
 	s.mu.Unlock()
-	if err := s.writeFrame(&proto.Frame{Type: proto.FrameOpen, Stream: st.id, Payload: payload}); err != nil {
+	err = s.writeFrame(&proto.Frame{Type: proto.FrameOpen, Stream: st.id, Payload: payload})
+	s.openMu.Unlock()
+	if err != nil {
 		st.End(nil)
 		return nil, s.lostErr()
 	}

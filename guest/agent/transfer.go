@@ -140,6 +140,11 @@ func (s *Server) write(st *mux.Stream) error {
 		if err := extractTar(st.Context(), body, p, owner); err != nil {
 			return err
 		}
+		// The upload ends with the client's Close: what follows the tar's
+		// end marker (tar writers pad) is read and dropped.
+		if _, err := io.Copy(io.Discard, body); err != nil {
+			return err
+		}
 	} else {
 		mode := fs.FileMode(req.Mode)
 		if mode == 0 {
