@@ -91,7 +91,7 @@ func startAgent(t *testing.T, mod func(*Config)) *testAgent {
 		Root: "/", RunDir: filepath.Join(dir, "run"), ResolvConf: filepath.Join(dir, "resolv.conf"),
 		Env:   []string{"PATH=" + os.Getenv("PATH"), "LANG=C"},
 		Clock: ta.clock, Entropy: ta.entropy, Network: ta.network,
-		Log:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	}
 	if mod != nil {
 		mod(&ta.cfg)
