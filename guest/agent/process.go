@@ -67,7 +67,10 @@ func (p *process) snapshot() proto.ProcessInfo {
 // processTable holds the processes by pid and tag.
 type processTable struct {
 	reaper *reaper
-	mu     sync.Mutex
+	// tagMu serialises the starts of tagged processes, so that two
+	// concurrent starts cannot both take one tag.
+	tagMu sync.Mutex
+	mu    sync.Mutex
 	byPID  map[int]*process
 	byTag  map[string]*process
 }
@@ -127,6 +130,8 @@ type spec struct {
 // start starts a process and its output pumps.
 func (t *processTable) start(sp *spec) (*process, error) {
 	if sp.req.Tag != "" {
+		t.tagMu.Lock()
+		defer t.tagMu.Unlock()
 		t.mu.Lock()
 		_, dup := t.byTag[sp.req.Tag]
 		t.mu.Unlock()
