@@ -71,8 +71,8 @@ type processTable struct {
 	// concurrent starts cannot both take one tag.
 	tagMu sync.Mutex
 	mu    sync.Mutex
-	byPID  map[int]*process
-	byTag  map[string]*process
+	byPID map[int]*process
+	byTag map[string]*process
 }
 
 func newProcessTable(r *reaper) *processTable {
