@@ -78,10 +78,7 @@ func (in *initProcess) boot() (status int) {
 	case initconfig.ModeRun:
 		return in.runWorkload(cfg)
 	case initconfig.ModeAgent:
-		// The hook for guest/agent: with the root prepared the same way,
-		// the init will start the sandbox agent here instead.
-		in.logf("mode %q: this init has no sandbox agent yet", cfg.Mode)
-		return exitInitFailure
+		return in.runAgent(cfg)
 	}
 	in.logf("mode %q: unknown", cfg.Mode) // Parse refuses it; kept for safety
 	return exitInitFailure

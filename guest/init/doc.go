@@ -19,9 +19,14 @@
 //  5. Sets the hostname and the runtime-managed /etc files (etc.go).
 //  6. By mode: ModeRun resolves the user, completes the environment
 //     (env.go) and runs the workload (package guest/workload) on the
-//     console; ModeAgent is the hook the sandbox agent will take.
-//  7. When the workload exits: kills what is left, reaps it, syncs, writes
-//     the status to the exit-status register (exitstatus.go) and resets the
+//     console. ModeAgent serves the sandbox agent (package guest/agent,
+//     agent.go) in this process on AF_VSOCK port 1024 instead: the host
+//     runs commands and moves files through it, and runs the restore
+//     transaction after each snapshot restore. The agent's reaper, not
+//     workload.Supervise, then collects every child, orphans included.
+//  7. When the workload exits (ModeRun), or SIGTERM or SIGINT stops the
+//     agent (ModeAgent): kills what is left, reaps it, syncs, writes the
+//     status to the exit-status register (exitstatus.go) and resets the
 //     machine.
 //
 // Exit statuses: the workload's own (0-255; 128+N when signal N killed it);

@@ -385,3 +385,17 @@ func TestReadConfig(t *testing.T) {
 		t.Errorf("bad config: %v", err)
 	}
 }
+
+// The agent's base environment is the image's with HOSTNAME; PATH and
+// HOME are the agent's to complete per process.
+func TestAgentEnv(t *testing.T) {
+	cfg := config()
+	cfg.Mode, cfg.Hostname, cfg.Env = initconfig.ModeAgent, "box", []string{"A=1"}
+	if got := agentEnv(cfg); !slices.Equal(got, []string{"A=1", "HOSTNAME=box"}) {
+		t.Errorf("env %q", got)
+	}
+	cfg.Env = []string{"HOSTNAME=mine"}
+	if got := agentEnv(cfg); !slices.Equal(got, []string{"HOSTNAME=mine"}) {
+		t.Errorf("env %q", got)
+	}
+}

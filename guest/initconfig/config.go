@@ -23,9 +23,10 @@ const Version = 1
 const (
 	// ModeRun runs Args as the workload and ends the VM with its status.
 	ModeRun = "run"
-	// ModeAgent will start the sandbox agent (guest/agent) instead of a
-	// workload. It is reserved: the config accepts it, the init refuses it
-	// until the agent exists.
+	// ModeAgent serves the sandbox agent (package guest/agent) on AF_VSOCK
+	// port 1024 instead of running a workload; Args are not used. User,
+	// WorkingDir and Env are the defaults of the processes it starts. The
+	// VM needs a vsock device.
 	ModeAgent = "agent"
 )
 

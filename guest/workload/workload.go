@@ -60,7 +60,10 @@ type Spec struct {
 	Groups   []uint32
 	// Console is stdin, stdout and stderr; nil keeps the caller's 0, 1, 2.
 	Console *os.File
-	// Ctty makes Console the controlling terminal of the workload's new
+	// Stdio, if set, are stdin, stdout and stderr (three files; the guest
+	// agent gives pipes), in place of Console.
+	Stdio []*os.File
+	// Ctty makes the workload's stdin the controlling terminal of its new
 	// session (it must be a terminal).
 	Ctty bool
 }
@@ -97,7 +100,12 @@ func Start(s Spec) (int, error) {
 		return 0, err
 	}
 	files := []uintptr{0, 1, 2}
-	if s.Console != nil {
+	switch {
+	case len(s.Stdio) == 3:
+		files = []uintptr{s.Stdio[0].Fd(), s.Stdio[1].Fd(), s.Stdio[2].Fd()}
+	case len(s.Stdio) != 0:
+		return 0, fmt.Errorf("workload: %d stdio files, want 3", len(s.Stdio))
+	case s.Console != nil:
 		fd := s.Console.Fd()
 		files = []uintptr{fd, fd, fd}
 	}
@@ -110,7 +118,7 @@ func Start(s Spec) (int, error) {
 		Sys: &syscall.SysProcAttr{
 			Setsid:     true,
 			Setctty:    s.Ctty,
-			Ctty:       0, // the child's fd 0, the console
+			Ctty:       0, // the child's fd 0, the console or terminal
 			Credential: &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: groups},
 		},
 	}

@@ -1,0 +1,283 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/embervm/ember/agent/mux"
+	"github.com/embervm/ember/agent/proto"
+	"github.com/embervm/ember/guest/ociuser"
+	"github.com/embervm/ember/guest/workload"
+)
+
+// Environment defaults, as container runtimes give them.
+const (
+	// defaultPath is PATH when neither the image nor the request sets one
+	// (runc's, containerd's oci.DefaultPathEnv).
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	// defaultTerm is TERM on a terminal when nothing sets it (Docker gives
+	// a container with a terminal the same).
+	defaultTerm = "xterm"
+)
+
+// execStart starts a process and attaches the stream to it.
+func (s *Server) execStart(st *mux.Stream) error {
+	req, err := decode[proto.ExecStart](st)
+	if err != nil {
+		return err
+	}
+	sp, err := s.resolve(req)
+	if err != nil {
+		return err
+	}
+	p, err := s.procs.start(sp)
+	if err != nil {
+		var se *workload.StartError
+		if errors.As(err, &se) {
+			code := proto.CodePermission
+			if se.Code == workload.ExitNotFound {
+				code = proto.CodeNotFound
+			}
+			return proto.Errorf(code, "%v", se)
+		}
+		return err
+	}
+	s.log.Debug("agent: started", "pid", p.pid, "tag", req.Tag, "args", req.Args)
+	return s.attach(st, p, 0, req.AutoAck, false)
+}
+
+// resolve turns a request into what to run: the user's ids, the complete
+// environment, the working directory.
+func (s *Server) resolve(req *proto.ExecStart) (*spec, error) {
+	user := req.User
+	if user == "" {
+		user = s.cfg.User
+	}
+	id, err := ociuser.Resolve(s.cfg.Root, user)
+	if err != nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "user %q: %v", user, err)
+	}
+	sp := &spec{req: *req, uid: id.UID, gid: id.GID, grps: id.Groups}
+	sp.env = processEnv(s.cfg.Env, req.Env, id, req.TTY != nil)
+	switch {
+	case req.Cwd != "" && filepath.IsAbs(req.Cwd):
+		sp.dir = filepath.Clean(req.Cwd)
+	case req.Cwd != "":
+		sp.dir = filepath.Join(id.Home, req.Cwd)
+	case s.cfg.Dir != "":
+		sp.dir = s.cfg.Dir
+	default:
+		sp.dir = id.Home
+	}
+	if sp.dir == "" {
+		sp.dir = "/"
+	}
+	return sp, nil
+}
+
+// processEnv is base with the request's variables over it, completed with
+// PATH, HOME and (on a terminal) TERM where neither sets them.
+func processEnv(base []string, extra map[string]string, id ociuser.Identity, tty bool) []string {
+	env := slices.Clone(base)
+	keys := make([]string, 0, len(extra))
+	for k := range extra {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") })
+		env = append(env, k+"="+extra[k])
+	}
+	add := func(key, value string) {
+		if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, key+"=") }) {
+			env = append(env, key+"="+value)
+		}
+	}
+	add("PATH", defaultPath)
+	add("HOME", id.Home)
+	if tty {
+		add("TERM", defaultTerm)
+	}
+	return env
+}
+
+// execAttach attaches the stream to a process.
+func (s *Server) execAttach(st *mux.Stream) error {
+	req, err := decode[proto.ExecAttach](st)
+	if err != nil {
+		return err
+	}
+	p, err := s.procs.lookup(req.ProcessRef)
+	if err != nil {
+		return err
+	}
+	return s.attach(st, p, req.From, req.AutoAck, req.NoOutput)
+}
+
+// attach streams a process's output from offset from (-1: its end),
+// takes stdin and acknowledgements from the client, and ends with the
+// exit status. Ending the stream detaches; the process goes on.
+func (s *Server) attach(st *mux.Stream, p *process, from int64, autoAck, noOutput bool) error {
+	ctx := st.Context()
+	_, end := p.out.bounds()
+	cursor := from
+	if from == -1 {
+		cursor = end
+	}
+	if cursor > end {
+		return proto.Errorf(proto.CodeInvalid, "from: %d: process %d has produced %d bytes so far", from, p.pid, end)
+	}
+	if err := st.SendMsg(proto.ExecEvent{Attached: &proto.Attached{PID: p.pid, Tag: p.info.Tag, From: cursor}}); err != nil {
+		return err
+	}
+	inputDone := make(chan struct{})
+	go func() {
+		p.takeInput(ctx, st)
+		close(inputDone)
+	}()
+	defer func() {
+		if ctx.Err() != nil {
+			// The client ended the stream: what it sent before (its last
+			// acknowledgement) is taken before the stream goes.
+			<-inputDone
+		}
+	}()
+
+	if noOutput {
+		select {
+		case <-p.exited:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		es := *p.exitStatus()
+		_, es.Output = p.out.bounds()
+		return st.SendMsg(proto.ExecEvent{Exit: &es})
+	}
+	for {
+		pc, err := p.out.read(ctx, cursor)
+		if errors.Is(err, errReleased) {
+			return proto.Errorf(proto.CodePrecondition, "process %d was released", p.pid)
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case pc.gap != nil:
+			if err := st.SendMsg(proto.ExecEvent{Gap: pc.gap}); err != nil {
+				return err
+			}
+			cursor = pc.gap.To
+			continue
+		case pc.eof:
+		default:
+			if err := st.Write(pc.ch, pc.data); err != nil {
+				return err
+			}
+			cursor += int64(len(pc.data))
+			if autoAck {
+				p.out.ack(cursor)
+			}
+			continue
+		}
+		break
+	}
+	// All output is sent; the process has closed its output, so it has
+	// exited or will (a process may close stdout and go on).
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	es := *p.exitStatus()
+	es.Output = cursor
+	return st.SendMsg(proto.ExecEvent{Exit: &es})
+}
+
+// takeInput reads the client's side of an exec stream until it ends:
+// stdin (Data and Close on ChanStdin) and acknowledgements. Stdin goes
+// through the process's stdin writer, and the stream's credit for it
+// comes back only once written, so a process that does not read its
+// input holds back the client's input, not its acknowledgements.
+func (p *process) takeInput(ctx context.Context, st *mux.Stream) {
+	for {
+		it, err := st.RecvHold(ctx)
+		if err != nil {
+			return
+		}
+		switch {
+		case it.Kind == mux.KindMsg:
+			st.Credit(it.Cost())
+			var c proto.ExecControl
+			if proto.DecodeJSON(it.Payload, &c) == nil && c.Ack != nil {
+				p.out.ack(*c.Ack)
+			}
+		case it.Channel != proto.ChanStdin:
+			st.Credit(it.Cost())
+		case p.in == nil:
+			st.Credit(it.Cost())
+			st.End(proto.Errorf(proto.CodePrecondition, "process %d has no stdin (start it with stdin)", p.pid))
+			return
+		case it.Kind == mux.KindData:
+			cost := it.Cost()
+			p.in.enqueue(it.Payload, false, func(error) { st.Credit(cost) })
+		case it.Kind == mux.KindClose:
+			p.in.enqueue(nil, true, func(error) {})
+		}
+	}
+}
+
+// execList sends one ProcessInfo per process.
+func (s *Server) execList(st *mux.Stream) error {
+	for _, p := range s.procs.list() {
+		info := p.snapshot()
+		err := st.SendMsg(info)
+		if proto.CodeOf(err) == proto.CodeExhausted {
+			// A command line too large for one message: listed without
+			// its environment, then with its command alone.
+			info.Env = nil
+			if err = st.SendMsg(info); proto.CodeOf(err) == proto.CodeExhausted {
+				info.Args = info.Args[:1]
+				err = st.SendMsg(info)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) execInput(_ context.Context, req *proto.ExecInput) (proto.Empty, error) {
+	p, err := s.procs.lookup(req.ProcessRef)
+	if err != nil {
+		return proto.Empty{}, err
+	}
+	return proto.Empty{}, p.input(req.Data, req.EOF)
+}
+
+func (s *Server) execSignal(_ context.Context, req *proto.ExecSignal) (proto.Empty, error) {
+	p, err := s.procs.lookup(req.ProcessRef)
+	if err != nil {
+		return proto.Empty{}, err
+	}
+	return proto.Empty{}, p.signal(req.Signal, req.LeaderOnly)
+}
+
+func (s *Server) execResize(_ context.Context, req *proto.ExecResize) (proto.Empty, error) {
+	p, err := s.procs.lookup(req.ProcessRef)
+	if err != nil {
+		return proto.Empty{}, err
+	}
+	return proto.Empty{}, p.resize(req.TTYSize)
+}
+
+func (s *Server) execRelease(_ context.Context, req *proto.ProcessRef) (proto.Empty, error) {
+	p, err := s.procs.lookup(*req)
+	if err != nil {
+		return proto.Empty{}, err
+	}
+	return proto.Empty{}, s.procs.release(p)
+}
