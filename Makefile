@@ -97,8 +97,13 @@ guest-initramfs: setup lab-bin
 
 # A Debian 12 root filesystem (mmdebstrap, cached by its package list), which
 # the image and sandbox tests import as an OCI image.
-guest-debian: setup
+# It is also imported into the Ember home build/guest/debian-home (with the
+# blank disk and init initramfs a run shares, made by a dry run) so that the
+# tests read it from there instead of importing it under the lab's emulation.
+guest-debian: setup build guest-minimal
 	scripts/debian-rootfs.sh $(GUEST_DIR)/debian-rootfs.tar
+	bin/ember image import --rootfs --home $(GUEST_DIR)/debian-home $(GUEST_DIR)/debian-rootfs.tar e2e/debian:12 >/dev/null
+	bin/ember run --image e2e/debian:12 --home $(GUEST_DIR)/debian-home --dry-run >/dev/null
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:

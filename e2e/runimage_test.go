@@ -157,18 +157,12 @@ func TestRunImage(t *testing.T) {
 	}
 }
 
-// TestRunDebianImage imports a Debian 12 root filesystem made by
-// mmdebstrap (make guest) with `ember image import --rootfs` and runs bash
-// and python3 in it.
+// TestRunDebianImage runs bash and python3 in a Debian 12 image: the root
+// filesystem mmdebstrap made, which make guest imports with `ember image
+// import --rootfs` into build/guest/debian-home (read-only in the lab:
+// importing 175 MB under the lab's emulation took three minutes).
 func TestRunDebianImage(t *testing.T) {
-	lab(t)
-	rootfs := guestFile(t, "debian-rootfs.tar")
-	home := scratchDir(t)
-	t0 := time.Now()
-	if out, err := exec.Command(emberBinary(t), "image", "import", "--rootfs", "--home", home, rootfs, "e2e/debian:12").CombinedOutput(); err != nil {
-		t.Fatalf("ember image import --rootfs: %v\n%s", err, out)
-	}
-	t.Logf("image_import_debian_s %.1f (in the lab)", time.Since(t0).Seconds())
+	home := guestFile(t, "debian-home")
 	r := runImage(t, home, "e2e/debian:12", []string{"--mem-mib", "256"},
 		"/bin/bash", "-c", `echo "debian=$(cat /etc/debian_version) py=$(python3 -c 'print(6*7)')"`)
 	if r.code != 0 || !regexp.MustCompile(`debian=12\.\d+ py=42`).MatchString(r.stdout) {

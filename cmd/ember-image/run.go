@@ -35,6 +35,8 @@ when it is not found).
   --hostname NAME   the guest's host name
   --disk PATH       keep the writable disk (an overlay) at PATH: created if missing, reused if present
   --disk-mib N      the writable filesystem's size when it is created (default 4096)
+  --dry-run         prepare the VM and print the ember command instead of running it (its own files
+                    are removed; what later runs share stays: the blank disk base, the init's initramfs)
 `
 
 // Binaries found beside ember-image (then on PATH).
@@ -69,6 +71,7 @@ func runVM(args []string) int {
 	diskPath := fs.String("disk", "", "")
 	diskMiB := fs.Int("disk-mib", 0, "")
 	debug := fs.Bool("debug", false, "")
+	dryRun := fs.Bool("dry-run", false, "")
 	var env, nets repeated
 	fs.Var(&env, "env", "")
 	fs.Var(&nets, "net", "")
@@ -138,6 +141,10 @@ func runVM(args []string) int {
 	}
 	if *noSeccomp {
 		argv = append(argv, "--no-seccomp")
+	}
+	if *dryRun {
+		fmt.Println(strings.Join(append([]string{emberPath}, argv...), " "))
+		return exitOK
 	}
 	return runChild(emberPath, argv)
 }
