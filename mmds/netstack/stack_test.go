@@ -35,7 +35,7 @@ const wait = 10 * time.Second
 // guestNet is a namespace whose tap leads to a stack.
 type guestNet struct {
 	ns    string
-	tap   int
+	tap   *os.File // non-blocking, in Go's poller: Close ends a Read
 	stack *netstack.Stack
 	m     *netstack.Metrics
 }
@@ -99,7 +99,14 @@ func newGuestNet(t *testing.T, h http.Handler, limits *netstack.Limits) *guestNe
 		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 			return err
 		}
-		g.tap = fd
+		// Through Go's poller, so that the cleanup's Close ends the
+		// pump's Read: a Read blocked in the kernel outlives close(2),
+		// and once the number is reused it reads the next test's tap.
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		g.tap = os.NewFile(uintptr(fd), "tap")
 		return os.WriteFile("/proc/sys/net/ipv6/conf/mmds0/disable_ipv6", []byte("1"), 0)
 	})
 	run(t, "ip", "-n", g.ns, "addr", "add", "169.254.1.2/16", "dev", "mmds0")
@@ -123,14 +130,14 @@ func newGuestNet(t *testing.T, h http.Handler, limits *netstack.Limits) *guestNe
 			if n == 0 {
 				return
 			}
-			unix.Write(g.tap, buf[:n])
+			g.tap.Write(buf[:n])
 		}
 	}
 	done := make(chan struct{})
 	go func() {
 		buf := make([]byte, 65536)
 		for {
-			n, err := unix.Read(g.tap, buf)
+			n, err := g.tap.Read(buf)
 			if err != nil {
 				close(done)
 				return
@@ -155,7 +162,8 @@ func newGuestNet(t *testing.T, h http.Handler, limits *netstack.Limits) *guestNe
 	t.Cleanup(func() {
 		g.stack.Close()
 		close(stop)
-		unix.Close(g.tap)
+		g.tap.Close()
+		<-done
 	})
 	return g
 }
