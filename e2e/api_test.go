@@ -26,6 +26,7 @@ type apiVM struct {
 	sock     string
 	c        *client.Client
 	exited   chan struct{}
+	stalled  bool // the last waitFor ended because the console went silent
 }
 
 // startAPI starts `ember --api-sock SOCK ARGS...` under prefix and waits for
@@ -83,6 +84,7 @@ func consoleHas(out, s string) bool {
 // waitFor waits until the guest console shows s; false on a stall, an exit
 // or the timeout.
 func (v *apiVM) waitFor(s string, timeout time.Duration) bool {
+	v.stalled = false
 	deadline := time.Now().Add(timeout)
 	last, since := -1, time.Now()
 	for time.Now().Before(deadline) {
@@ -97,10 +99,30 @@ func (v *apiVM) waitFor(s string, timeout time.Duration) bool {
 		if n := v.out.Len(); n != last {
 			last, since = n, time.Now()
 		} else if time.Since(since) > stallTimeout {
+			v.stalled = true
 			return false
 		}
 	}
 	return false
+}
+
+// labFaulted says how the guest met what looks like a lab fault after a
+// waitFor failed: it "hung" (a silent console: the guest prints a
+// heartbeat), or "died of a triple fault or internal error"; "" when
+// neither (a real failure).
+func (v *apiVM) labFaulted() string {
+	select {
+	case <-v.exited:
+		if e := v.err.String(); strings.Contains(e, "triple fault") || strings.Contains(e, "internal error") {
+			return "died of a triple fault or internal error"
+		}
+		return ""
+	default:
+	}
+	if v.stalled {
+		return "hung"
+	}
+	return ""
 }
 
 // exitCode waits for the process to end and returns its exit code.

@@ -208,7 +208,9 @@ func TestJailedGuest(t *testing.T) {
 		ctx, cancel := apiCtx()
 		err := func() error {
 			for _, step := range []func() error{
-				func() error { return a.c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: ptr(2), MemSizeMiB: ptr(256)}) },
+				func() error {
+					return a.c.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: ptr(2), MemSizeMiB: ptr(256)})
+				},
 				func() error {
 					initrd := "/initrd"
 					return a.c.PutBootSource(ctx, api.BootSource{KernelImagePath: "/vmlinuz", InitrdPath: &initrd, BootArgs: &args})

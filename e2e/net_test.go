@@ -91,6 +91,15 @@ func netns(t *testing.T, tap, addr string) string {
 // startHelper runs the test binary as a host-side helper in ns.
 func startHelper(t *testing.T, ns string, args ...string) *syncBuffer {
 	t.Helper()
+	out, _ := startStoppableHelper(t, ns, args...)
+	return out
+}
+
+// startStoppableHelper is startHelper that also returns a function that
+// ends the helper (for a test that retries its run: a fresh helper, no
+// reports left from the broken run).
+func startStoppableHelper(t *testing.T, ns string, args ...string) (*syncBuffer, func()) {
+	t.Helper()
 	out := &syncBuffer{}
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args[1:]...)...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+args[0])
@@ -98,8 +107,10 @@ func startHelper(t *testing.T, ns string, args ...string) *syncBuffer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return out
+	var once sync.Once
+	stop := func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
+	t.Cleanup(stop)
+	return out, stop
 }
 
 // TestNetTap: the guest and a host network namespace holding the tap ping
