@@ -72,6 +72,20 @@ func NewWorker(a *Activation, log *slog.Logger, handler func(token uint32)) (*Wo
 	return w, nil
 }
 
+// NewWorkerWatching is NewWorker that also watches fd under token when fd
+// is not negative: a device's rate-limiter timer, say.
+func NewWorkerWatching(a *Activation, log *slog.Logger, handler func(token uint32), fd int, token uint32) (*Worker, error) {
+	w, err := NewWorker(a, log, handler)
+	if err != nil || fd < 0 {
+		return w, err
+	}
+	if err := w.Watch(fd, token); err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
+}
+
 // Watch adds fd (level-triggered readability) under token.
 func (w *Worker) Watch(fd int, token uint32) error { return w.poller.Add(fd, token) }
 

@@ -78,15 +78,9 @@ func (d *Device) Activate(a *virtio.Activation) error {
 	if !a.Queues[0].Active() {
 		return errors.New("virtio-rng: request queue not set up")
 	}
-	w, err := virtio.NewWorker(a, d.log, d.handle)
+	w, err := virtio.NewWorkerWatching(a, d.log, d.handle, d.limiter.FD(), limiterToken)
 	if err != nil {
 		return err
-	}
-	if fd := d.limiter.FD(); fd >= 0 {
-		if err := w.Watch(fd, limiterToken); err != nil {
-			w.Stop()
-			return err
-		}
 	}
 	d.act, d.worker, d.broken = a, w, false
 	w.Start()
