@@ -106,20 +106,30 @@ func TestRunToMarkerAndExit(t *testing.T) {
 	if _, err := runToMarkerAndExit(ctx, []string{"/bin/sh", "-c", "echo MARK; exit 3"}, mark, time.Minute, true); err == nil || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("exit 3 after the marker, wanting 0: %v", err)
 	}
-	if _, err := runToMarkerAndExit(ctx, []string{"/bin/sh", "-c", "echo MARK; exit 3"}, mark, time.Minute, false); err != nil {
-		t.Errorf("exit 3 after the marker, not wanting 0: %v", err)
+	// Without wantExit, the run stops at the marker: the rest of the group
+	// is killed.
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if _, err := runToMarkerAndExit(ctx, []string{"/bin/sh", "-c", "echo $$ > " + pidFile + "; echo MARK; sleep 600"}, mark, time.Minute, false); err != nil {
+		t.Errorf("not waiting for the end: %v", err)
 	}
+	waitGone(t, pidFile)
 	if _, err := runToMarkerAndExit(ctx, []string{"/bin/sh", "-c", "echo nothing"}, mark, time.Minute, true); err == nil || !strings.Contains(err.Error(), `without printing "MARK"`) {
 		t.Errorf("no marker: %v", err)
 	}
 	// A process left behind in the group (as ember under ember-image after
 	// a timeout) is killed.
-	pidFile := filepath.Join(t.TempDir(), "pid")
+	pidFile = filepath.Join(t.TempDir(), "pid")
 	_, err := runToMarkerAndExit(ctx, []string{"/bin/sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $! > " + pidFile + "; echo MARK; sleep 600"},
 		mark, time.Second, true)
 	if err == nil || !strings.Contains(err.Error(), "did not end") {
 		t.Errorf("a run that does not end: %v", err)
 	}
+	waitGone(t, pidFile)
+}
+
+// waitGone waits until the process whose pid is in pidFile has ended.
+func waitGone(t *testing.T, pidFile string) {
+	t.Helper()
 	b, _ := os.ReadFile(pidFile)
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	if pid <= 0 {
