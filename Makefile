@@ -14,6 +14,7 @@
 #   make test        vet, unit tests (with the race detector), then the e2e tests inside the lab
 #   make fuzz        every Fuzz* target in the repository, FUZZTIME each
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
+#   make bench-image image import, copy-on-write drives, image boot against a flat ext4 drive
 #   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
 # Cache layout ($(EMBER_CACHE)):
@@ -49,7 +50,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
-	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-scale clean
+	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-scale clean
 
 all: build
 
@@ -195,6 +196,14 @@ bench-api: build
 # snapshot, then a fresh ember per restore.
 bench-snapshot: build
 	bin/ember-bench snapshot
+
+# Images (issue 10): on this host, ember image import --rootfs of the Debian
+# tarball and the copy-on-write drive against a raw file; then, in the lab,
+# the imported image (build/guest/debian-home) booted to its workload
+# against the same files as one flat ext4 drive (build/guest/debian-flat.ext4,
+# made from the tarball when older).
+bench-image: setup build guest lab
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench image
 
 # Scale on this host (tiny guests, natively): ember doctor --fix first
 # raises the kernel limits SCALE_VMS VMs need and says what it changed (it

@@ -90,11 +90,17 @@ type watched struct {
 
 // startWatched starts argv with stdout and stderr scanned for marker.
 func startWatched(ctx context.Context, argv []string, marker string) (*watched, error) {
-	w := &watched{cmd: exec.CommandContext(ctx, argv[0], argv[1:]...), marker: marker, seen: make(chan time.Time, 1), waited: make(chan error, 1)}
+	return startWatchedCmd(exec.CommandContext(ctx, argv[0], argv[1:]...), marker)
+}
+
+// startWatchedCmd starts cmd (not yet started) with stdout and stderr
+// scanned for marker.
+func startWatchedCmd(cmd *exec.Cmd, marker string) (*watched, error) {
+	w := &watched{cmd: cmd, marker: marker, seen: make(chan time.Time, 1), waited: make(chan error, 1)}
 	pr, pw := io.Pipe()
 	w.cmd.Stdout, w.cmd.Stderr = pw, pw
 	if err := w.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", argv[0], err)
+		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)

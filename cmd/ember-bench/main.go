@@ -22,6 +22,16 @@
 //	    the in-lab half of the restore comparison.
 //	ember-bench lab-io [--runs N] [--net=false] [--kernel K --initrd I --probe P]
 //	    the in-lab half (ember-bench io runs it through ember-lab).
+//	ember-bench image [--runs N] [--lab-runs N] [--rounds N] [--tarball T]
+//	                  [--kernel K --home H --ref R --flat F]
+//	    on this host, ember image import --rootfs of the Debian tarball
+//	    (image_import_debian_s) and Ember's copy-on-write drive against a
+//	    raw file (cow_read_ratio, cow_write_ratio); then in the lab the
+//	    imported image's boot to its workload against the same files as
+//	    one flat ext4 drive (boot_image_vs_flat_ratio); ends with NAME
+//	    VALUE UNIT lines.
+//	ember-bench lab-image [--runs N] [--kernel K --home H --ref R --flat F]
+//	    the in-lab half of the boot comparison.
 //	ember-bench density [--max N] [--step N] [--parallel P] [--qemu-max N]
 //	    idle tiny guests on this host, each in its own ember --api-sock,
 //	    ramped up in steps to --max while every VM answers GET / (p99
@@ -60,7 +70,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|density|launch [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -79,6 +89,10 @@ func main() {
 		err = snapshotBench(os.Args[2:])
 	case "lab-restore":
 		err = labRestore(os.Args[2:])
+	case "image":
+		err = imageBench(os.Args[2:])
+	case "lab-image":
+		err = labImage(os.Args[2:])
 	case "density":
 		err = densityBench(os.Args[2:])
 	case "launch":
