@@ -30,7 +30,18 @@ const (
 	// die of triple faults, which looks like stale nested translations; THP
 	// collapse and compaction move guest pages and rewrite the nested page
 	// tables, so the lab keeps its guests' memory where it is.
-	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 transparent_hugepage=never lpj=" + labLPJ
+	//
+	// ember_lab_kvm_amd=vgif=0: the lab's KVM does not use the emulated
+	// CPU's virtual GIF. With it, the lab crashed or hung in most runs of
+	// a guest moving data over a tap (TestMMDSV1: 5 lab faults in 5
+	// attempts, then the same with vgif=0: see the README), the way a
+	// host interrupt taken while GIF should still be clear after a
+	// #VMEXIT would do it: the lab kernel's handler then runs on the
+	// nested guest's GS base (seen: "stack guard page was hit" in
+	// ember's KVM_RUN) or the nested guest resumes on the host's state
+	// (seen: its rip in kvm_amd). A later ember_lab_kvm_amd in
+	// EMBER_LAB_APPEND replaces it (labinit.sh takes the last).
+	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 transparent_hugepage=never lpj=" + labLPJ + " ember_lab_kvm_amd=vgif=0"
 	// labLPJ skips the delay-loop calibration (a guess is fine under TCG).
 	labLPJ = "10000000"
 	// hostRootTag is the 9p tag of the read-only host root.
