@@ -31,7 +31,7 @@ const (
 	guestCID      = 3 // the first CID a guest may have (0-2 are reserved: vsock(7))
 	adoptTimeout  = 2 * time.Second
 	stopWait      = 10 * time.Second
-	sandboxPrefix = "sb-"
+	sandboxPrefix = IDPrefix
 )
 
 // Config configures a Manager.
@@ -202,9 +202,10 @@ func (m *Manager) reasonUnknownStatus(l *live) Exit {
 	return e
 }
 
-// watchChild waits for an ember this manager started.
+// watchChild waits for an ember this manager started. Close does not
+// wait for it (the VM goes on running); an end after Close is left to the
+// next manager.
 func (m *Manager) watchChild(l *live) {
-	defer m.wg.Done()
 	code, sig := l.proc.waitStatus()
 	m.ended(l, &code, sig)
 }

@@ -60,8 +60,8 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		return Sandbox{}, errors.New("emberd is shutting down")
 	}
 	m.live[id] = l
-	m.wg.Add(1)
-	go m.watchChild(l)
+	go m.watchChild(l) // not in m.wg: the VM outlives Close
+
 	m.mu.Unlock()
 
 	err = m.db.put(bucketSandboxes, id, sb)

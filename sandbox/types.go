@@ -186,3 +186,6 @@ type Sandbox struct {
 	Timings     Timings    `json:"timings"`
 	Exit        *Exit      `json:"exit,omitempty"`
 }
+
+// IDPrefix starts every sandbox ID.
+const IDPrefix = "sb-"

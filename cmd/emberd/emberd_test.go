@@ -559,3 +559,66 @@ func TestTCPWithoutToken(t *testing.T) {
 		t.Errorf("emberd --tcp without --token: %v: %s", err, out)
 	}
 }
+
+// TestCLI: ember template and ember sandbox drive emberd.
+func TestCLI(t *testing.T) {
+	testkvm.Need(t)
+	state := t.TempDir()
+	d := startDaemon(t, state)
+	cleanupVMs(t, state, &d)
+	ember := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(bins, "ember"), args...)
+		cmd.Env = append(os.Environ(), "EMBERD_SOCKET="+d.sock)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return out.String() + errb.String(), code
+	}
+	spec := tinyTemplate(t, "")
+	out, code := ember("template", "build", "--name", "tiny", "--kernel", spec.Kernel, "--mem-mib", "16", "--ready", "boot-timer")
+	if code != 0 || !strings.HasPrefix(out, "tiny\n") {
+		t.Fatalf("ember template build: %d: %s", code, out)
+	}
+	if out, code := ember("template", "ls"); code != 0 || !strings.Contains(out, "tiny") || !strings.Contains(out, "ready") {
+		t.Errorf("ember template ls: %d: %s", code, out)
+	}
+	out, code = ember("sandbox", "create", "--timeout", "1m", "tiny")
+	if code != 0 || !strings.HasPrefix(out, sandbox.IDPrefix) {
+		t.Fatalf("ember sandbox create: %d: %s", code, out)
+	}
+	id := strings.Fields(out)[0]
+	if out, code := ember("sandbox", "ls"); code != 0 || !strings.Contains(out, id+"  tiny      running") {
+		t.Errorf("ember sandbox ls: %d: %s", code, out)
+	}
+	for _, verb := range []string{"pause", "resume"} {
+		if out, code := ember("sandbox", verb, id); code != 0 {
+			t.Errorf("ember sandbox %s: %d: %s", verb, code, out)
+		}
+	}
+	if out, code := ember("sandbox", "logs", id); code != 0 || out != tiny.SandboxReadyLine {
+		t.Errorf("ember sandbox logs: %d: %q", code, out)
+	}
+	if out, code := ember("sandbox", "exec", id, "--", "true"); code != 1 || !strings.Contains(out, "has no agent") {
+		t.Errorf("ember sandbox exec without an agent: %d: %s", code, out)
+	}
+	if out, code := ember("sandbox", "kill", id); code != 0 || out != id+" killed\n" {
+		t.Errorf("ember sandbox kill: %d: %s", code, out)
+	}
+	if out, code := ember("sandbox", "create", "nope"); code != 1 || !strings.Contains(out, `template "nope": no such template`) {
+		t.Errorf("ember sandbox create nope: %d: %s", code, out)
+	}
+	if out, code := ember("sandbox", "create"); code != 2 || !strings.Contains(out, "want one argument") {
+		t.Errorf("ember sandbox create without a template: %d: %s", code, out)
+	}
+	if out, code := ember("template", "rm", "tiny"); code != 0 {
+		t.Errorf("ember template rm: %d: %s", code, out)
+	}
+}
