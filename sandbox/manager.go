@@ -40,6 +40,9 @@ type Config struct {
 	StateDir string
 	// Ember is the ember binary.
 	Ember string
+	// ImageHome is Ember's home for templates from images (default
+	// image.Home(): $EMBER_HOME or /var/lib/ember).
+	ImageHome string
 	// Log receives the manager's log (default: discarded).
 	Log *slog.Logger
 }
@@ -392,6 +395,9 @@ func loadParams(t Template, dir string) api.SnapshotLoadParams {
 		ResumeVM:     true,
 	}
 	for _, d := range t.Drives {
+		if d.ReadOnly {
+			continue // shared by every clone
+		}
 		p.EmberDriveOverrides = append(p.EmberDriveOverrides, api.DriveOverride{DriveID: d.ID, PathOnHost: filepath.Join(dir, d.ID+".cow")})
 	}
 	if t.Vsock {

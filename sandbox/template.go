@@ -11,12 +11,17 @@ import (
 	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/api"
 	apiclient "github.com/embervm/ember/api/client"
+	"github.com/embervm/ember/image"
+	"github.com/embervm/ember/image/boot"
 )
 
 // BuildTemplate boots spec's guest, waits until it is ready, pauses it
 // and takes a Full snapshot into the template's folder. A failed build
 // leaves nothing behind.
 func (m *Manager) BuildTemplate(ctx context.Context, spec TemplateSpec) (Template, error) {
+	if spec.Image != "" && spec.Ready.Kind == "" {
+		spec.Ready.Kind = ReadyAgent
+	}
 	if err := spec.Validate(); err != nil {
 		return Template{}, err
 	}
@@ -69,8 +74,14 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 	spec := t.Spec
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout(spec.Ready)+time.Minute)
 	defer cancel()
+	if spec.Image != "" {
+		if err := m.prepareImage(ctx, t); err != nil {
+			return err
+		}
+		spec = t.Spec
+	}
 	if spec.Rootfs != "" {
-		d := TemplateDrive{ID: rootDriveID, Overlay: filepath.Join(t.Dir, rootDriveID+".cow"), Base: spec.Rootfs}
+		d := TemplateDrive{ID: rootDriveID, Overlay: filepath.Join(t.Dir, rootDriveID+".cow"), Base: spec.Rootfs, Root: true}
 		if err := m.emberDisk(ctx, d.Base, d.Overlay); err != nil {
 			return err
 		}
@@ -114,7 +125,7 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 		return err
 	}
 	for _, d := range t.Drives {
-		if err := c.PutDrive(ctx, api.Drive{DriveID: d.ID, PathOnHost: d.Overlay, EmberBasePath: d.Base, IsRootDevice: true}); err != nil {
+		if err := c.PutDrive(ctx, api.Drive{DriveID: d.ID, PathOnHost: d.Overlay, EmberBasePath: d.Base, IsRootDevice: d.Root, IsReadOnly: d.ReadOnly}); err != nil {
 			return err
 		}
 	}
@@ -156,6 +167,32 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 	t.State, t.PID, t.PIDStart = TemplateReady, 0, 0
 	t.BuildMS = ms(time.Since(t0))
 	return m.db.put(bucketTemplates, t.ID, t)
+}
+
+// prepareImage makes the initrd and drives of an image template (package
+// image/boot, ember-init in agent mode) in t.Dir.
+func (m *Manager) prepareImage(ctx context.Context, t *Template) error {
+	home := m.cfg.ImageHome
+	if home == "" {
+		home = image.Home()
+	}
+	store, err := image.Open(home, m.log)
+	if err != nil {
+		return err
+	}
+	vm, err := boot.Prepare(ctx, store, boot.Options{Ref: t.Spec.Image, Dir: t.Dir, Agent: true, Hostname: t.ID})
+	if err != nil {
+		return &Error{Kind: KindInvalid, Msg: fmt.Sprintf("image: %v", err)}
+	}
+	t.Spec.Initrd = vm.Initrd
+	if t.Spec.BootArgs == "" {
+		t.Spec.BootArgs = boot.Cmdline
+	}
+	t.Spec.Ready.Kind = ReadyAgent
+	for _, d := range vm.Drives {
+		t.Drives = append(t.Drives, TemplateDrive{ID: d.ID, Overlay: d.Path, Base: d.Base, ReadOnly: d.ReadOnly})
+	}
+	return nil
 }
 
 // templateAgent waits for the agent and starts the start command.

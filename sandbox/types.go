@@ -74,6 +74,11 @@ type ReadyCheck struct {
 type TemplateSpec struct {
 	// Name is the template's ID (default: generated).
 	Name string `json:"name,omitempty"`
+	// Image, if set, names an image of Ember's store (ember image ls): the
+	// guest boots it with ember-init serving the agent (ready.kind must be
+	// "agent"), its layers as shared read-only drives and a writable
+	// overlay; Initrd and Rootfs must then be empty.
+	Image string `json:"image,omitempty"`
 	// Kernel is the guest kernel (or tiny guest) to boot; Initrd an
 	// optional initrd; BootArgs the kernel command line (default
 	// Ember's).
@@ -96,9 +101,13 @@ type TemplateSpec struct {
 
 // TemplateDrive is a drive of a template: its overlay over its base.
 type TemplateDrive struct {
-	ID      string `json:"id"`
-	Overlay string `json:"overlay"`
-	Base    string `json:"base"`
+	ID string `json:"id"`
+	// Overlay is the drive's file: a copy-on-write overlay over Base, or,
+	// for a ReadOnly drive, the shared file itself.
+	Overlay  string `json:"overlay"`
+	Base     string `json:"base,omitempty"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Root     bool   `json:"root,omitempty"`
 }
 
 // Template is a template's record.

@@ -24,6 +24,14 @@ func (s *TemplateSpec) Validate() error {
 	if err := regularFile("kernel", s.Kernel); err != nil {
 		return err
 	}
+	if s.Image != "" {
+		if s.Initrd != "" || s.Rootfs != "" {
+			return invalid("image", "an image brings its own initrd and drives: leave initrd and rootfs empty")
+		}
+		if s.Ready.Kind != "" && s.Ready.Kind != ReadyAgent {
+			return invalid("ready.kind", "%q: an image's guest serves the agent; want %q", s.Ready.Kind, ReadyAgent)
+		}
+	}
 	if s.Initrd != "" {
 		if err := regularFile("initrd", s.Initrd); err != nil {
 			return err

@@ -322,6 +322,7 @@ func templateBuild(ctx context.Context, args []string) int {
 	mk := emberdFlags(fs)
 	var spec sandbox.TemplateSpec
 	fs.StringVar(&spec.Name, "name", "", "the template's name (default: generated)")
+	fs.StringVar(&spec.Image, "image", "", "an image of Ember's store, booted with the agent (needs --ready agent)")
 	fs.StringVar(&spec.Kernel, "kernel", "", "guest kernel or tiny guest (absolute path)")
 	fs.StringVar(&spec.Initrd, "initrd", "", "initrd (absolute path)")
 	fs.StringVar(&spec.BootArgs, "boot-args", "", "kernel command line (default: Ember's)")

@@ -398,7 +398,7 @@ func TestTemplateDriveCopyOnWrite(t *testing.T) {
 func TestBadRequests(t *testing.T) {
 	testkvm.Need(t)
 	state := t.TempDir()
-	d := startDaemon(t, state)
+	d := startDaemon(t, state, "--image-home", t.TempDir())
 	cleanupVMs(t, state, &d)
 	ctx := ctxT(t)
 	good := tinyTemplate(t, "tiny")
@@ -445,6 +445,14 @@ func TestBadRequests(t *testing.T) {
 			_, err := d.c.BuildTemplate(ctx, mod(func(s *sandbox.TemplateSpec) { s.Start = []string{"x"} }))
 			return err
 		}, 400, "start: a start command needs the agent"},
+		{"unknown image", func() error {
+			_, err := d.c.BuildTemplate(ctx, mod(func(s *sandbox.TemplateSpec) { s.Image, s.Ready.Kind = "nope:latest", "" }))
+			return err
+		}, 400, "image: "},
+		{"image with rootfs", func() error {
+			_, err := d.c.BuildTemplate(ctx, mod(func(s *sandbox.TemplateSpec) { s.Image, s.Rootfs = "x", s.Kernel }))
+			return err
+		}, 400, "image: an image brings its own initrd and drives"},
 		{"template exists", func() error { _, err := d.c.BuildTemplate(ctx, good); return err }, 409, `template "tiny" exists`},
 		{"no template field", func() error { _, err := d.c.Create(ctx, sandbox.SandboxSpec{}); return err }, 400, "template: missing"},
 		{"unknown template", func() error { _, err := d.c.Create(ctx, sandbox.SandboxSpec{Template: "nope"}); return err }, 404, `template "nope": no such template`},

@@ -3,7 +3,7 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--level LEVEL]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR] [--level LEVEL]
 //
 // SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
 // next emberd on the same state folder adopts them.
@@ -46,6 +46,7 @@ func run(args []string) int {
 	tcp := fs.String("tcp", "", "also serve the API on this TCP address (needs --token)")
 	token := fs.String("token", "", "bearer token required on the TCP address")
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
+	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -69,7 +70,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return exitUsage
 	}
-	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, Log: log})
+	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return 1
