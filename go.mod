@@ -7,6 +7,7 @@ require (
 	github.com/klauspost/compress v1.20.5
 	github.com/pierrec/lz4/v4 v4.1.33
 	github.com/u-root/u-root v0.16.0
+	go.etcd.io/bbolt v1.5.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.47.0

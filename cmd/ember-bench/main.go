@@ -44,6 +44,10 @@
 //	    with P at a time, Ember and QEMU's microvm; ends with NAME VALUE
 //	    UNIT lines (launch_rate_per_s, restore_rate_per_s, the qemu_
 //	    figures and the ratios).
+//	ember-bench sandbox-rate [--creates N] [--parallel P]
+//	    creates through emberd (its binary beside ember-bench) of the tiny
+//	    sandbox guest, P at a time, on this host; ends with NAME VALUE
+//	    UNIT lines (emberd_restore_rate_per_s, emberd_create_p50_ms, ...).
 package main
 
 import (
@@ -70,7 +74,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch|sandbox-rate [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -97,6 +101,8 @@ func main() {
 		err = densityBench(os.Args[2:])
 	case "launch":
 		err = launchBench(os.Args[2:])
+	case "sandbox-rate":
+		err = sandboxRateBench(os.Args[2:])
 	case bench.LeaderSubcommand:
 		bench.RunLeader()
 	default:
@@ -424,6 +430,25 @@ func launchBench(args []string) error {
 		return err
 	}
 	fmt.Printf("== rates over %d launches each\n", *launches)
+	r.Lines(os.Stdout)
+	return nil
+}
+
+func sandboxRateBench(args []string) error {
+	fs := flag.NewFlagSet("sandbox-rate", flag.ExitOnError)
+	creates := fs.Int("creates", 200, "sandboxes to create")
+	parallel := fs.Int("parallel", 2*runtime.NumCPU(), "creates at a time")
+	fs.Parse(args)
+	if *creates < 1 || *parallel < 1 {
+		return fmt.Errorf("--creates and --parallel must be at least 1")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Println("== sandbox creates through emberd with the tiny guest on this host (ready: its boot-timer write)")
+	r, err := bench.SandboxRate(ctx, sibling("emberd"), sibling("ember"), *creates, *parallel, os.Stdout)
+	if err != nil {
+		return err
+	}
 	r.Lines(os.Stdout)
 	return nil
 }

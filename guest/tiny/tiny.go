@@ -261,3 +261,60 @@ func elfImage(code []byte) []byte {
 	b.Write(note.Bytes())
 	return b.Bytes()
 }
+
+// Sandbox guest: the smallest guest a sandbox daemon can template and
+// restore. At boot it prints SandboxBootLine and signals the boot timer
+// (the template is ready), then polls the first 8 bytes of the VM
+// generation ID (x86.VMGenIDAddr, 0xef000, which every snapshot load
+// rewrites before the guest runs again: vmm/vmgenid.go). While the ID is
+// unchanged it spins with PAUSE: that is only between the template's boot
+// and its snapshot. A restored clone sees a new ID at its first
+// instruction, signals the boot timer again (the clone is ready), prints
+// SandboxReadyLine and halts with interrupts off, costing the host no CPU
+// until it is killed.
+const (
+	// SandboxVMGenIDAddr is where the guest reads the generation ID
+	// (x86.VMGenIDAddr; the platform does not import x86).
+	SandboxVMGenIDAddr = 0xef000
+	// SandboxBootLine and SandboxReadyLine are its console lines.
+	SandboxBootLine  = "boot\n"
+	SandboxReadyLine = "ready\n"
+)
+
+// print appends code that writes s to COM1 a byte at a time.
+func printCode(c []byte, s string) []byte {
+	c = append(c, 0x66, 0xba, COM1DataPort&0xff, COM1DataPort>>8) // mov dx, 0x3f8
+	for _, ch := range []byte(s) {
+		c = append(c, 0xb0, ch, 0xee) // mov al, ch; out dx, al
+	}
+	return c
+}
+
+// sandboxCode is the Sandbox guest (see SandboxBootLine).
+func sandboxCode() []byte {
+	timer := []byte{0xc6, 0x05, 0x00, 0x00, 0x00, 0xc0, BootTimerMagic} // mov byte [0xC0000000], 123
+	c := printCode(nil, SandboxBootLine)
+	c = append(c, timer...)
+	c = append(c,
+		0xa1, 0x00, 0xf0, 0x0e, 0x00, // mov eax, [0xef000]
+		0x8b, 0x1d, 0x04, 0xf0, 0x0e, 0x00, // mov ebx, [0xef004]
+		// loop:
+		0x3b, 0x05, 0x00, 0xf0, 0x0e, 0x00, // cmp eax, [0xef000]
+		0x75, 0x0c, // jne changed
+		0x3b, 0x1d, 0x04, 0xf0, 0x0e, 0x00, // cmp ebx, [0xef004]
+		0x75, 0x04, // jne changed
+		0xf3, 0x90, // pause
+		0xeb, 0xec, // jmp loop
+		// changed:
+	)
+	c = append(c, timer...)
+	c = printCode(c, SandboxReadyLine)
+	return append(c,
+		0xfa,       // cli
+		0xf4,       // hlt
+		0xeb, 0xfd, // jmp back to hlt
+	)
+}
+
+// Sandbox returns the sandbox guest (see SandboxBootLine).
+func Sandbox() []byte { return elfImage(sandboxCode()) }

@@ -89,6 +89,9 @@ type Options struct {
 	Init string
 	// Debug makes ember-init say each step on the console.
 	Debug bool
+	// Agent makes ember-init serve the sandbox agent (initconfig.ModeAgent)
+	// instead of running the image's command: a sandbox template.
+	Agent bool
 }
 
 // VM is what ember boots for an image.
@@ -153,7 +156,10 @@ func Prepare(ctx context.Context, store *image.Store, o Options) (*VM, error) {
 	if o.WorkingDir != "" {
 		cfg.WorkingDir = o.WorkingDir
 	}
-	if len(cfg.Args) == 0 {
+	if o.Agent {
+		cfg.Mode = initconfig.ModeAgent
+	}
+	if len(cfg.Args) == 0 && !o.Agent {
 		return nil, fmt.Errorf("image %s has no Entrypoint or Cmd: give the command to run", o.Ref)
 	}
 	vm := &VM{}

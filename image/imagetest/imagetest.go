@@ -35,8 +35,10 @@ type Entry struct {
 }
 
 // Dir, File, Symlink and Hardlink make the common entries.
-func Dir(name string) Entry        { return Entry{Name: name, Type: tar.TypeDir, Mode: 0o755} }
-func File(name, body string) Entry { return Entry{Name: name, Type: tar.TypeReg, Body: body, Mode: 0o644} }
+func Dir(name string) Entry { return Entry{Name: name, Type: tar.TypeDir, Mode: 0o755} }
+func File(name, body string) Entry {
+	return Entry{Name: name, Type: tar.TypeReg, Body: body, Mode: 0o644}
+}
 func Symlink(name, target string) Entry {
 	return Entry{Name: name, Type: tar.TypeSymlink, Link: target, Mode: 0o777}
 }

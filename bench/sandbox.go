@@ -1,0 +1,132 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/client"
+)
+
+// SandboxRateResult is the emberd restore-rate figures.
+type SandboxRateResult struct {
+	Creates, Parallel int
+	// RatePerS is creates per second through emberd, from the first
+	// request until the last sandbox was running (ready: the tiny guest's
+	// boot-timer write after its restore).
+	RatePerS float64
+	// CreateP50MS and CreateP99MS are the creates' latencies.
+	CreateP50MS, CreateP99MS float64
+	// RestoreP50MS is the median of emberd's restore phase.
+	RestoreP50MS float64
+}
+
+// Lines prints the figures as NAME VALUE UNIT.
+func (r SandboxRateResult) Lines(w io.Writer) {
+	Line(w, "emberd_restore_rate_per_s", r.RatePerS, "1/s")
+	Line(w, "emberd_create_p50_ms", r.CreateP50MS, "ms")
+	Line(w, "emberd_create_p99_ms", r.CreateP99MS, "ms")
+	Line(w, "emberd_restore_phase_p50_ms", r.RestoreP50MS, "ms")
+}
+
+// SandboxRate starts emberd (with ember) on a fresh state folder, builds
+// a template from the tiny sandbox guest (readiness: its boot-timer write)
+// and creates sandboxes through emberd's API, parallel at a time, then
+// kills them all and stops emberd.
+func SandboxRate(ctx context.Context, emberd, ember string, creates, parallel int, progress io.Writer) (r SandboxRateResult, err error) {
+	r.Creates, r.Parallel = creates, parallel
+	dir, err := os.MkdirTemp("", "ember-bench-emberd-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	kernel := filepath.Join(dir, "sandbox.elf")
+	if err := os.WriteFile(kernel, tiny.Sandbox(), 0o644); err != nil {
+		return r, err
+	}
+	sock := filepath.Join(dir, "emberd.sock")
+	cmd := exec.CommandContext(ctx, emberd, "--state-dir", filepath.Join(dir, "state"), "--socket", sock, "--ember", ember, "--level", "warn")
+	cmd.Stderr = progress
+	if err := cmd.Start(); err != nil {
+		return r, err
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	c := client.New(sock)
+	defer c.Close()
+	for i := 0; ; i++ {
+		if _, err := c.Templates(ctx); err == nil {
+			break
+		} else if i == 1000 {
+			return r, fmt.Errorf("emberd did not answer: %w", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := c.BuildTemplate(ctx, sandbox.TemplateSpec{Name: "tiny", Kernel: kernel, MemoryMiB: 16, Ready: sandbox.ReadyCheck{Kind: sandbox.ReadyBootTimer}}); err != nil {
+		return r, err
+	}
+	var (
+		mu        sync.Mutex
+		ids       []string
+		latencies []float64
+		restores  []float64
+		firstErr  error
+	)
+	defer func() {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, parallel)
+		for _, id := range ids {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				c.Kill(context.Background(), id)
+			})
+		}
+		wg.Wait()
+	}()
+	next := make(chan struct{}, creates)
+	for range creates {
+		next <- struct{}{}
+	}
+	close(next)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range parallel {
+		wg.Go(func() {
+			for range next {
+				s := time.Now()
+				sb, err := c.Create(ctx, sandbox.SandboxSpec{Template: "tiny"})
+				mu.Lock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					continue
+				}
+				ids = append(ids, sb.ID)
+				latencies = append(latencies, ms(time.Since(s)))
+				restores = append(restores, sb.Timings.RestoreMS)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(t0)
+	if firstErr != nil {
+		return r, firstErr
+	}
+	r.RatePerS = float64(creates) / elapsed.Seconds()
+	r.CreateP50MS, r.CreateP99MS = percentile(latencies, 50), percentile(latencies, 99)
+	r.RestoreP50MS = Median(restores)
+	fmt.Fprintf(progress, "%d creates through emberd, %d at a time: %.2f s, %.1f/s; create p50 %.1f ms, p99 %.1f ms\n",
+		creates, parallel, elapsed.Seconds(), r.RatePerS, r.CreateP50MS, r.CreateP99MS)
+	return r, nil
+}

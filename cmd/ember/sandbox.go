@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/client"
+)
+
+// emberd's address for the sandbox and template commands.
+const (
+	// defaultEmberdSocket is emberd's default --socket.
+	defaultEmberdSocket = "/run/emberd.sock"
+	// envEmberdSocket overrides it; envEmberdTCP and envEmberdToken select
+	// emberd's TCP address instead.
+	envEmberdSocket = "EMBERD_SOCKET"
+	envEmberdTCP    = "EMBERD_TCP"
+	envEmberdToken  = "EMBERD_TOKEN"
+)
+
+// kvFlag is a repeatable NAME=VALUE flag.
+type kvFlag map[string]string
+
+func (f kvFlag) String() string { return "" }
+func (f kvFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q: want NAME=VALUE", s)
+	}
+	f[k] = v
+	return nil
+}
+
+// emberdFlags registers --socket and returns a function making the client.
+func emberdFlags(fs *flag.FlagSet) func() *client.Client {
+	def := os.Getenv(envEmberdSocket)
+	if def == "" {
+		def = defaultEmberdSocket
+	}
+	sock := fs.String("socket", def, "emberd's API socket (or $"+envEmberdTCP+" and $"+envEmberdToken+" for its TCP address)")
+	return func() *client.Client {
+		if addr := os.Getenv(envEmberdTCP); addr != "" {
+			return client.NewTCP(addr, os.Getenv(envEmberdToken))
+		}
+		return client.New(*sock)
+	}
+}
+
+// parseSub parses a subcommand's flags; ok false means return code.
+func parseSub(fs *flag.FlagSet, args []string, usage string) (int, bool) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Printf("usage: %s\n", usage)
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
+			return exitOK, false
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", fs.Name(), err)
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+func fail(cmd string, err error) int {
+	fmt.Fprintf(os.Stderr, "%s: %v\n", cmd, err)
+	return exitFailure
+}
+
+// runSandboxCmd is `ember sandbox ...`.
+func runSandboxCmd(args []string) int {
+	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec ..."
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage:", usage)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "create":
+		return sandboxCreate(ctx, args[1:])
+	case "ls", "list":
+		return sandboxList(ctx, args[1:])
+	case "kill", "rm":
+		return sandboxEach(ctx, "ember sandbox kill", args[1:], func(c *client.Client, id string) error {
+			sb, err := c.Kill(ctx, id)
+			if err == nil && sb.Exit != nil {
+				fmt.Printf("%s %s\n", id, sb.Exit.Reason)
+			}
+			return err
+		})
+	case "pause":
+		return sandboxEach(ctx, "ember sandbox pause", args[1:], func(c *client.Client, id string) error {
+			_, err := c.Pause(ctx, id)
+			return err
+		})
+	case "resume":
+		return sandboxEach(ctx, "ember sandbox resume", args[1:], func(c *client.Client, id string) error {
+			_, err := c.Resume(ctx, id)
+			return err
+		})
+	case "logs":
+		return sandboxLogs(ctx, args[1:])
+	case "exec":
+		return sandboxExec(ctx, args[1:])
+	}
+	fmt.Fprintf(os.Stderr, "ember sandbox: unknown command %q; usage: %s\n", args[0], usage)
+	return exitUsage
+}
+
+func sandboxCreate(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox create", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	timeout := fs.Duration("timeout", 0, "end the sandbox after this long running (0: never)")
+	env, meta := kvFlag{}, kvFlag{}
+	fs.Var(env, "env", "NAME=VALUE added to every exec's environment (repeatable)")
+	fs.Var(meta, "meta", "NAME=VALUE metadata (repeatable)")
+	asJSON := fs.Bool("json", false, "print the sandbox as JSON")
+	if code, ok := parseSub(fs, args, "ember sandbox create [flags] TEMPLATE"); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "ember sandbox create: want one argument, the template")
+		return exitUsage
+	}
+	if *timeout < 0 || (*timeout > 0 && *timeout < time.Second) {
+		fmt.Fprintf(os.Stderr, "ember sandbox create: --timeout %v: want 0 or at least 1s\n", *timeout)
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	sb, err := c.Create(ctx, sandbox.SandboxSpec{Template: fs.Arg(0), TimeoutS: int(timeout.Seconds()), Env: env, Metadata: meta})
+	if err != nil {
+		return fail("ember sandbox create", err)
+	}
+	if *asJSON {
+		return printJSON(sb)
+	}
+	fmt.Println(sb.ID)
+	fmt.Fprintf(os.Stderr, "restore %.1f ms, ready %.1f ms, total %.1f ms\n", sb.Timings.RestoreMS, sb.Timings.AgentReadyMS, sb.Timings.TotalMS)
+	return exitOK
+}
+
+func printJSON(v any) int {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fail("ember", err)
+	}
+	return exitOK
+}
+
+func sandboxList(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox ls", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	asJSON := fs.Bool("json", false, "print the sandboxes as JSON")
+	if code, ok := parseSub(fs, args, "ember sandbox ls [--json]"); !ok {
+		return code
+	}
+	c := mk()
+	defer c.Close()
+	sbs, err := c.Sandboxes(ctx)
+	if err != nil {
+		return fail("ember sandbox ls", err)
+	}
+	if *asJSON {
+		return printJSON(sbs)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTEMPLATE\tSTATE\tPID\tCREATED\tEXIT")
+	for _, sb := range sbs {
+		exit := ""
+		if sb.Exit != nil {
+			exit = sb.Exit.Reason
+			if sb.Exit.Message != "" {
+				exit += ": " + sb.Exit.Message
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", sb.ID, sb.Template, sb.State, sb.PID, sb.CreatedAt.Local().Format(time.DateTime), exit)
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// sandboxEach runs fn for each ID argument.
+func sandboxEach(ctx context.Context, name string, args []string, fn func(*client.Client, string) error) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	if code, ok := parseSub(fs, args, name+" ID..."); !ok {
+		return code
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintf(os.Stderr, "%s: want one or more sandbox IDs\n", name)
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	code := exitOK
+	for _, id := range fs.Args() {
+		if err := fn(c, id); err != nil {
+			code = fail(name, err)
+		}
+	}
+	return code
+}
+
+func sandboxLogs(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox logs", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	vmmLog := fs.Bool("vmm", false, "ember's log instead of the guest console")
+	if code, ok := parseSub(fs, args, "ember sandbox logs [--vmm] ID"); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "ember sandbox logs: want one argument, the sandbox ID")
+		return exitUsage
+	}
+	source := sandbox.LogConsole
+	if *vmmLog {
+		source = sandbox.LogVMM
+	}
+	c := mk()
+	defer c.Close()
+	if err := c.Logs(ctx, fs.Arg(0), source, os.Stdout); err != nil {
+		return fail("ember sandbox logs", err)
+	}
+	return exitOK
+}
+
+func sandboxExec(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox exec", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	env := kvFlag{}
+	fs.Var(env, "env", "NAME=VALUE (repeatable)")
+	cwd := fs.String("cwd", "", "working directory in the guest")
+	user := fs.String("user", "", "user in the guest")
+	stdin := fs.Bool("i", false, "send this command's standard input to the process")
+	if code, ok := parseSub(fs, args, "ember sandbox exec [flags] ID -- CMD [ARGS...]"); !ok {
+		return code
+	}
+	if fs.NArg() < 2 {
+		fmt.Fprintln(os.Stderr, "ember sandbox exec: want the sandbox ID and a command")
+		return exitUsage
+	}
+	req := sandbox.ExecRequest{Args: fs.Args()[1:], Env: env, Cwd: *cwd, User: *user}
+	if *stdin {
+		data, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			return fail("ember sandbox exec", err)
+		}
+		req.Stdin = data
+		if req.Stdin == nil {
+			req.Stdin = []byte{}
+		}
+	}
+	c := mk()
+	defer c.Close()
+	st, err := c.Exec(ctx, fs.Arg(0), req, os.Stdout, os.Stderr)
+	if err != nil {
+		return fail("ember sandbox exec", err)
+	}
+	return st.Code
+}
+
+// runTemplateCmd is `ember template ...`.
+func runTemplateCmd(args []string) int {
+	const usage = "ember template build|ls|rm ..."
+	if len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "usage:", usage)
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "build":
+		return templateBuild(ctx, args[1:])
+	case "ls", "list":
+		fs := flag.NewFlagSet("ember template ls", flag.ContinueOnError)
+		mk := emberdFlags(fs)
+		asJSON := fs.Bool("json", false, "print the templates as JSON")
+		if code, ok := parseSub(fs, args[1:], "ember template ls [--json]"); !ok {
+			return code
+		}
+		c := mk()
+		defer c.Close()
+		ts, err := c.Templates(ctx)
+		if err != nil {
+			return fail("ember template ls", err)
+		}
+		if *asJSON {
+			return printJSON(ts)
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tVCPUS\tMEMORY_MIB\tREADY\tBUILD_MS")
+		for _, t := range ts {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.1f\n", t.ID, t.State, t.Spec.VCPUs, t.Spec.MemoryMiB, t.Spec.Ready.Kind, t.BuildMS)
+		}
+		tw.Flush()
+		return exitOK
+	case "rm":
+		return sandboxEach(ctx, "ember template rm", args[1:], func(c *client.Client, id string) error {
+			return c.DeleteTemplate(ctx, id)
+		})
+	}
+	fmt.Fprintf(os.Stderr, "ember template: unknown command %q; usage: %s\n", args[0], usage)
+	return exitUsage
+}
+
+func templateBuild(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember template build", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	var spec sandbox.TemplateSpec
+	fs.StringVar(&spec.Name, "name", "", "the template's name (default: generated)")
+	fs.StringVar(&spec.Image, "image", "", "an image of Ember's store, booted with the agent (needs --ready agent)")
+	fs.StringVar(&spec.Kernel, "kernel", "", "guest kernel or tiny guest (absolute path)")
+	fs.StringVar(&spec.Initrd, "initrd", "", "initrd (absolute path)")
+	fs.StringVar(&spec.BootArgs, "boot-args", "", "kernel command line (default: Ember's)")
+	fs.StringVar(&spec.Rootfs, "rootfs", "", "raw root filesystem, the read-only base of every sandbox's overlay")
+	fs.IntVar(&spec.VCPUs, "vcpus", 1, "vCPUs")
+	fs.IntVar(&spec.MemoryMiB, "mem-mib", sandbox.DefaultMemoryMiB, "memory in MiB")
+	ready := fs.String("ready", sandbox.ReadyAgent, "readiness: agent, boot-timer, or console:TEXT[:RESTORED_TEXT]")
+	timeout := fs.Duration("ready-timeout", 0, "bound of the readiness wait (default emberd's)")
+	var start []string
+	fs.Var(listFlag{&start}, "start", "start command, one argument per flag (needs --ready agent)")
+	asJSON := fs.Bool("json", false, "print the template as JSON")
+	if code, ok := parseSub(fs, args, "ember template build --kernel PATH [flags]"); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ember template build: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	kind, rest, _ := strings.Cut(*ready, ":")
+	spec.Ready.Kind = kind
+	if kind == sandbox.ReadyConsole {
+		spec.Ready.Console, spec.Ready.RestoredConsole, _ = strings.Cut(rest, ":")
+	}
+	spec.Ready.TimeoutMS = int(timeout.Milliseconds())
+	spec.Start = start
+	c := mk()
+	defer c.Close()
+	fmt.Fprintln(os.Stderr, "building: boot, wait until ready, snapshot...")
+	t, err := c.BuildTemplate(ctx, spec)
+	if err != nil {
+		return fail("ember template build", err)
+	}
+	if *asJSON {
+		return printJSON(t)
+	}
+	fmt.Println(t.ID)
+	fmt.Fprintf(os.Stderr, "built in %.1f ms\n", t.BuildMS)
+	return exitOK
+}

@@ -1,0 +1,143 @@
+// Command emberd is Ember's host daemon for sandboxes: templates
+// (pre-warmed snapshots) and sandboxes restored from them, behind a REST
+// API on a unix socket (package sandbox/api; the manager is package
+// sandbox). Flags and wiring only.
+//
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR] [--level LEVEL]
+//
+// SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
+// next emberd on the same state folder adopts them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/api"
+)
+
+// Defaults.
+const (
+	defaultStateDir = "/var/lib/ember/emberd"
+	defaultSocket   = "/run/emberd.sock"
+	// shutdownWait bounds how long requests in flight may take at exit.
+	shutdownWait = 5 * time.Second
+	exitUsage    = 2
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("emberd", flag.ContinueOnError)
+	stateDir := fs.String("state-dir", defaultStateDir, "folder of the state database, templates and sandboxes")
+	socket := fs.String("socket", defaultSocket, "unix socket of the API")
+	tcp := fs.String("tcp", "", "also serve the API on this TCP address (needs --token)")
+	token := fs.String("token", "", "bearer token required on the TCP address")
+	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
+	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
+	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "emberd: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	if *tcp != "" && *token == "" {
+		fmt.Fprintln(os.Stderr, "emberd: --tcp needs --token: the TCP address is open to the network")
+		return exitUsage
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "emberd: --level %q: want debug, info, warn or error\n", *level)
+		return exitUsage
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	emberPath, err := findEmber(*ember)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+		return exitUsage
+	}
+	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+		return 1
+	}
+	defer m.Close()
+
+	os.Remove(*socket) // a socket left by a killed emberd; the database lock keeps two apart
+	ul, err := net.Listen("unix", *socket)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+		return 1
+	}
+	defer os.Remove(*socket)
+	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log})}}
+	listeners := []net.Listener{ul}
+	if *tcp != "" {
+		tl, err := net.Listen("tcp", *tcp)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "emberd: --tcp: %v\n", err)
+			return 1
+		}
+		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token})})
+		listeners = append(listeners, tl)
+	}
+	errc := make(chan error, len(servers))
+	for i, s := range servers {
+		go func() { errc <- s.Serve(listeners[i]) }()
+	}
+	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "state", *stateDir, "ember", emberPath)
+
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case sig := <-sigc:
+		log.Info("stopping; the sandboxes go on running", "signal", sig)
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serving", "err", err)
+			return 1
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(ctx)
+	}
+	return 0
+}
+
+// findEmber returns the ember binary: flag, else beside this executable,
+// else on PATH.
+func findEmber(flagValue string) (string, error) {
+	if flagValue != "" {
+		if _, err := os.Stat(flagValue); err != nil {
+			return "", fmt.Errorf("--ember: %w", err)
+		}
+		return filepath.Abs(flagValue)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "ember")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("ember")
+	if err != nil {
+		return "", errors.New("no ember binary beside emberd or on PATH: give --ember")
+	}
+	return filepath.Abs(p)
+}

@@ -1,0 +1,282 @@
+// Package client is a typed Go client of emberd's REST API (package
+// sandbox/api), over its unix socket or over TCP with a token.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/api"
+)
+
+const (
+	// unixBase is the URL of requests over the unix socket (the host is
+	// not used).
+	unixBase = "http://emberd"
+	// maxErrorBody bounds how much of an error answer is read.
+	maxErrorBody = 64 << 10
+	// maxEventLine bounds one exec event line (base64 of the agent's
+	// largest output frame and then some).
+	maxEventLine = 16 << 20
+)
+
+// Client talks to one emberd.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// APIError is an error answer of emberd.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("emberd: %d %s: %s", e.Status, http.StatusText(e.Status), e.Message)
+}
+
+// StatusOf returns the HTTP status of an API error, or 0.
+func StatusOf(err error) int {
+	var e *APIError
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
+}
+
+// New returns a client of the emberd serving on the unix socket path.
+func New(path string) *Client {
+	var d net.Dialer
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{base: unixBase, http: &http.Client{Transport: tr}}
+}
+
+// NewTCP returns a client of the emberd at addr (host:port) with token.
+func NewTCP(addr, token string) *Client {
+	return &Client{base: "http://" + addr, token: token, http: &http.Client{}}
+}
+
+// Close closes idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// request sends a request; body is JSON-encoded unless it is an
+// io.Reader.
+func (c *Client) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var r io.Reader
+	ctype := ""
+	switch b := body.(type) {
+	case nil:
+	case io.Reader:
+		r, ctype = b, "application/octet-stream"
+	default:
+		data, err := json.Marshal(b)
+		if err != nil {
+			return nil, err
+		}
+		r, ctype = bytes.NewReader(data), "application/json"
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
+	if err != nil {
+		return nil, err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		e := &APIError{Status: resp.StatusCode}
+		var eb api.ErrorBody
+		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
+			e.Message = eb.Error
+		} else {
+			e.Message = strings.TrimSpace(string(data))
+		}
+		return nil, e
+	}
+	return resp, nil
+}
+
+// do sends a request and decodes the answer into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.request(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func idPath(prefix, id string, rest ...string) string {
+	return prefix + "/" + url.PathEscape(id) + strings.Join(rest, "")
+}
+
+// BuildTemplate is POST /templates.
+func (c *Client) BuildTemplate(ctx context.Context, spec sandbox.TemplateSpec) (sandbox.Template, error) {
+	var t sandbox.Template
+	err := c.do(ctx, http.MethodPost, "/templates", spec, &t)
+	return t, err
+}
+
+// Templates is GET /templates.
+func (c *Client) Templates(ctx context.Context) ([]sandbox.Template, error) {
+	var ts []sandbox.Template
+	err := c.do(ctx, http.MethodGet, "/templates", nil, &ts)
+	return ts, err
+}
+
+// Template is GET /templates/{id}.
+func (c *Client) Template(ctx context.Context, id string) (sandbox.Template, error) {
+	var t sandbox.Template
+	err := c.do(ctx, http.MethodGet, idPath("/templates", id), nil, &t)
+	return t, err
+}
+
+// DeleteTemplate is DELETE /templates/{id}.
+func (c *Client) DeleteTemplate(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, idPath("/templates", id), nil, nil)
+}
+
+// Create is POST /sandboxes.
+func (c *Client) Create(ctx context.Context, spec sandbox.SandboxSpec) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodPost, "/sandboxes", spec, &sb)
+	return sb, err
+}
+
+// Sandboxes is GET /sandboxes.
+func (c *Client) Sandboxes(ctx context.Context) ([]sandbox.Sandbox, error) {
+	var sbs []sandbox.Sandbox
+	err := c.do(ctx, http.MethodGet, "/sandboxes", nil, &sbs)
+	return sbs, err
+}
+
+// Sandbox is GET /sandboxes/{id}.
+func (c *Client) Sandbox(ctx context.Context, id string) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id), nil, &sb)
+	return sb, err
+}
+
+// Kill is DELETE /sandboxes/{id}: the killed sandbox, or (zero, nil) when
+// an ended sandbox was forgotten.
+func (c *Client) Kill(ctx context.Context, id string) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodDelete, idPath("/sandboxes", id), nil, &sb)
+	return sb, err
+}
+
+// Pause is POST /sandboxes/{id}/pause.
+func (c *Client) Pause(ctx context.Context, id string) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodPost, idPath("/sandboxes", id, "/pause"), nil, &sb)
+	return sb, err
+}
+
+// Resume is POST /sandboxes/{id}/resume.
+func (c *Client) Resume(ctx context.Context, id string) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodPost, idPath("/sandboxes", id, "/resume"), nil, &sb)
+	return sb, err
+}
+
+// Logs is GET /sandboxes/{id}/logs: source "console" (default) or "vmm".
+func (c *Client) Logs(ctx context.Context, id, source string, w io.Writer) error {
+	p := idPath("/sandboxes", id, "/logs")
+	if source != "" {
+		p += "?source=" + url.QueryEscape(source)
+	}
+	resp, err := c.request(ctx, http.MethodGet, p, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// Exec is POST /sandboxes/{id}/exec: the output is written to stdout and
+// stderr as it comes; the result is the process's exit status.
+func (c *Client) Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (api.ExitStatus, error) {
+	resp, err := c.request(ctx, http.MethodPost, idPath("/sandboxes", id, "/exec"), req)
+	if err != nil {
+		return api.ExitStatus{}, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxEventLine)
+	for sc.Scan() {
+		var ev api.ExecEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return api.ExitStatus{}, fmt.Errorf("exec: a bad event line: %w", err)
+		}
+		if len(ev.Stdout) > 0 {
+			if _, err := stdout.Write(ev.Stdout); err != nil {
+				return api.ExitStatus{}, err
+			}
+		}
+		if len(ev.Stderr) > 0 {
+			if _, err := stderr.Write(ev.Stderr); err != nil {
+				return api.ExitStatus{}, err
+			}
+		}
+		if ev.Error != "" {
+			var st api.ExitStatus
+			if ev.Exit != nil {
+				st = *ev.Exit
+			}
+			return st, fmt.Errorf("exec: %s", ev.Error)
+		}
+		if ev.Exit != nil {
+			return *ev.Exit, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return api.ExitStatus{}, fmt.Errorf("exec: %w", err)
+	}
+	return api.ExitStatus{}, errors.New("exec: the answer ended before the process's exit")
+}
+
+// Upload is PUT /sandboxes/{id}/files?path=PATH.
+func (c *Client) Upload(ctx context.Context, id, path string, r io.Reader) error {
+	return c.do(ctx, http.MethodPut, idPath("/sandboxes", id, "/files?path="+url.QueryEscape(path)), r, nil)
+}
+
+// Download is GET /sandboxes/{id}/files?path=PATH, written to w.
+func (c *Client) Download(ctx context.Context, id, path string, w io.Writer) error {
+	resp, err := c.request(ctx, http.MethodGet, idPath("/sandboxes", id, "/files?path="+url.QueryEscape(path)), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}

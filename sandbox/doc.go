@@ -1,0 +1,58 @@
+// Package sandbox is emberd's manager of templates and sandboxes: microVMs
+// restored from a pre-warmed snapshot (issue 11).
+//
+// A template is a booted guest, waited on until it is ready, paused and
+// snapshotted (Full) into the template's folder. A sandbox is an `ember`
+// process that loads that snapshot: the template's memory file is mapped
+// copy-on-write by every clone (never copied), each drive of the template
+// gets a fresh copy-on-write overlay in the sandbox's own folder
+// (`ember_drive_overrides`), and the vsock socket is the sandbox's own.
+// The answer to a create carries per-phase timings: restore (until the
+// snapshot load answered), agent_ready (until the readiness check passed)
+// and network (none yet: a sandbox has no network in this slice).
+//
+// # Processes
+//
+// The manager drives VMs only through Ember's API client (api/client) and
+// the ember binary, and guests only through agent/client; it never links
+// the VMM. Each VM is its own ember process, started in its own session
+// with its console and log in files of its folder, so it outlives emberd:
+// a `kill -9` of emberd leaves every VM running. The database records each
+// VM's pid, the pid's start time (/proc/PID/stat field 22, so a reused pid
+// is not mistaken for it), its API socket and its folder; a restarted
+// manager adopts every VM whose pid is alive with that start time and
+// whose socket answers, and marks the others ended. While the manager that
+// started a VM runs, the VM is its child and its exit status is known;
+// an adopted VM is watched through a pidfd, which tells its end but not
+// its status.
+//
+// # Exit reasons
+//
+// Every end of a sandbox has one reason ([Exit]): "killed" (by the user),
+// "timeout" (its deadline passed; the deadline is stored, so it survives a
+// restart of emberd, and a pause keeps the time left), "guest_panic" (the
+// console shows "Kernel panic"), "exit" (the guest reset or powered off:
+// ember exited 0, the workload's end) and "vmm_crash" (ember ended on its
+// own with another status, which is given when known).
+//
+// # Readiness
+//
+// Pluggable per template: "agent" (ember-agent answers on vsock, through
+// agent/client; after a restore the restore transaction runs: clock,
+// entropy, generation, metadata), "boot-timer" (the guest's write to the
+// boot-timer device, which ember logs as "Guest-boot-time") or "console"
+// (a string on the guest's console). The tiny guests that run natively on
+// hosts without a Linux-capable /dev/kvm use the last two
+// (guest/tiny.Sandbox writes the boot timer at boot and after each
+// restore).
+//
+// # State
+//
+// The state is a bbolt database (go.etcd.io/bbolt) in the state folder:
+// pure Go (no cgo, so emberd stays static like ember), one file, ACID
+// transactions with fsync on commit (a `kill -9` or a crash never leaves a
+// half-written record), and concurrent creates share one commit through
+// bbolt's Batch. SQLite in pure Go (modernc.org/sqlite) would cost about
+// 10 MB of binary and a query language for what is a few key-value tables
+// of JSON records.
+package sandbox
