@@ -38,8 +38,10 @@ type Config struct {
 	// TapName is the tap's name inside each namespace unless Setup asks
 	// for another. Default "tap0".
 	TapName string
-	// TapOwner and TapGroup, when not zero, let that uid or gid open the
-	// tap without CAP_NET_ADMIN (an ember dropped to a jail's uid).
+	// TapOwner and TapGroup let that uid or gid open the tap without
+	// CAP_NET_ADMIN (an ember dropped to a jail's uid). Zero is root's:
+	// netlink sets both on every tap (TUNSETOWNER/TUNSETGROUP), and the
+	// kernel takes no "nobody" there.
 	TapOwner, TapGroup uint32
 	// PoolSize is how many prepared namespaces (with tap and veth) the
 	// manager keeps ready. Default 0: every Setup makes a fresh one.

@@ -155,6 +155,9 @@ func (m *Manager) checkRoutes() error {
 		ones, _ := r.Dst.Mask.Size()
 		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
 		p := netip.PrefixFrom(a, ones)
+		if ones == 0 {
+			continue // a default route overlaps everything
+		}
 		for name, c := range map[string]netip.Prefix{"bridge": m.cfg.BridgeCIDR, "guest": m.cfg.GuestCIDR} {
 			if p.Overlaps(c) {
 				return fmt.Errorf("network: %s CIDR %v overlaps the host's route to %v", name, c, p)

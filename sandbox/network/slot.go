@@ -95,12 +95,6 @@ func (m *Manager) newSlot() (*slot, error) {
 		}
 		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: s.tap}, Mode: netlink.TUNTAP_MODE_TAP,
 			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR, Owner: m.cfg.TapOwner, Group: m.cfg.TapGroup}
-		if m.cfg.TapOwner == 0 {
-			tap.Owner = ^uint32(0) // no owner: only CAP_NET_ADMIN opens it
-		}
-		if m.cfg.TapGroup == 0 {
-			tap.Group = ^uint32(0)
-		}
 		if err := netlink.LinkAdd(tap); err != nil {
 			return fmt.Errorf("tap %s: %w", s.tap, err)
 		}
