@@ -29,6 +29,7 @@ import (
 	"unsafe"
 
 	"github.com/embervm/ember/sandbox/network/ipam"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -250,7 +251,7 @@ func newGuest(t testing.TB, att *Attachment) (g *guest, stop func()) {
 	t.Helper()
 	g = &guest{att: att}
 	var gtap *os.File
-	g.ns = testNetns(t, att.Netns+"-guest", func() error {
+	g.ns = testNetns(t, att.Netns+"-g"+randHex(4), func() error {
 		lo, _ := netlink.LinkByName("lo")
 		netlink.LinkSetUp(lo)
 		f, err := openTap("eth0")
@@ -402,4 +403,10 @@ func leftovers(t testing.TB, m *Manager) []string {
 func netnsExists(name string) bool {
 	_, err := os.Stat(filepath.Join(netnsDir, name))
 	return err == nil
+}
+
+func mustConn(t testing.TB) *nftables.Conn {
+	c, err := conn()
+	must(t, err)
+	return c
 }

@@ -36,6 +36,9 @@ type Manager struct {
 	filling bool
 	fillWG  sync.WaitGroup
 	closed  bool
+	// noRefill stops Setup from topping the pool up (tests that watch
+	// one namespace go round).
+	noRefill bool
 
 	// nftMu serialises the nftables transactions that read, then write.
 	nftMu sync.Mutex
@@ -122,6 +125,14 @@ func (m *Manager) Init(ctx context.Context) error {
 		return fmt.Errorf("network: %s exists and is a %s, not a bridge", m.bridge, br.Type())
 	}
 	m.bridgeIndex = br.Attrs().Index
+	// A bridge whose address was never set takes the lowest of its ports'
+	// (br_stp_recalculate_bridge_id in net/bridge/br_stp_if.c), so
+	// removing a sandbox's veth could change it under every other
+	// namespace's neighbour entry for the gateway. Setting it, even to
+	// the value it has, pins it (addr_assign_type NET_ADDR_SET).
+	if err := netlink.LinkSetHardwareAddr(br, br.Attrs().HardwareAddr); err != nil {
+		return fmt.Errorf("network: pin bridge %s address: %w", m.bridge, err)
+	}
 	want := netip.PrefixFrom(m.bridgeAddr(), m.cfg.BridgeCIDR.Bits())
 	if err := netlink.AddrReplace(br, &netlink.Addr{IPNet: ipNet(want)}); err != nil {
 		return fmt.Errorf("network: bridge %s address %v: %w", m.bridge, want, err)
@@ -177,6 +188,12 @@ type SetupSpec struct {
 // Setup gives sandbox spec.ID a namespace (from the pool when one is ready),
 // an address block, and its egress policy. On error nothing is left behind.
 func (m *Manager) Setup(ctx context.Context, spec SetupSpec) (*Attachment, error) {
+	return m.setup(ctx, spec, true, nil)
+}
+
+// setup is Setup with the namespace's source: the pool if usePool, else
+// given if not nil, else a fresh one.
+func (m *Manager) setup(ctx context.Context, spec SetupSpec, usePool bool, given *slot) (*Attachment, error) {
 	start := time.Now()
 	if err := validID(spec.ID); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
@@ -203,8 +220,8 @@ func (m *Manager) Setup(ctx context.Context, spec SetupSpec) (*Attachment, error
 	}
 	// Reserve the ID while the slow part runs.
 	m.active[spec.ID] = nil
-	var s *slot
-	if n := len(m.pool); n > 0 {
+	s := given
+	if n := len(m.pool); usePool && n > 0 {
 		s, m.pool = m.pool[n-1], m.pool[:n-1]
 	}
 	m.mu.Unlock()
@@ -335,7 +352,10 @@ func (m *Manager) Teardown(ctx context.Context, id string) error {
 		errs = append(errs, fmt.Errorf("host route to %v: %w", sb.addr.block, err))
 	}
 	m.forgetConntrack(sb.addr.guest)
-	if m.reset(sb.slot) {
+	m.mu.Lock()
+	room := !m.closed && len(m.pool) < m.cfg.PoolSize
+	m.mu.Unlock()
+	if room && m.reset(sb.slot) {
 		m.putBack(sb.slot)
 	} else if err := m.destroy(sb.slot); err != nil {
 		errs = append(errs, err)
@@ -411,7 +431,7 @@ func (m *Manager) FillPool(ctx context.Context) error {
 func (m *Manager) refill() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.filling || m.closed || len(m.pool) >= m.cfg.PoolSize {
+	if m.filling || m.closed || m.noRefill || len(m.pool) >= m.cfg.PoolSize {
 		return
 	}
 	m.filling = true

@@ -123,7 +123,7 @@ func TestBadInput(t *testing.T) {
 
 type failStore struct{ MemStore }
 
-func (failStore) Put(Lease) error { return errors.New("disk full") }
+func (*failStore) Put(Lease) error { return errors.New("disk full") }
 
 func TestStoreFailureAllocatesNothing(t *testing.T) {
 	a, _ := New(netip.MustParsePrefix("10.9.0.0/24"), 30, &failStore{})

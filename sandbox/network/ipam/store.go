@@ -155,3 +155,6 @@ func (s *FileStore) write(m map[string]Lease) error {
 	}
 	return nil
 }
+
+// Path is the store's file.
+func (s *FileStore) Path() string { return s.path }
