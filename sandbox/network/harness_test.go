@@ -127,7 +127,9 @@ func newInternet(t testing.TB, tag string) *internet {
 		httpA:   8080,
 		httpB:   9090,
 		echo:    7070,
-		linkLoc: netip.MustParseAddr("169.254.169.254"),
+		// Not the metadata address itself: the host's own route to it,
+		// if it has one, stays untouched.
+		linkLoc: netip.AddrFrom4([4]byte{169, 254, byte(1 + randByte()%150), byte(1 + randByte()%250)}),
 	}
 	b := in.addr.As4()
 	in.hostIP = netip.AddrFrom4([4]byte{b[0], b[1], b[2], b[3] - 1})
@@ -144,8 +146,8 @@ func newInternet(t testing.TB, tag string) *internet {
 	host, _ := netlink.LinkByName(hostEnd)
 	must(t, netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(in.hostIP, 30))}))
 	must(t, netlink.LinkSetUp(host))
-	// The host routes the metadata address here, as a cloud host would
-	// reach its metadata service: sandboxes must not.
+	// The host routes a link-local address here, as a cloud host
+	// reaches its metadata service: sandboxes must not.
 	must(t, netlink.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.PrefixFrom(in.linkLoc, 32)), Gw: in.addr.AsSlice()}))
 	must(t, inNetns(in.ns, func() error {
 		l, err := netlink.LinkByName("eth0")
@@ -164,6 +166,8 @@ func newInternet(t testing.TB, tag string) *internet {
 		}
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: in.hostIP.AsSlice()})
 	}))
+	// A DNS stand-in: a TCP listener on port 53.
+	go echoServe(listenIn(t, in.ns, "0.0.0.0:53"))
 	for _, port := range []int{in.httpA, in.httpB} {
 		ln := listenIn(t, in.ns, fmt.Sprintf("0.0.0.0:%d", port))
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

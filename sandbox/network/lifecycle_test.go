@@ -273,3 +273,61 @@ func TestMeasureSetup(t *testing.T) {
 		t.Errorf("left after measuring: %v", l)
 	}
 }
+
+// TestConcurrentSetup sets up and tears down sandboxes from several
+// goroutines while the pool refills: distinct addresses and namespaces, and
+// nothing left but the pool.
+func TestConcurrentSetup(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	cfg := testConfig(t)
+	cfg.PoolSize = 2
+	m := newTestManager(t, cfg)
+	must(t, m.FillPool(ctx))
+	const n = 8
+	atts := make([]*Attachment, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			var err error
+			atts[i], err = m.Setup(ctx, SetupSpec{ID: fmt.Sprintf("c%d", i), Policy: Policy{Mode: AllowAll}})
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		must(t, <-errs)
+	}
+	addrs, nss := map[netip.Addr]bool{}, map[string]bool{}
+	for _, a := range atts {
+		if addrs[a.Guest.Address.Addr()] || nss[a.Netns] {
+			t.Fatalf("%s shares an address or namespace: %+v", a.ID, a)
+		}
+		addrs[a.Guest.Address.Addr()], nss[a.Netns] = true, true
+	}
+	for i := 0; i < n; i++ {
+		go func(i int) { errs <- m.Teardown(ctx, atts[i].ID) }(i)
+	}
+	for i := 0; i < n; i++ {
+		must(t, <-errs)
+	}
+	m.fillWG.Wait()
+	var extra []string
+	for _, l := range leftovers(t, m) {
+		if !strings.HasPrefix(l, "netns ") && !strings.HasPrefix(l, "link ") {
+			extra = append(extra, l)
+		}
+	}
+	if len(extra) > 0 {
+		t.Errorf("left after concurrent teardown: %v", extra)
+	}
+	entries, _ := os.ReadDir(netnsDir)
+	count := 0
+	for _, e := range entries {
+		if _, ok := m.keyFromNetns(e.Name()); ok {
+			count++
+		}
+	}
+	if count != m.PoolLen() || count != cfg.PoolSize {
+		t.Errorf("%d namespaces on the host, %d in the pool, want %d", count, m.PoolLen(), cfg.PoolSize)
+	}
+}

@@ -140,6 +140,11 @@ func (m *Manager) Init(ctx context.Context) error {
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("network: bridge %s up: %w", m.bridge, err)
 	}
+	// The bridge carries IPv4 only (guests get no IPv6 route); without
+	// IPv6 it sends no router solicitations into the namespaces.
+	if err := writeSysctl("net/ipv6/conf/"+m.bridge+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("network: %w", err)
+	}
 	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
@@ -262,11 +267,12 @@ func (m *Manager) setup(ctx context.Context, spec SetupSpec, usePool bool, given
 		m.alloc.Release(spec.ID)
 		return fail(fmt.Errorf("network: sandbox %s: %w", spec.ID, err))
 	}
+	sb := &sandbox{id: spec.ID, slot: s, addr: a}
 	m.mu.Lock()
-	m.active[spec.ID] = &sandbox{id: spec.ID, slot: s, addr: a}
+	m.active[spec.ID] = sb
 	m.mu.Unlock()
 	m.refill()
-	att := m.attachment(m.active[spec.ID])
+	att := m.attachment(sb)
 	att.Pooled = pooled
 	att.Took = time.Since(start)
 	return att, nil
@@ -338,10 +344,16 @@ func (m *Manager) Counters(ctx context.Context, id string) (Counters, error) {
 // the pool has room and the tap is closed) or is removed. Call it after the
 // VMM in the namespace has exited.
 func (m *Manager) Teardown(ctx context.Context, id string) error {
-	sb, err := m.get(id)
-	if err != nil {
-		return err
+	m.mu.Lock()
+	sb := m.active[id]
+	if sb == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("%w %q", ErrUnknown, id)
 	}
+	// From here the sandbox is gone for every other call; whatever the
+	// steps below fail to remove, the next Sweep does.
+	delete(m.active, id)
+	m.mu.Unlock()
 	var errs []error
 	m.nftMu.Lock()
 	if err := m.nft.removeSandbox(id, sb.addr.guest); err != nil {
@@ -363,9 +375,6 @@ func (m *Manager) Teardown(ctx context.Context, id string) error {
 	if err := m.alloc.Release(id); err != nil {
 		errs = append(errs, err)
 	}
-	m.mu.Lock()
-	delete(m.active, id)
-	m.mu.Unlock()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("network: teardown of %s: %w", id, err)
 	}
@@ -521,7 +530,12 @@ func (m *Manager) Sweep(ctx context.Context, known []string) (SweepReport, error
 			vethOf[k] = l.Attrs().Alias
 		}
 	}
-	adopted := make(map[string]bool)
+	m.nftMu.Lock()
+	withRules, err := m.nft.sandboxIDs()
+	m.nftMu.Unlock()
+	if err != nil {
+		return rep, fmt.Errorf("network: %w", err)
+	}
 	for _, id := range known {
 		if sb, _ := m.get(id); sb != nil {
 			continue
@@ -534,7 +548,9 @@ func (m *Manager) Sweep(ctx context.Context, known []string) (SweepReport, error
 		}
 		block, leased := m.alloc.Lookup(id)
 		_, nsErr := os.Stat(filepath.Join(netnsDir, m.cfg.Prefix+"-"+key))
-		if key == "" || !leased || nsErr != nil {
+		// A sandbox whose Setup a crash cut short has no rules yet:
+		// it is missing, and its half-made namespace goes below.
+		if key == "" || !leased || nsErr != nil || !withRules[id] {
 			rep.Missing = append(rep.Missing, id)
 			continue
 		}
@@ -546,7 +562,6 @@ func (m *Manager) Sweep(ctx context.Context, known []string) (SweepReport, error
 		m.active[id] = &sandbox{id: id, slot: s, addr: m.addressing(block)}
 		m.mu.Unlock()
 		ours[key] = true
-		adopted[id] = true
 		rep.Adopted = append(rep.Adopted, id)
 	}
 	// Missing sandboxes keep their lease only if they are still known;

@@ -17,8 +17,9 @@ func TestDatapath(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
 	cfg := testConfig(t)
-	m := newTestManager(t, cfg)
 	in := newInternet(t, cfg.Prefix[1:])
+	cfg.DNS = []netip.Addr{in.addr} // the guests' resolver is the server's address, port 53
+	m := newTestManager(t, cfg)
 	srvA := fmt.Sprintf("%s:%d", in.addr, in.httpA)
 	srvB := fmt.Sprintf("%s:%d", in.addr, in.httpB)
 
@@ -48,8 +49,9 @@ func TestDatapath(t *testing.T) {
 	if !strings.Contains(body, in.hostIP.String()) {
 		t.Errorf("server saw %q, want the host's NAT address %v", body, in.hostIP)
 	}
-	// deny-all cannot.
+	// deny-all cannot, not even DNS.
 	gb.cannotReach(t, srvA, "the internet server under deny-all")
+	gb.cannotReach(t, fmt.Sprintf("%s:53", in.addr), "DNS under deny-all")
 
 	// Allowlist: only the allowed port.
 	must(t, m.SetPolicy(ctx, "sb-b", Policy{Mode: Allowlist, Allow: []Rule{
@@ -58,6 +60,11 @@ func TestDatapath(t *testing.T) {
 		t.Errorf("allowlist: allowed port: %v", err)
 	}
 	gb.cannotReach(t, srvA, "a port the allowlist does not name")
+	if c, err := gb.dial(fmt.Sprintf("%s:53", in.addr), 2e9); err != nil {
+		t.Errorf("allowlist: the DNS server it was given: %v", err)
+	} else {
+		c.Close()
+	}
 
 	// A policy change while connected takes effect on the open
 	// connection, and undoing it lets the connection go on.
