@@ -123,10 +123,10 @@ func newInternet(t testing.TB, tag string) *internet {
 	t.Helper()
 	r := randByte() % 64 * 4
 	in := &internet{
-		addr:    netip.MustParseAddr(fmt.Sprintf("198.18.%d.%d", randByte()%200, r+2)),
-		httpA:   8080,
-		httpB:   9090,
-		echo:    7070,
+		addr:  netip.MustParseAddr(fmt.Sprintf("198.18.%d.%d", randByte()%200, r+2)),
+		httpA: 8080,
+		httpB: 9090,
+		echo:  7070,
 		// Not the metadata address itself: the host's own route to it,
 		// if it has one, stays untouched.
 		linkLoc: netip.AddrFrom4([4]byte{169, 254, byte(1 + randByte()%150), byte(1 + randByte()%250)}),
