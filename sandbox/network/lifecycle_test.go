@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/embervm/ember/sandbox/network/ipam"
 	"github.com/vishvananda/netlink"
@@ -241,7 +242,7 @@ func BenchmarkSetup(b *testing.B) {
 	for _, pooled := range []bool{false, true} {
 		name := map[bool]string{false: "fresh", true: "pooled"}[pooled]
 		b.Run(name, func(b *testing.B) {
-			var total float64
+			var total, down float64
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				if pooled {
@@ -252,10 +253,13 @@ func BenchmarkSetup(b *testing.B) {
 				b.StopTimer()
 				must(b, err)
 				total += float64(att.Took.Microseconds()) / 1000
+				t0 := time.Now()
 				must(b, m.Teardown(ctx, att.ID))
+				down += float64(time.Since(t0).Microseconds()) / 1000
 				b.StartTimer()
 			}
 			b.ReportMetric(total/float64(b.N), "netns_tap_setup_ms")
+			b.ReportMetric(down/float64(b.N), "teardown_ms")
 		})
 	}
 }

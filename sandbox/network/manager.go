@@ -356,8 +356,11 @@ func (m *Manager) Teardown(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	var errs []error
 	m.nftMu.Lock()
-	if err := m.nft.removeSandbox(id, sb.addr.guest); err != nil {
-		errs = append(errs, err)
+	if err := m.nft.dropSandbox(id, sb.addr.guest); err != nil {
+		// Something else changed the table: look, then remove what is there.
+		if err := m.nft.removeSandbox(id, sb.addr.guest); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	m.nftMu.Unlock()
 	if err := netlink.RouteDel(m.hostRoute(sb.addr)); err != nil && !isNotFound(err) {

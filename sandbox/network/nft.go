@@ -223,6 +223,31 @@ func (n *nft) policyRules(c *nftables.Conn, out *nftables.Chain, id string, p Po
 	}
 }
 
+// dropSandbox deletes the map entries, chains and counters addSandbox made,
+// in one transaction, without looking first (Teardown's fast path).
+func (n *nft) dropSandbox(id string, guest netip.Addr) error {
+	c, err := conn()
+	if err != nil {
+		return err
+	}
+	key := guest.AsSlice()
+	for _, s := range []*nftables.Set{n.egress, n.ingress} {
+		if err := c.SetDeleteElements(s, []nftables.SetElement{{Key: key}}); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+	}
+	for _, name := range []string{outPrefix + id, inPrefix + id} {
+		ch := &nftables.Chain{Table: n.table, Name: name}
+		c.FlushChain(ch)
+		c.DelChain(ch)
+		c.DeleteObject(&nftables.CounterObj{Table: n.table, Name: name})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: remove sandbox %s: %w", id, err)
+	}
+	return nil
+}
+
 // removeSandbox deletes the sandbox's map entries, chains and counters in one
 // transaction. What is already gone is skipped.
 func (n *nft) removeSandbox(id string, guest netip.Addr) error {

@@ -315,27 +315,10 @@ func (m *Manager) destroy(s *slot) error {
 			errs = append(errs, fmt.Errorf("delete veth %s: %w", s.hostVeth, err))
 		}
 	}
-	if _, err := os.Stat(filepath.Join(netnsDir, s.netns)); err == nil {
-		// The tap goes with the namespace, but only once nothing holds
-		// the namespace; delete it now so that it is gone at once.
-		err := inNamedNetns(s.netns, func() error {
-			links, err := netlink.LinkList()
-			if err != nil {
-				return err
-			}
-			for _, l := range links {
-				if l.Attrs().Name != "lo" {
-					if err := netlink.LinkDel(l); err != nil {
-						return fmt.Errorf("delete %s: %w", l.Attrs().Name, err)
-					}
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("netns %s: %w", s.netns, err))
-		}
-	}
+	// The tap (and veth0, if the host end was already gone) go with the
+	// namespace once nothing holds it: the kernel's cleanup_net, after
+	// the unmount below. Deleting them one by one here would cost an RCU
+	// grace period each.
 	if err := deleteNamedNetns(s.netns); err != nil {
 		errs = append(errs, err)
 	}
