@@ -227,9 +227,13 @@ type tunFlagsReq struct {
 	_     [22]byte
 }
 
-// openTap opens tap name in the calling thread's namespace as a VMM would
-// (without the vnet header: the pump copies bare frames).
-func openTap(name string) (*os.File, error) {
+// vnetHdrLen is the size of struct virtio_net_hdr, the tap's default vnet
+// header (linux/virtio_net.h; ember makes it 12 bytes with TUNSETVNETHDRSZ).
+const vnetHdrLen = 10
+
+// openTap opens tap name in the calling thread's namespace, with the vnet
+// header (as ember opens a sandbox's tap) or without (the guest's side).
+func openTap(name string, vnetHdr bool) (*os.File, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -237,6 +241,9 @@ func openTap(name string) (*os.File, error) {
 	var req tunFlagsReq
 	copy(req.name[:], name)
 	req.flags = unix.IFF_TAP | unix.IFF_NO_PI
+	if vnetHdr {
+		req.flags |= unix.IFF_VNET_HDR
+	}
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&req))); e != 0 {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TUNSETIFF %s: %w", name, e)
@@ -258,7 +265,7 @@ func newGuest(t testing.TB, att *Attachment) (g *guest, stop func()) {
 	g.ns = testNetns(t, att.Netns+"-g"+randHex(4), func() error {
 		lo, _ := netlink.LinkByName("lo")
 		netlink.LinkSetUp(lo)
-		f, err := openTap("eth0")
+		f, err := openTap("eth0", false)
 		if err != nil {
 			return err
 		}
@@ -277,24 +284,30 @@ func newGuest(t testing.TB, att *Attachment) (g *guest, stop func()) {
 	})
 	var stap *os.File
 	must(t, inNamedNetns(att.Netns, func() (err error) {
-		stap, err = openTap(att.Tap)
+		stap, err = openTap(att.Tap, true)
 		return err
 	}))
+	// The pump is the VM's virtio-net device: frames from the sandbox's
+	// tap lose their vnet header (no offloads were negotiated, so it is
+	// all zeros) and frames to it get one.
 	var wg sync.WaitGroup
-	pump := func(dst, src *os.File) {
+	pump := func(dst, src *os.File, strip, add int) {
 		defer wg.Done()
-		buf := make([]byte, 65536)
+		buf := make([]byte, 65536+vnetHdrLen)
 		for {
-			n, err := src.Read(buf)
+			n, err := src.Read(buf[add:])
 			if err != nil {
 				return
 			}
-			dst.Write(buf[:n])
+			if n < strip {
+				continue
+			}
+			dst.Write(buf[strip : add+n])
 		}
 	}
 	wg.Add(2)
-	go pump(stap, gtap)
-	go pump(gtap, stap)
+	go pump(stap, gtap, 0, vnetHdrLen)
+	go pump(gtap, stap, vnetHdrLen, 0)
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {

@@ -459,6 +459,30 @@ func (m *Manager) refill() {
 	}()
 }
 
+// Stats is what the manager holds, for admission control and metrics.
+type Stats struct {
+	Sandboxes     int // sandboxes with a network (one tap each)
+	Pooled        int // namespaces ready in the pool
+	PoolSize      int // the pool's target
+	Addresses     int // guest address blocks in the range
+	AddressesFree int
+}
+
+// Stats returns the manager's counts.
+func (m *Manager) Stats() Stats {
+	m.mu.Lock()
+	st := Stats{Pooled: len(m.pool), PoolSize: m.cfg.PoolSize}
+	for _, sb := range m.active {
+		if sb != nil {
+			st.Sandboxes++
+		}
+	}
+	m.mu.Unlock()
+	st.Addresses = m.alloc.Size()
+	st.AddressesFree = st.Addresses - len(m.alloc.Leases())
+	return st
+}
+
 // PoolLen is the number of namespaces ready in the pool.
 func (m *Manager) PoolLen() int {
 	m.mu.Lock()

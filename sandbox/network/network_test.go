@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -36,6 +37,14 @@ func TestDatapath(t *testing.T) {
 	}
 	if b.Tap != "vmtap" || !netnsExists(a.Netns) || a.Guest.DNS[0] != cfg.DNS[0] {
 		t.Fatalf("attachment %+v", b)
+	}
+	// iproute2 sees the namespace as its own: `ip netns exec` (how emberd
+	// can start ember in it) finds the tap there.
+	if ip, err := exec.LookPath("ip"); err == nil {
+		out, err := exec.Command(ip, "netns", "exec", b.Netns, "ip", "-o", "link", "show", b.Tap).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), b.Tap) {
+			t.Errorf("ip netns exec %s ip link show %s: %v: %s", b.Netns, b.Tap, err, out)
+		}
 	}
 	ga, _ := newGuest(t, a)
 	gb, _ := newGuest(t, b)
@@ -110,6 +119,10 @@ func TestDatapath(t *testing.T) {
 	// And the guest still reaches the internet.
 	if _, err := ga.get(srvA); err != nil {
 		t.Errorf("allow-all after the isolation checks: %v", err)
+	}
+
+	if st := m.Stats(); st.Sandboxes != 2 || st.AddressesFree != st.Addresses-2 {
+		t.Errorf("stats %+v, want 2 sandboxes and 2 addresses leased", st)
 	}
 
 	// Counters.
