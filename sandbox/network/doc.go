@@ -16,6 +16,11 @@
 //	c, err := m.Counters(ctx, id)            // bytes in and out
 //	err = m.Teardown(ctx, id)                // after ember has exited
 //
+// Init turns on IPv4 forwarding on the host (net.ipv4.ip_forward) and
+// leaves the host's routes and other nftables tables alone; it refuses
+// ranges the host already routes. A host firewall whose forward policy is
+// drop (another table's base chain) has to let the bridge through.
+//
 // # Addressing
 //
 // The host bridge PREFIXbr0 has the first address of BridgeCIDR (default

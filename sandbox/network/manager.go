@@ -137,6 +137,20 @@ func (m *Manager) Init(ctx context.Context) error {
 	if err := netlink.AddrReplace(br, &netlink.Addr{IPNet: ipNet(want)}); err != nil {
 		return fmt.Errorf("network: bridge %s address %v: %w", m.bridge, want, err)
 	}
+	// An address of an earlier configuration goes.
+	addrs, err := netlink.AddrList(br, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("network: bridge %s addresses: %w", m.bridge, err)
+	}
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP.To4())
+		ones, _ := a.Mask.Size()
+		if netip.PrefixFrom(ip, ones) != want {
+			if err := netlink.AddrDel(br, &a); err != nil {
+				return fmt.Errorf("network: bridge %s: remove old address %v: %w", m.bridge, a.IPNet, err)
+			}
+		}
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("network: bridge %s up: %w", m.bridge, err)
 	}
