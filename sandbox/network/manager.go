@@ -42,6 +42,10 @@ type Manager struct {
 
 	// nftMu serialises the nftables transactions that read, then write.
 	nftMu sync.Mutex
+	// opMu: Setup, Teardown and pool filling hold it shared, Sweep
+	// exclusively, so that Sweep never sees a namespace in flight
+	// (taken from the pool or being made) as nobody's.
+	opMu sync.RWMutex
 }
 
 type sandbox struct {
@@ -214,6 +218,8 @@ func (m *Manager) Setup(ctx context.Context, spec SetupSpec) (*Attachment, error
 // given if not nil, else a fresh one.
 func (m *Manager) setup(ctx context.Context, spec SetupSpec, usePool bool, given *slot) (*Attachment, error) {
 	start := time.Now()
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
 	if err := validID(spec.ID); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
@@ -358,6 +364,8 @@ func (m *Manager) Counters(ctx context.Context, id string) (Counters, error) {
 // the pool has room and the tap is closed) or is removed. Call it after the
 // VMM in the namespace has exited.
 func (m *Manager) Teardown(ctx context.Context, id string) error {
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
 	m.mu.Lock()
 	sb := m.active[id]
 	if sb == nil {
@@ -445,12 +453,21 @@ func (m *Manager) FillPool(ctx context.Context) error {
 		if full {
 			return nil
 		}
-		s, err := m.newSlot()
-		if err != nil {
-			return fmt.Errorf("network: fill pool: %w", err)
+		if err := m.fillOne(); err != nil {
+			return err
 		}
-		m.putBack(s)
 	}
+}
+
+func (m *Manager) fillOne() error {
+	m.opMu.RLock()
+	defer m.opMu.RUnlock()
+	s, err := m.newSlot()
+	if err != nil {
+		return fmt.Errorf("network: fill pool: %w", err)
+	}
+	m.putBack(s)
+	return nil
 }
 
 // refill tops the pool up in the background after Setup took from it.
@@ -538,6 +555,7 @@ type SweepReport struct {
 // known sandboxes it does not hold yet (found by the ID their host veth is
 // tagged with), so that they keep running untouched. emberd calls it at
 // start-up, after Init, with the sandboxes its database says are running.
+// It waits for Setups and Teardowns in flight, and they for it.
 func (m *Manager) Sweep(ctx context.Context, known []string) (SweepReport, error) {
 	var rep SweepReport
 	keep := make(map[string]bool, len(known))
@@ -547,6 +565,8 @@ func (m *Manager) Sweep(ctx context.Context, known []string) (SweepReport, error
 	if m.bridgeIndex == 0 {
 		return rep, errors.New("network: Sweep before Init")
 	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
 	m.mu.Lock()
 	ours := make(map[string]bool) // slot keys held by sandboxes or the pool
 	for id, sb := range m.active {

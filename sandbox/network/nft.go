@@ -156,6 +156,9 @@ func (n *nft) addSandbox(id string, guest netip.Addr, p Policy) error {
 	}
 	out := c.AddChain(&nftables.Chain{Table: n.table, Name: outPrefix + id})
 	in := c.AddChain(&nftables.Chain{Table: n.table, Name: inPrefix + id})
+	// Empty already unless a crash left them behind for this ID.
+	c.FlushChain(out)
+	c.FlushChain(in)
 	c.AddObj(&nftables.CounterObj{Table: n.table, Name: outPrefix + id})
 	c.AddObj(&nftables.CounterObj{Table: n.table, Name: inPrefix + id})
 	n.policyRules(c, out, id, p)
