@@ -86,6 +86,12 @@ func TestPoolReuse(t *testing.T) {
 	if _, err := g2.get(srv); err != nil {
 		t.Errorf("p2 after allow-all: %v", err)
 	}
+	// Torn down while its tap is still open (a VMM still running): the
+	// namespace is removed, not handed to the next sandbox.
+	must(t, m.Teardown(ctx, "p2"))
+	if m.PoolLen() != 0 || netnsExists(b.Netns) {
+		t.Errorf("a namespace with an open tap went back to the pool (pool %d, exists %v)", m.PoolLen(), netnsExists(b.Netns))
+	}
 }
 
 // TestSweepAfterCrash leaves a manager's sandboxes and pool behind as a
@@ -118,6 +124,13 @@ func TestSweepAfterCrash(t *testing.T) {
 		atts[id] = att
 	}
 	m1.fillWG.Wait()
+	// k4's Setup was cut short by the crash: namespace made and tagged,
+	// lease taken, no rules yet.
+	half, err := m1.newSlot()
+	must(t, err)
+	k4, err := m1.alloc.Allocate("k4")
+	must(t, err)
+	must(t, m1.configure(half, "k4", "tap0", m1.addressing(k4)))
 	g, _ := newGuest(t, atts["k1"])
 	if _, err := g.get(srv); err != nil {
 		t.Fatalf("k1 before the crash: %v", err)
@@ -131,13 +144,16 @@ func TestSweepAfterCrash(t *testing.T) {
 		t.Fatalf("k2's lease was not recovered: %v %v", p, ok)
 	}
 	must(t, m2.Init(ctx))
-	rep, err := m2.Sweep(ctx, []string{"k1", "ghost"})
+	rep, err := m2.Sweep(ctx, []string{"k1", "k4", "ghost"})
 	must(t, err)
-	if strings.Join(rep.Adopted, ",") != "k1" || strings.Join(rep.Missing, ",") != "ghost" {
-		t.Errorf("adopted %v missing %v, want [k1] [ghost]", rep.Adopted, rep.Missing)
+	if strings.Join(rep.Adopted, ",") != "k1" || strings.Join(rep.Missing, ",") != "ghost,k4" {
+		t.Errorf("adopted %v missing %v, want [k1] [ghost k4]", rep.Adopted, rep.Missing)
 	}
-	if len(rep.Namespaces) != 3 || strings.Join(rep.Leases, ",") != "k2,k3" || len(rep.Chains) != 2 {
-		t.Errorf("sweep removed namespaces %v, leases %v, chains %v; want 3 (k2, k3, the pool's), k2,k3, k2,k3", rep.Namespaces, rep.Leases, rep.Chains)
+	if netnsExists(half.netns) {
+		t.Error("the half-made namespace of k4 survived the sweep")
+	}
+	if len(rep.Namespaces) != 4 || strings.Join(rep.Leases, ",") != "k2,k3" || len(rep.Chains) != 2 {
+		t.Errorf("sweep removed namespaces %v, leases %v, chains %v; want 4 (k2, k3, k4's, the pool's), k2,k3, k2,k3", rep.Namespaces, rep.Leases, rep.Chains)
 	}
 	for _, id := range []string{"k2", "k3"} {
 		if netnsExists(atts[id].Netns) {
@@ -161,8 +177,11 @@ func TestSweepAfterCrash(t *testing.T) {
 	g.cannotReach(t, srv, "the server after the adopted sandbox's policy changed")
 
 	// A second sweep with nothing known removes the rest.
-	if _, err := m2.Sweep(ctx, nil); err != nil {
-		t.Fatal(err)
+	// k1 stays (the manager holds it); k4, no longer known, loses its lease.
+	rep, err = m2.Sweep(ctx, nil)
+	must(t, err)
+	if strings.Join(rep.Leases, ",") != "k4" {
+		t.Errorf("sweep released %v, want k4", rep.Leases)
 	}
 	m2.mu.Lock()
 	delete(m2.active, "k1") // Sweep keeps what the manager holds; drop it as a restart would
@@ -170,7 +189,7 @@ func TestSweepAfterCrash(t *testing.T) {
 	rep, err = m2.Sweep(ctx, nil)
 	must(t, err)
 	if strings.Join(rep.Leases, ",") != "k1" {
-		t.Errorf("second sweep released %v, want k1", rep.Leases)
+		t.Errorf("last sweep released %v, want k1", rep.Leases)
 	}
 	if l := leftovers(t, m2); len(l) > 0 {
 		t.Errorf("after sweeping everything: %v", l)
