@@ -50,8 +50,11 @@ const (
 	// job directory.
 	jobParam = "ember_lab_job"
 	// DefaultRetries is how often ember-lab run repeats a command whose lab
-	// VM hung or crashed (RunOptions.Retries).
-	DefaultRetries = 4
+	// VM hung or crashed (RunOptions.Retries). A fault costs about 1.5 min
+	// (a fresh lab, then the tests that had not ended); a full e2e run has
+	// met up to 5, so 6 keeps such a run green and within 15 minutes of a
+	// clean one.
+	DefaultRetries = 6
 	// DefaultTimeout bounds a lab run.
 	DefaultTimeout = 30 * time.Minute
 	// DefaultSilence is how long a running command's lab may print nothing
