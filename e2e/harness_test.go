@@ -41,6 +41,10 @@ const (
 	guestHeartbeat = "5"
 	bootTimeout    = 75 * time.Second
 	bootAttempts   = 4
+	// labHangsBeforeFault: a guest that hung this many times running in
+	// one lab makes the harness report a lab fault, so that ember-lab
+	// carries on in a fresh lab.
+	labHangsBeforeFault = 2
 	// unkillableGrace: how long after SIGKILL an ember process may take to
 	// go before the harness gives up on it.
 	unkillableGrace = time.Minute
@@ -118,6 +122,11 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 		}
 		if attempt == bootAttempts {
 			t.Fatalf("ember %s, %d times\nstdout:\n%s\nstderr:\n%s", what, attempt, tailString(r.stdout), r.stderr)
+		}
+		if hung != "" && attempt >= labHangsBeforeFault {
+			// Hangs in a row: the lab's KVM itself has gone bad (seen: a
+			// test's guest hung 4 times running in one lab); a fresh lab.
+			labFault(t, fmt.Sprintf("ember %s, %d times in a row\nstdout:\n%s\nstderr:\n%s", what, attempt, tailString(r.stdout), r.stderr))
 		}
 		t.Logf("ember %s (a lab fault?); trying again. Last output:\n%s\nstderr:\n%s", what, tailString(r.stdout), r.stderr)
 	}

@@ -31,16 +31,7 @@ const (
 	// collapse and compaction move guest pages and rewrite the nested page
 	// tables, so the lab keeps its guests' memory where it is.
 	//
-	// ember_lab_kvm_amd=vgif=0: the lab's KVM does not use the emulated
-	// CPU's virtual GIF. An experiment, not a settled fix (README, "How
-	// the suite survives the lab's faults"): with it on, a two-vCPU guest
-	// moving data over a tap faulted the lab in 5 of 5 attempts, the way a
-	// host interrupt taken while GIF should still be clear after a
-	// #VMEXIT would (a lab handler on the nested guest's GS base, "stack
-	// guard page was hit"); with it off such runs still faulted, less
-	// often. A later ember_lab_kvm_amd in EMBER_LAB_APPEND replaces it
-	// (labinit.sh takes the last).
-	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 transparent_hugepage=never lpj=" + labLPJ + " ember_lab_kvm_amd=vgif=0"
+	labCmdline = "console=ttyS0 panic=-1 quiet loglevel=1 transparent_hugepage=never lpj=" + labLPJ
 	// labLPJ skips the delay-loop calibration (a guess is fine under TCG).
 	labLPJ = "10000000"
 	// hostRootTag is the 9p tag of the read-only host root.
