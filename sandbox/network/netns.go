@@ -11,11 +11,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// inNetns runs fn on an OS thread switched into the namespace ns, on a
-// goroutine of its own. If the thread cannot be switched back it is left
-// locked, so Go ends it with the goroutine rather than reuse a thread in the
-// wrong namespace.
+// inNetns runs fn on an OS thread switched into the namespace ns.
 func inNetns(ns netns.NsHandle, fn func() error) error {
+	return onSwitchedThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
+		}
+		return nil
+	}, fn)
+}
+
+// onSwitchedThread runs fn on an OS thread of a goroutine of its own, after
+// enter switched that thread into another network namespace, and switches
+// it back. If the thread cannot be switched back it is left locked, so Go
+// ends it with the goroutine rather than reuse a thread in the wrong
+// namespace.
+func onSwitchedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -26,9 +37,9 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
+			errc <- err
 			return
 		}
 		ferr := fn()
@@ -82,36 +93,19 @@ func createNamedNetns(name string, fn func() error) error {
 		return fmt.Errorf("netns %s: %w", name, err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
+	err = onSwitchedThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare netns: %w", err)
-			return
+			return fmt.Errorf("unshare netns: %w", err)
 		}
+		return nil
+	}, func() error {
 		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		ferr := unix.Mount(self, path, "none", unix.MS_BIND, "")
-		if ferr != nil {
-			ferr = fmt.Errorf("bind netns to %s: %w", path, ferr)
-		} else {
-			ferr = fn()
+		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind netns to %s: %w", path, err)
 		}
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("return from netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	if err := <-errc; err != nil {
+		return fn()
+	})
+	if err != nil {
 		unix.Unmount(path, unix.MNT_DETACH)
 		os.Remove(path)
 		return fmt.Errorf("netns %s: %w", name, err)
