@@ -14,6 +14,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -98,16 +99,28 @@ func vsockConnect(port string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("vsock socket: %w", err)
-	}
-	if err := unix.Connect(fd, &unix.SockaddrVM{CID: hostCID, Port: uint32(p)}); err != nil {
+	// A blocking vsock connect that a signal interrupts (the Go runtime's
+	// preemption signal is enough) is cancelled by the kernel, and the
+	// socket cannot connect again: start over on a fresh one.
+	for attempt := 1; ; attempt++ {
+		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("vsock socket: %w", err)
+		}
+		err = unix.Connect(fd, &unix.SockaddrVM{CID: hostCID, Port: uint32(p)})
+		if err == nil {
+			return os.NewFile(uintptr(fd), "vsock"), nil
+		}
 		unix.Close(fd)
-		return nil, fmt.Errorf("vsock connect %d: %w", p, err)
+		if !errors.Is(err, unix.EINTR) || attempt == maxInterrupted {
+			return nil, fmt.Errorf("vsock connect %d: %w", p, err)
+		}
 	}
-	return os.NewFile(uintptr(fd), "vsock"), nil
 }
+
+// maxInterrupted bounds the retries of a call that signals keep
+// interrupting.
+const maxInterrupted = 20
 
 func vsockAccept(port string) (*os.File, error) {
 	p, err := strconv.ParseUint(port, 10, 32)
@@ -126,6 +139,9 @@ func vsockAccept(port string) (*os.File, error) {
 	}
 	fmt.Printf("probe: listening=%d\n", p)
 	nfd, _, err := unix.Accept(fd)
+	for attempt := 1; errors.Is(err, unix.EINTR) && attempt < maxInterrupted; attempt++ {
+		nfd, _, err = unix.Accept(fd)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("vsock accept: %w", err)
 	}
