@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"testing"
@@ -31,6 +32,7 @@ func TestMain(m *testing.M) {
 //
 //	tcp-sink ADDR          for each connection: read to EOF, print count and hash
 //	tcp-source ADDR BYTES  for each connection: send BYTES, print count and hash
+//	http-echo ADDR         HTTP: answer "echo ADDR to CLIENT_ADDR"
 func helper(mode string, args []string) error {
 	if len(args) < 1 {
 		return fmt.Errorf("%s: no address", mode)
@@ -40,6 +42,11 @@ func helper(mode string, args []string) error {
 		return err
 	}
 	fmt.Printf("helper: listening=%s\n", args[0])
+	if mode == "http-echo" {
+		return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "echo %s to %s\n", args[0], r.RemoteAddr)
+		}))
+	}
 	// Serve connection after connection (a retried guest connects again);
 	// the test reads the last report and kills the helper.
 	for {

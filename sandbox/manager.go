@@ -18,6 +18,7 @@ import (
 	agentclient "github.com/embervm/ember/agent/client"
 	"github.com/embervm/ember/api"
 	apiclient "github.com/embervm/ember/api/client"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // Folders and files of the state folder.
@@ -45,6 +46,9 @@ type Config struct {
 	ImageHome string
 	// Log receives the manager's log (default: discarded).
 	Log *slog.Logger
+	// Network, if not nil, turns networking on (package sandbox/network;
+	// its Store and Logger are the manager's).
+	Network *network.Config
 }
 
 // Manager owns the templates and sandboxes of one state folder.
@@ -52,6 +56,7 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 	db  *store
+	net *network.Manager // nil without networking
 
 	mu       sync.Mutex
 	live     map[string]*live
@@ -102,6 +107,12 @@ func Open(cfg Config) (*Manager, error) {
 		db.close()
 		return nil, err
 	}
+	if cfg.Network != nil {
+		if err := m.openNetwork(*cfg.Network); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
@@ -121,6 +132,11 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
+	if m.net != nil {
+		if err := m.net.Close(); err != nil {
+			m.log.Warn("removing the network pool", "err", err)
+		}
+	}
 	return m.db.close()
 }
 
@@ -282,6 +298,9 @@ func (m *Manager) bury(l *live, e Exit, discard bool) {
 	l.sb.RemainingMS = 0
 	sb := l.sb
 	m.mu.Unlock()
+	if sb.Network != nil {
+		m.teardownNetwork(sb.ID)
+	}
 	if discard {
 		os.RemoveAll(sb.Dir)
 		if err := m.db.delete(bucketSandboxes, sb.ID); err != nil {

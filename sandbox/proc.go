@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // Files of a VM's folder.
@@ -48,6 +50,12 @@ type vmProc struct {
 // log) appended to files in dir. It is not tied to this process: it
 // survives the manager's death.
 func startEmber(ember, dir string, args ...string) (*vmProc, error) {
+	return startEmberIn("", ember, dir, args...)
+}
+
+// startEmberIn is startEmber with ember born in the network namespace at
+// netnsPath (none if empty), where its tap is.
+func startEmberIn(netnsPath, ember, dir string, args ...string) (*vmProc, error) {
 	console, err := os.OpenFile(filepath.Join(dir, consoleName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -62,7 +70,11 @@ func startEmber(ember, dir string, args ...string) (*vmProc, error) {
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = console, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if netnsPath != "" {
+		start = func() error { return network.InNamespace(netnsPath, cmd.Start) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", ember, err)
 	}
 	return &vmProc{cmd: cmd, pid: cmd.Process.Pid}, nil

@@ -12,7 +12,9 @@ import (
 
 	agentclient "github.com/embervm/ember/agent/client"
 	"github.com/embervm/ember/agent/proto"
+	"github.com/embervm/ember/api"
 	apiclient "github.com/embervm/ember/api/client"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // Create restores a sandbox from a template and waits until it is ready.
@@ -29,6 +31,14 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 	if t.State != TemplateReady {
 		return Sandbox{}, conflict("template %q is being built", t.ID)
 	}
+	if spec.Network != nil && !t.Spec.Network {
+		return Sandbox{}, invalid("network", "template %q has no network (build it with network: true)", t.ID)
+	}
+	if t.Spec.Network {
+		if err := m.needNetwork(); err != nil {
+			return Sandbox{}, err
+		}
+	}
 	id := newID(sandboxPrefix)
 	dir := filepath.Join(m.cfg.StateDir, sandboxesDir, id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -43,8 +53,26 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 			return Sandbox{}, err
 		}
 	}
-	proc, err := startEmber(m.cfg.Ember, dir, "--id", id)
+	netnsPath := ""
+	if t.Spec.Network {
+		var policy *network.Policy
+		if spec.Network != nil {
+			policy = spec.Network.Policy
+		}
+		att, err := m.setupNetwork(ctx, id, policy)
+		if err != nil {
+			os.RemoveAll(dir)
+			return Sandbox{}, err
+		}
+		sb.Network = recordNetwork(att, policy)
+		sb.Timings.NetworkMS = ms(att.Took)
+		netnsPath = att.NetnsPath
+	}
+	proc, err := startEmberIn(netnsPath, m.cfg.Ember, dir, "--id", id)
 	if err != nil {
+		if sb.Network != nil {
+			m.teardownNetwork(id)
+		}
 		os.RemoveAll(dir)
 		return Sandbox{}, err
 	}
@@ -95,7 +123,11 @@ func (m *Manager) restore(ctx context.Context, l *live, t Template, spec Sandbox
 	}
 	c := apiclient.New(l.sb.Socket)
 	defer c.Close()
-	if err := c.LoadSnapshot(ctx, loadParams(t, dir)); err != nil {
+	load := loadParams(t, dir)
+	if n := l.sb.Network; n != nil {
+		load.NetworkOverrides = []api.NetworkOverride{{IfaceID: guestIface, HostDevName: n.Tap}}
+	}
+	if err := c.LoadSnapshot(ctx, load); err != nil {
 		return fmt.Errorf("loading the template's snapshot: %w", err)
 	}
 	tLoaded := time.Now()
@@ -125,7 +157,8 @@ func (m *Manager) restore(ctx context.Context, l *live, t Template, spec Sandbox
 	}
 	l.agent = ac
 	l.sb.State = StateRunning
-	l.sb.Timings = Timings{RestoreMS: ms(tLoaded.Sub(t0)), AgentReadyMS: ms(now.Sub(tLoaded)), TotalMS: ms(now.Sub(t0))}
+	l.sb.Timings = Timings{RestoreMS: ms(tLoaded.Sub(t0)), AgentReadyMS: ms(now.Sub(tLoaded)), TotalMS: ms(now.Sub(t0)),
+		NetworkMS: l.sb.Timings.NetworkMS}
 	if spec.TimeoutS > 0 {
 		d := now.Add(time.Duration(spec.TimeoutS) * time.Second)
 		l.sb.Deadline = &d
@@ -148,6 +181,9 @@ func (m *Manager) restoreAgent(ctx context.Context, sb Sandbox, spec SandboxSpec
 		return nil, err
 	}
 	req.Metadata = spec.Metadata
+	if n := sb.Network; n != nil {
+		req.Network = &proto.Network{Interface: guestIface, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
+	}
 	if _, err := ac.Restore(ctx, req); err != nil {
 		ac.Close()
 		return nil, fmt.Errorf("restore transaction: %w", err)
@@ -333,11 +369,37 @@ type ExecRequest struct {
 	User string            `json:"user,omitempty"`
 	// Stdin, if set, is the process's whole standard input (then EOF).
 	Stdin []byte `json:"stdin,omitempty"`
+	// Tag names the process for a later attach (default: "exec-" and
+	// random digits); it must be unique among the sandbox's processes.
+	Tag string `json:"tag,omitempty"`
+	// TTY, if set, runs the process on a new terminal of this size (its
+	// output all comes as stdout).
+	TTY *proto.TTYSize `json:"tty,omitempty"`
 }
+
+// ExecStarted is the first thing an exec or attach reports: the process
+// and the output offset its stream starts at.
+type ExecStarted struct {
+	PID  int    `json:"pid"`
+	Tag  string `json:"tag"`
+	From int64  `json:"from"`
+}
+
+// execRetain is how much output emberd leaves unacknowledged in the agent
+// after sending it on: a client that lost its stream (or whose emberd was
+// killed) reattaches from the offset it had, within this window, and loses
+// nothing. The agent's buffer (proto.DefaultOutputBuffer, 1 MiB) holds it.
+const execRetain = 256 << 10
 
 // Exec runs a command in a sandbox through its agent, streaming its
 // output to stdout and stderr, and returns its exit status.
 func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (proto.ExitStatus, error) {
+	return m.ExecWith(ctx, id, req, nil, stdout, stderr)
+}
+
+// ExecWith is Exec that reports the started process to started (if not
+// nil) before any output.
+func (m *Manager) ExecWith(ctx context.Context, id string, req ExecRequest, started func(ExecStarted), stdout, stderr io.Writer) (proto.ExitStatus, error) {
 	if len(req.Args) == 0 || req.Args[0] == "" {
 		return proto.ExitStatus{}, invalid("args", "empty command")
 	}
@@ -353,23 +415,103 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, 
 	for k, v := range req.Env {
 		env[k] = v
 	}
-	start := proto.ExecStart{Args: req.Args, Env: env, Cwd: req.Cwd, User: req.User, Stdin: req.Stdin != nil}
+	tag := req.Tag
+	if tag == "" {
+		tag = newID("exec-")
+	}
+	start := proto.ExecStart{Args: req.Args, Env: env, Cwd: req.Cwd, User: req.User, Tag: tag, TTY: req.TTY,
+		Stdin: req.Stdin != nil && req.TTY == nil}
 	if err := start.Validate(); err != nil {
 		return proto.ExitStatus{}, &Error{Kind: KindInvalid, Msg: err.Error()}
 	}
 	p, err := ac.Start(ctx, start)
 	if err != nil {
+		if proto.CodeOf(err) == proto.CodeExists {
+			return proto.ExitStatus{}, conflict("tag %q: the sandbox has a process of that tag", tag)
+		}
 		return proto.ExitStatus{}, err
 	}
 	if req.Stdin != nil {
-		go func() {
+		go func() { // EOF after it (on a terminal, its EOF character)
 			w := p.Stdin()
 			w.Write(req.Stdin)
 			w.Close()
 		}()
 	}
-	return p.Copy(ctx, stdout, stderr)
+	return m.stream(ctx, id, ac, p, started, stdout, stderr)
 }
+
+// Attach reattaches to a process of a sandbox by its tag: its output is
+// replayed from the offset from (what the client had; 0 for all the agent
+// still holds), then streamed until its exit.
+func (m *Manager) Attach(ctx context.Context, id, tag string, from int64, started func(ExecStarted), stdout, stderr io.Writer) (proto.ExitStatus, error) {
+	ac, err := m.agent(ctx, id)
+	if err != nil {
+		return proto.ExitStatus{}, err
+	}
+	req := proto.ExecAttach{ProcessRef: proto.ProcessRef{Tag: tag}, From: from}
+	if err := req.Validate(); err != nil {
+		return proto.ExitStatus{}, &Error{Kind: KindInvalid, Msg: err.Error()}
+	}
+	p, err := ac.Attach(ctx, req)
+	if err != nil {
+		if proto.IsNotFound(err) {
+			return proto.ExitStatus{}, notFound("sandbox %s has no process tagged %q", id, tag)
+		}
+		return proto.ExitStatus{}, err
+	}
+	return m.stream(ctx, id, ac, p, started, stdout, stderr)
+}
+
+// stream copies p's output to stdout and stderr until its exit,
+// acknowledging to the agent only what lies execRetain behind what was
+// sent; once the exit is passed on, the agent forgets the process.
+func (m *Manager) stream(ctx context.Context, id string, ac *agentclient.Client, p *agentclient.Process, started func(ExecStarted), stdout, stderr io.Writer) (proto.ExitStatus, error) {
+	p.SetManualAck()
+	defer p.Detach()
+	if started != nil {
+		started(ExecStarted{PID: p.PID(), Tag: p.Tag(), From: p.Offset()})
+	}
+	acked := p.Offset()
+	var gaps []proto.Gap
+	for {
+		ev, err := p.Next(ctx)
+		if err != nil {
+			return proto.ExitStatus{}, err
+		}
+		switch ev.Kind {
+		case agentclient.EventOutput:
+			w := stdout
+			if ev.Channel == proto.ChanStderr {
+				w = stderr
+			}
+			if _, err := w.Write(ev.Data); err != nil {
+				return proto.ExitStatus{}, fmt.Errorf("passing the output on: %w", err)
+			}
+			if upTo := p.Offset() - execRetain; upTo >= acked+execRetain/4 {
+				if err := p.Ack(upTo); err != nil {
+					return proto.ExitStatus{}, err
+				}
+				acked = upTo
+			}
+		case agentclient.EventGap:
+			gaps = append(gaps, *ev.Gap)
+		case agentclient.EventExit:
+			if len(gaps) > 0 {
+				return *ev.Exit, fmt.Errorf("output lost before it reached emberd: %v", gaps)
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+			defer cancel()
+			if err := ac.Release(rctx, p.Ref()); err != nil && !proto.IsNotFound(err) {
+				m.log.Warn("forgetting a finished exec in the agent", "sandbox", id, "tag", p.Tag(), "err", err)
+			}
+			return *ev.Exit, nil
+		}
+	}
+}
+
+// releaseTimeout bounds telling the agent to forget a finished process.
+const releaseTimeout = 5 * time.Second
 
 // Upload writes r to path in a sandbox.
 func (m *Manager) Upload(ctx context.Context, id, path string, r io.Reader) (proto.Entry, error) {

@@ -10,11 +10,13 @@ import (
 )
 
 // Buckets of the database: one JSON record per key (the ID), plus a meta
-// bucket for the generation counter.
+// bucket for the generation counter and the network's address leases (by
+// owner: a sandbox or template ID).
 var (
 	bucketTemplates = []byte("templates")
 	bucketSandboxes = []byte("sandboxes")
 	bucketMeta      = []byte("meta")
+	bucketLeases    = []byte("leases")
 	keyGeneration   = []byte("generation")
 )
 
@@ -37,7 +39,7 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("opening the state database %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta} {
+		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta, bucketLeases} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -2,17 +2,20 @@ package sandbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
+	agentclient "github.com/embervm/ember/agent/client"
 	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/api"
 	apiclient "github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/image"
 	"github.com/embervm/ember/image/boot"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // BuildTemplate boots spec's guest, waits until it is ready, pauses it
@@ -21,6 +24,9 @@ import (
 func (m *Manager) BuildTemplate(ctx context.Context, spec TemplateSpec) (Template, error) {
 	if spec.Image != "" && spec.Ready.Kind == "" {
 		spec.Ready.Kind = ReadyAgent
+	}
+	if spec.Image != "" && spec.Kernel == "" {
+		spec.Kernel = m.defaultKernel()
 	}
 	if err := spec.Validate(); err != nil {
 		return Template{}, err
@@ -88,7 +94,19 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 		t.Drives = append(t.Drives, d)
 	}
 	t.Vsock = spec.Ready.Kind == ReadyAgent
-	proc, err := startEmber(m.cfg.Ember, t.Dir, "--id", t.ID, "--boot-timer")
+	var att *network.Attachment
+	netnsPath := ""
+	if spec.Network {
+		if err := m.needNetwork(); err != nil {
+			return err
+		}
+		if att, err = m.setupNetwork(ctx, t.ID, nil); err != nil {
+			return err
+		}
+		defer m.teardownNetwork(t.ID) // after ember's end (deferred below)
+		netnsPath = att.NetnsPath
+	}
+	proc, err := startEmberIn(netnsPath, m.cfg.Ember, t.Dir, "--id", t.ID, "--boot-timer")
 	if err != nil {
 		return err
 	}
@@ -129,6 +147,11 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 			return err
 		}
 	}
+	if att != nil {
+		if err := c.PutNetworkInterface(ctx, templateNIC(att)); err != nil {
+			return err
+		}
+	}
 	vsock := filepath.Join(t.Dir, vsockName)
 	if t.Vsock {
 		if err := c.PutVsock(ctx, api.Vsock{GuestCID: guestCID, UDSPath: vsock}); err != nil {
@@ -146,7 +169,7 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 	case ReadyConsole:
 		err = waitFileContains(rctx, filepath.Join(t.Dir, consoleName), 0, spec.Ready.Console)
 	case ReadyAgent:
-		err = m.templateAgent(rctx, vsock, spec.Start)
+		err = m.templateAgent(rctx, vsock, spec.Start, att)
 	}
 	if err != nil {
 		if !sameProcess(proc.pid, t.PIDStart) {
@@ -168,6 +191,22 @@ func (m *Manager) build(ctx context.Context, t *Template) (err error) {
 	t.BuildMS = ms(time.Since(t0))
 	return m.db.put(bucketTemplates, t.ID, t)
 }
+
+// defaultKernel is the kernel an image template boots when its spec names
+// none, as `ember run --image` chooses: $EMBER_KERNEL, else ember-vmlinux
+// beside the ember binary (where make puts Ember's minimal kernel).
+func (m *Manager) defaultKernel() string {
+	if k := os.Getenv(envKernel); k != "" {
+		return k
+	}
+	return filepath.Join(filepath.Dir(m.cfg.Ember), kernelBinary)
+}
+
+// The default kernel of image templates (see defaultKernel).
+const (
+	envKernel    = "EMBER_KERNEL"
+	kernelBinary = "ember-vmlinux"
+)
 
 // prepareImage makes the initrd and drives of an image template (package
 // image/boot, ember-init in agent mode) in t.Dir.
@@ -195,8 +234,9 @@ func (m *Manager) prepareImage(ctx context.Context, t *Template) error {
 	return nil
 }
 
-// templateAgent waits for the agent and starts the start command.
-func (m *Manager) templateAgent(ctx context.Context, vsock string, start []string) error {
+// templateAgent waits for the agent, addresses the guest's network (att,
+// if not nil) and starts the start command.
+func (m *Manager) templateAgent(ctx context.Context, vsock string, start []string, att *network.Attachment) error {
 	ac, err := dialAgent(ctx, vsock)
 	if err != nil {
 		return err
@@ -204,6 +244,20 @@ func (m *Manager) templateAgent(ctx context.Context, vsock string, start []strin
 	defer ac.Close()
 	if _, err := ac.Health(ctx); err != nil {
 		return err
+	}
+	if att != nil {
+		gen, err := m.db.nextGeneration()
+		if err != nil {
+			return err
+		}
+		req, err := agentclient.NewRestore(gen, rand.Reader)
+		if err != nil {
+			return err
+		}
+		req.Network = guestNetwork(att)
+		if _, err := ac.Restore(ctx, req); err != nil {
+			return fmt.Errorf("addressing the template's network: %w", err)
+		}
 	}
 	if len(start) == 0 {
 		return nil

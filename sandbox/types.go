@@ -97,6 +97,11 @@ type TemplateSpec struct {
 	Start []string `json:"start,omitempty"`
 	// Ready is the readiness check.
 	Ready ReadyCheck `json:"ready"`
+	// Network gives the guest one network interface (eth0; needs emberd's
+	// networking and Ready.Kind "agent", which addresses it): the
+	// template's own while it builds (so a start command has the
+	// network), each sandbox's own after a restore.
+	Network bool `json:"network,omitempty"`
 }
 
 // TemplateDrive is a drive of a template: its overlay over its base.
@@ -140,6 +145,8 @@ type SandboxSpec struct {
 	// Metadata is stored with the sandbox and, with an agent, delivered to
 	// the guest (/run/ember/metadata.json).
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// Network configures the sandbox's network when its template has one.
+	Network *NetworkSpec `json:"network,omitempty"`
 }
 
 // Timings are a create's phases, in milliseconds.
@@ -149,7 +156,8 @@ type Timings struct {
 	// AgentReadyMS: from the load's answer until the readiness check
 	// passed (with an agent: including the restore transaction).
 	AgentReadyMS float64 `json:"agent_ready_ms"`
-	// NetworkMS: the network's setup (none yet).
+	// NetworkMS: the network's setup (namespace, tap, address, policy),
+	// part of RestoreMS.
 	NetworkMS float64 `json:"network_ms"`
 	// TotalMS: from the request until the sandbox was running.
 	TotalMS float64 `json:"total_ms"`
@@ -194,6 +202,8 @@ type Sandbox struct {
 	RemainingMS int64      `json:"remaining_ms,omitempty"`
 	Timings     Timings    `json:"timings"`
 	Exit        *Exit      `json:"exit,omitempty"`
+	// Network is its network, when its template has one.
+	Network *SandboxNetwork `json:"network,omitempty"`
 }
 
 // IDPrefix starts every sandbox ID.

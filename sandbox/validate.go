@@ -65,6 +65,9 @@ func (s *TemplateSpec) Validate() error {
 	if s.Ready.TimeoutMS < 0 {
 		return invalid("ready.timeout_ms", "%d: want 0 (the default, %v) or more", s.Ready.TimeoutMS, DefaultReadyTimeout)
 	}
+	if s.Network && s.Ready.Kind != ReadyAgent {
+		return invalid("network", "a network needs the agent (ready.kind %q), which addresses the guest", ReadyAgent)
+	}
 	if len(s.Start) > 0 {
 		if s.Ready.Kind != ReadyAgent {
 			return invalid("start", "a start command needs the agent (ready.kind %q)", ReadyAgent)
@@ -101,6 +104,11 @@ func (s *SandboxSpec) Validate() error {
 	}
 	if err := checkMap("env", s.Env, true); err != nil {
 		return err
+	}
+	if s.Network != nil && s.Network.Policy != nil {
+		if err := s.Network.Policy.Validate(); err != nil {
+			return invalid("network.policy", "%v", err)
+		}
 	}
 	return checkMap("metadata", s.Metadata, false)
 }

@@ -9,13 +9,18 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/client"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // emberd's address for the sandbox and template commands.
@@ -80,7 +85,7 @@ func fail(cmd string, err error) int {
 
 // runSandboxCmd is `ember sandbox ...`.
 func runSandboxCmd(args []string) int {
-	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec ..."
+	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|policy ..."
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "usage:", usage)
 		return exitUsage
@@ -114,6 +119,12 @@ func runSandboxCmd(args []string) int {
 		return sandboxLogs(ctx, args[1:])
 	case "exec":
 		return sandboxExec(ctx, args[1:])
+	case "attach":
+		return sandboxAttach(ctx, args[1:])
+	case "cp":
+		return sandboxCopy(ctx, args[1:])
+	case "policy":
+		return sandboxPolicy(ctx, args[1:])
 	}
 	fmt.Fprintf(os.Stderr, "ember sandbox: unknown command %q; usage: %s\n", args[0], usage)
 	return exitUsage
@@ -127,6 +138,7 @@ func sandboxCreate(ctx context.Context, args []string) int {
 	fs.Var(env, "env", "NAME=VALUE added to every exec's environment (repeatable)")
 	fs.Var(meta, "meta", "NAME=VALUE metadata (repeatable)")
 	asJSON := fs.Bool("json", false, "print the sandbox as JSON")
+	egress := fs.String("egress", "", "egress policy of a networked template's sandbox: allow-all (default), deny-all, or allowed CIDR[:PORT[-LAST]][/tcp|/udp],...")
 	if code, ok := parseSub(fs, args, "ember sandbox create [flags] TEMPLATE"); !ok {
 		return code
 	}
@@ -138,9 +150,18 @@ func sandboxCreate(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "ember sandbox create: --timeout %v: want 0 or at least 1s\n", *timeout)
 		return exitUsage
 	}
+	spec := sandbox.SandboxSpec{Template: fs.Arg(0), TimeoutS: int(timeout.Seconds()), Env: env, Metadata: meta}
+	if *egress != "" {
+		p, err := parsePolicy(*egress)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ember sandbox create: --egress: %v\n", err)
+			return exitUsage
+		}
+		spec.Network = &sandbox.NetworkSpec{Policy: &p}
+	}
 	c := mk()
 	defer c.Close()
-	sb, err := c.Create(ctx, sandbox.SandboxSpec{Template: fs.Arg(0), TimeoutS: int(timeout.Seconds()), Env: env, Metadata: meta})
+	sb, err := c.Create(ctx, spec)
 	if err != nil {
 		return fail("ember sandbox create", err)
 	}
@@ -149,6 +170,54 @@ func sandboxCreate(ctx context.Context, args []string) int {
 	}
 	fmt.Println(sb.ID)
 	fmt.Fprintf(os.Stderr, "restore %.1f ms, ready %.1f ms, total %.1f ms\n", sb.Timings.RestoreMS, sb.Timings.AgentReadyMS, sb.Timings.TotalMS)
+	if n := sb.Network; n != nil {
+		fmt.Fprintf(os.Stderr, "address %s, gateway %s, egress %s\n", n.Address, n.Gateway, n.Policy.Mode)
+	}
+	return exitOK
+}
+
+// parsePolicy parses --egress: allow-all, deny-all, or a comma-separated
+// allowlist of network.ParseRule's rules.
+func parsePolicy(s string) (network.Policy, error) {
+	var p network.Policy
+	switch s {
+	case string(network.AllowAll), string(network.DenyAll):
+		p.Mode = network.Mode(s)
+	default:
+		p.Mode = network.Allowlist
+		for _, r := range strings.Split(s, ",") {
+			rule, err := network.ParseRule(strings.TrimSpace(r))
+			if err != nil {
+				return p, err
+			}
+			p.Allow = append(p.Allow, rule)
+		}
+	}
+	return p, p.Validate()
+}
+
+// sandboxPolicy is `ember sandbox policy ID POLICY`.
+func sandboxPolicy(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox policy", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	const usage = "ember sandbox policy ID allow-all|deny-all|CIDR[:PORT[-LAST]][/tcp|/udp],..."
+	if code, ok := parseSub(fs, args, usage); !ok {
+		return code
+	}
+	if fs.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "usage:", usage)
+		return exitUsage
+	}
+	p, err := parsePolicy(fs.Arg(1))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ember sandbox policy: %v\n", err)
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	if _, err := c.SetPolicy(ctx, fs.Arg(0), p); err != nil {
+		return fail("ember sandbox policy", err)
+	}
 	return exitOK
 }
 
@@ -245,7 +314,9 @@ func sandboxExec(ctx context.Context, args []string) int {
 	fs.Var(env, "env", "NAME=VALUE (repeatable)")
 	cwd := fs.String("cwd", "", "working directory in the guest")
 	user := fs.String("user", "", "user in the guest")
-	stdin := fs.Bool("i", false, "send this command's standard input to the process")
+	stdin := fs.Bool("i", false, "send this command's standard input to the process (all of it, then EOF)")
+	tty := fs.Bool("t", false, "run the process on a terminal (of this terminal's size, else 80x24)")
+	tag := fs.String("tag", "", "name the process, for `ember sandbox attach` (default: generated, printed on stderr)")
 	if code, ok := parseSub(fs, args, "ember sandbox exec [flags] ID -- CMD [ARGS...]"); !ok {
 		return code
 	}
@@ -253,7 +324,10 @@ func sandboxExec(ctx context.Context, args []string) int {
 		fmt.Fprintln(os.Stderr, "ember sandbox exec: want the sandbox ID and a command")
 		return exitUsage
 	}
-	req := sandbox.ExecRequest{Args: fs.Args()[1:], Env: env, Cwd: *cwd, User: *user}
+	req := sandbox.ExecRequest{Args: fs.Args()[1:], Env: env, Cwd: *cwd, User: *user, Tag: *tag}
+	if *tty {
+		req.TTY = terminalSize()
+	}
 	if *stdin {
 		data, err := io.ReadAll(os.Stdin)
 		if err != nil {
@@ -266,12 +340,148 @@ func sandboxExec(ctx context.Context, args []string) int {
 	}
 	c := mk()
 	defer c.Close()
-	st, err := c.Exec(ctx, fs.Arg(0), req, os.Stdout, os.Stderr)
+	var got int64
+	stdout, stderr := countingWriter{os.Stdout, &got}, countingWriter{os.Stderr, &got}
+	procTag := ""
+	started := func(e sandbox.ExecStarted) {
+		procTag = e.Tag
+		if *tag == "" {
+			fmt.Fprintf(os.Stderr, "ember sandbox exec: process %s\n", e.Tag)
+		}
+	}
+	st, err := c.ExecWith(ctx, fs.Arg(0), req, started, stdout, stderr)
+	if err != nil && procTag != "" && client.StatusOf(err) == 0 {
+		fmt.Fprintf(os.Stderr, "ember sandbox exec: the stream broke after %d bytes of output; the rest: ember sandbox attach --from %d %s %s\n",
+			got, got, fs.Arg(0), procTag)
+	}
 	if err != nil {
 		return fail("ember sandbox exec", err)
 	}
-	return st.Code
+	return exitStatus(st.Code, st.Signal)
 }
+
+// sandboxAttach is `ember sandbox attach [--from N] ID TAG`.
+func sandboxAttach(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox attach", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	from := fs.Int64("from", 0, "output offset to start from: the bytes of output already had (0: all the agent holds)")
+	if code, ok := parseSub(fs, args, "ember sandbox attach [--from N] ID TAG"); !ok {
+		return code
+	}
+	if fs.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "ember sandbox attach: want the sandbox ID and the process's tag")
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	st, err := c.Attach(ctx, fs.Arg(0), fs.Arg(1), *from, nil, os.Stdout, os.Stderr)
+	if err != nil {
+		return fail("ember sandbox attach", err)
+	}
+	return exitStatus(st.Code, st.Signal)
+}
+
+// sandboxCopy is `ember sandbox cp SRC DST`, one of them ID:PATH.
+func sandboxCopy(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox cp", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	const usage = "ember sandbox cp LOCAL_FILE ID:GUEST_PATH | ID:GUEST_PATH LOCAL_FILE (- is stdin or stdout)"
+	if code, ok := parseSub(fs, args, usage); !ok {
+		return code
+	}
+	if fs.NArg() != 2 {
+		fmt.Fprintln(os.Stderr, "usage:", usage)
+		return exitUsage
+	}
+	src, dst := fs.Arg(0), fs.Arg(1)
+	sid, spath, sremote := strings.Cut(src, ":")
+	did, dpath, dremote := strings.Cut(dst, ":")
+	c := mk()
+	defer c.Close()
+	switch {
+	case dremote && !sremote:
+		in := os.Stdin
+		if src != "-" {
+			f, err := os.Open(src)
+			if err != nil {
+				return fail("ember sandbox cp", err)
+			}
+			defer f.Close()
+			in = f
+		}
+		if err := c.Upload(ctx, did, dpath, in); err != nil {
+			return fail("ember sandbox cp", err)
+		}
+	case sremote && !dremote:
+		if dst == "-" {
+			if err := c.Download(ctx, sid, spath, os.Stdout); err != nil {
+				return fail("ember sandbox cp", err)
+			}
+			return exitOK
+		}
+		// Into a temporary name beside dst, renamed once complete: a
+		// failed copy leaves no half-written file.
+		tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+		if err != nil {
+			return fail("ember sandbox cp", err)
+		}
+		err = c.Download(ctx, sid, spath, tmp)
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), dst)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+			return fail("ember sandbox cp", err)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "ember sandbox cp: exactly one of the two must be ID:PATH; usage:", usage)
+		return exitUsage
+	}
+	return exitOK
+}
+
+// countingWriter counts what it passes on.
+type countingWriter struct {
+	w io.Writer
+	n *int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	*c.n += int64(n)
+	return n, err
+}
+
+// terminalSize is stdout's terminal size, or 80x24.
+func terminalSize() *proto.TTYSize {
+	if ws, err := unix.IoctlGetWinsize(int(os.Stdout.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 && ws.Row > 0 {
+		return &proto.TTYSize{Cols: ws.Col, Rows: ws.Row}
+	}
+	return &proto.TTYSize{Cols: defaultCols, Rows: defaultRows}
+}
+
+// defaultCols and defaultRows are a terminal's size when this command's
+// output is not a terminal (VT100's 80x24).
+const (
+	defaultCols = 80
+	defaultRows = 24
+)
+
+// exitStatus is a shell's status for a process's end: its code, or 128
+// plus the signal that ended it.
+func exitStatus(code, signal int) int {
+	if signal > 0 {
+		return exitSignalBase + signal
+	}
+	return code
+}
+
+// exitSignalBase is what a shell adds to the number of the signal that
+// ended a process (POSIX sh: "greater than 128").
+const exitSignalBase = 128
 
 // runTemplateCmd is `ember template ...`.
 func runTemplateCmd(args []string) int {
@@ -327,6 +537,7 @@ func templateBuild(ctx context.Context, args []string) int {
 	fs.StringVar(&spec.Initrd, "initrd", "", "initrd (absolute path)")
 	fs.StringVar(&spec.BootArgs, "boot-args", "", "kernel command line (default: Ember's)")
 	fs.StringVar(&spec.Rootfs, "rootfs", "", "raw root filesystem, the read-only base of every sandbox's overlay")
+	fs.BoolVar(&spec.Network, "network", false, "give the guest a network interface (each sandbox its own network; needs emberd --network and --ready agent)")
 	fs.IntVar(&spec.VCPUs, "vcpus", 1, "vCPUs")
 	fs.IntVar(&spec.MemoryMiB, "mem-mib", sandbox.DefaultMemoryMiB, "memory in MiB")
 	ready := fs.String("ready", sandbox.ReadyAgent, "readiness: agent, boot-timer, or console:TEXT[:RESTORED_TEXT]")

@@ -10,10 +10,13 @@
 // without an agent), 401 a TCP request without the token, 500 a failure
 // of emberd or a VM. Nothing is half-made by a refused request.
 //
-// Exec answers with a stream of JSON lines (application/x-ndjson), one
-// event each as the process produces it: {"stdout": BASE64},
-// {"stderr": BASE64}, then {"exit": {"code": N, ...}} or
-// {"error": "..."}.
+// Exec answers with a stream of JSON lines (application/x-ndjson):
+// {"started": {"pid", "tag", "from"}} first, then one event each as the
+// process produces it: {"stdout": BASE64}, {"stderr": BASE64}, then
+// {"exit": {"code": N, ...}} or {"error": "..."}. A client that lost the
+// stream (or whose emberd was restarted) gets the rest with
+// GET /sandboxes/{id}/exec/{tag}?from=BYTES_IT_HAD: emberd leaves the
+// last 256 KiB it sent in the agent's buffer for that.
 package api
 
 import (
@@ -28,10 +31,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 // MaxBody bounds a JSON request body (1 MiB: a sandbox's env and metadata
@@ -65,9 +71,12 @@ func Routes() []Route {
 		{"POST", "/sandboxes/{id}/pause", (*server).pauseSandbox},
 		{"POST", "/sandboxes/{id}/resume", (*server).resumeSandbox},
 		{"POST", "/sandboxes/{id}/exec", (*server).exec},
+		{"GET", "/sandboxes/{id}/exec/{tag}", (*server).attach},
 		{"GET", "/sandboxes/{id}/files", (*server).download},
 		{"PUT", "/sandboxes/{id}/files", (*server).upload},
 		{"GET", "/sandboxes/{id}/logs", (*server).logs},
+		{"GET", "/sandboxes/{id}/network", (*server).getNetwork},
+		{"PUT", "/sandboxes/{id}/network/policy", (*server).putPolicy},
 	}
 }
 
@@ -78,10 +87,14 @@ type ErrorBody struct {
 
 // ExecEvent is one line of an exec's answer.
 type ExecEvent struct {
-	Stdout []byte      `json:"stdout,omitempty"`
-	Stderr []byte      `json:"stderr,omitempty"`
-	Exit   *ExitStatus `json:"exit,omitempty"`
-	Error  string      `json:"error,omitempty"`
+	// Started comes first: the process's pid and tag (to attach to it
+	// again) and the output offset the stream starts at. The offset of
+	// later output is that plus the bytes of stdout and stderr before it.
+	Started *sandbox.ExecStarted `json:"started,omitempty"`
+	Stdout  []byte               `json:"stdout,omitempty"`
+	Stderr  []byte               `json:"stderr,omitempty"`
+	Exit    *ExitStatus          `json:"exit,omitempty"`
+	Error   string               `json:"error,omitempty"`
 }
 
 // ExitStatus is a process's end.
@@ -348,6 +361,30 @@ func (s *server) pauseSandbox(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (s *server) getNetwork(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.m.Network(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// putPolicy changes a running sandbox's egress policy; it applies to
+// packets from then on, open connections included.
+func (s *server) putPolicy(w http.ResponseWriter, r *http.Request) error {
+	var p network.Policy
+	if err := Decode(r.Body, &p); err != nil {
+		return err
+	}
+	sb, err := s.m.SetPolicy(r.Context(), r.PathValue("id"), p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sb)
+	return nil
+}
+
 func (s *server) resumeSandbox(w http.ResponseWriter, r *http.Request) error {
 	sb, err := s.m.Resume(r.Context(), r.PathValue("id"))
 	if err != nil {
@@ -394,17 +431,43 @@ func (s *server) exec(w http.ResponseWriter, r *http.Request) error {
 	if err := Decode(r.Body, &req); err != nil {
 		return err
 	}
+	return s.streamExec(w, func(started func(sandbox.ExecStarted), out, errw io.Writer) (proto.ExitStatus, error) {
+		return s.m.ExecWith(r.Context(), r.PathValue("id"), req, started, out, errw)
+	})
+}
+
+// attach is GET /sandboxes/{id}/exec/{tag}?from=OFFSET: the process's
+// output again from OFFSET (default 0: all the agent holds), then as it
+// comes, and its exit.
+func (s *server) attach(w http.ResponseWriter, r *http.Request) error {
+	var from int64
+	if v := r.URL.Query().Get("from"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return badRequest("from: %q: want the output offset the client has (a byte count, 0 or more)", v)
+		}
+		from = n
+	}
+	return s.streamExec(w, func(started func(sandbox.ExecStarted), out, errw io.Writer) (proto.ExitStatus, error) {
+		return s.m.Attach(r.Context(), r.PathValue("id"), r.PathValue("tag"), from, started, out, errw)
+	})
+}
+
+// streamExec answers with run's events as lines of JSON: the start, the
+// output as it comes, the exit (or the error) last. An error before the
+// start is the answer's status.
+func (s *server) streamExec(w http.ResponseWriter, run func(started func(sandbox.ExecStarted), out, errw io.Writer) (proto.ExitStatus, error)) error {
 	var (
 		mu      sync.Mutex
 		started bool
 	)
 	out := eventWriter{mu: &mu, w: w, started: &started}
 	errw := eventWriter{mu: &mu, w: w, stderr: true, started: &started}
-	st, err := s.m.Exec(r.Context(), r.PathValue("id"), req, out, errw)
+	st, err := run(func(e sandbox.ExecStarted) { out.send(ExecEvent{Started: &e}) }, out, errw)
 	mu.Lock()
 	headerSent := started
 	mu.Unlock()
-	if err != nil && !headerSent && st.Code == 0 && st.Output == 0 {
+	if err != nil && !headerSent {
 		return err
 	}
 	if err != nil {

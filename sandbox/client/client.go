@@ -13,10 +13,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
+	"github.com/embervm/ember/sandbox/network"
 )
 
 const (
@@ -226,17 +228,45 @@ func (c *Client) Logs(ctx context.Context, id, source string, w io.Writer) error
 // Exec is POST /sandboxes/{id}/exec: the output is written to stdout and
 // stderr as it comes; the result is the process's exit status.
 func (c *Client) Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (api.ExitStatus, error) {
+	return c.ExecWith(ctx, id, req, nil, stdout, stderr)
+}
+
+// ExecWith is Exec that tells started (if not nil) the process's tag and
+// pid before any output: with the tag and the bytes of output it had, a
+// client whose stream broke gets the rest with Attach.
+func (c *Client) ExecWith(ctx context.Context, id string, req sandbox.ExecRequest, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
 	resp, err := c.request(ctx, http.MethodPost, idPath("/sandboxes", id, "/exec"), req)
 	if err != nil {
 		return api.ExitStatus{}, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return readEvents(resp.Body, started, stdout, stderr)
+}
+
+// Attach is GET /sandboxes/{id}/exec/{tag}?from=FROM: a process's output
+// from the offset from (the bytes of stdout and stderr the client had),
+// then as it comes, and its exit status.
+func (c *Client) Attach(ctx context.Context, id, tag string, from int64, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
+	path := idPath("/sandboxes", id, "/exec/"+url.PathEscape(tag)+"?from="+strconv.FormatInt(from, 10))
+	resp, err := c.request(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return api.ExitStatus{}, err
+	}
+	defer resp.Body.Close()
+	return readEvents(resp.Body, started, stdout, stderr)
+}
+
+// readEvents passes an exec answer's events on until the exit.
+func readEvents(body io.Reader, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), maxEventLine)
 	for sc.Scan() {
 		var ev api.ExecEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return api.ExitStatus{}, fmt.Errorf("exec: a bad event line: %w", err)
+		}
+		if ev.Started != nil && started != nil {
+			started(*ev.Started)
 		}
 		if len(ev.Stdout) > 0 {
 			if _, err := stdout.Write(ev.Stdout); err != nil {
@@ -263,6 +293,21 @@ func (c *Client) Exec(ctx context.Context, id string, req sandbox.ExecRequest, s
 		return api.ExitStatus{}, fmt.Errorf("exec: %w", err)
 	}
 	return api.ExitStatus{}, errors.New("exec: the answer ended before the process's exit")
+}
+
+// Network is GET /sandboxes/{id}/network: the sandbox's addresses,
+// policy and bytes metered.
+func (c *Client) Network(ctx context.Context, id string) (sandbox.NetworkState, error) {
+	var st sandbox.NetworkState
+	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id, "/network"), nil, &st)
+	return st, err
+}
+
+// SetPolicy is PUT /sandboxes/{id}/network/policy.
+func (c *Client) SetPolicy(ctx context.Context, id string, p network.Policy) (sandbox.Sandbox, error) {
+	var sb sandbox.Sandbox
+	err := c.do(ctx, http.MethodPut, idPath("/sandboxes", id, "/network/policy"), p, &sb)
+	return sb, err
 }
 
 // Upload is PUT /sandboxes/{id}/files?path=PATH.

@@ -133,3 +133,17 @@ func writeSysctl(key, value string) error {
 	}
 	return nil
 }
+
+// InNamespace runs fn on an OS thread switched into the network namespace
+// at path (an Attachment's NetnsPath), then switches the thread back. A
+// process started by fn (os/exec forks on the calling thread) is born in
+// that namespace: this is how emberd starts a sandbox's ember beside its
+// tap.
+func InNamespace(path string, fn func() error) error {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	defer h.Close()
+	return inNetns(h, fn)
+}
