@@ -15,9 +15,8 @@ import (
 	apiclient "github.com/embervm/ember/api/client"
 )
 
-// Create restores a sandbox from a template and waits until it is ready.
-// A failed create leaves nothing behind.
-func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error) {
+// create is Create's work (metrics.go counts it).
+func (m *Manager) create(ctx context.Context, spec SandboxSpec) (_ Sandbox, err error) {
 	t0 := time.Now()
 	if err := spec.Validate(); err != nil {
 		return Sandbox{}, err
@@ -30,6 +29,18 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		return Sandbox{}, conflict("template %q is being built", t.ID)
 	}
 	id := newID(sandboxPrefix)
+	if err := m.admit(id, t); err != nil {
+		return Sandbox{}, err
+	}
+	tracked := false // once tracked, the sandbox's end (bury) releases what it holds
+	defer func() {
+		if !tracked {
+			m.adm.release(id)
+		}
+		if err != nil {
+			m.log.Warn("a create failed", "sandbox", id, "template", t.ID, "err", err)
+		}
+	}()
 	dir := filepath.Join(m.cfg.StateDir, sandboxesDir, id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return Sandbox{}, fmt.Errorf("sandbox folder: %w", err)
@@ -60,6 +71,7 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		return Sandbox{}, errors.New("emberd is shutting down")
 	}
 	m.live[id] = l
+	tracked = true
 	go m.watchChild(l) // not in m.wg: the VM outlives Close
 
 	m.mu.Unlock()
@@ -335,9 +347,8 @@ type ExecRequest struct {
 	Stdin []byte `json:"stdin,omitempty"`
 }
 
-// Exec runs a command in a sandbox through its agent, streaming its
-// output to stdout and stderr, and returns its exit status.
-func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (proto.ExitStatus, error) {
+// runExec is Exec's work (metrics.go counts it).
+func (m *Manager) runExec(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (proto.ExitStatus, error) {
 	if len(req.Args) == 0 || req.Args[0] == "" {
 		return proto.ExitStatus{}, invalid("args", "empty command")
 	}

@@ -3,7 +3,16 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR] [--level LEVEL]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR]
+//	       [--level LEVEL] [--log-format json|text]
+//	       [--budget-memory-mib N] [--memory-reserve-mib N] [--memory-overcommit R]
+//	       [--budget-vcpus N] [--vcpu-overcommit R] [--budget-files N] [--budget-processes N] [--budget-taps N]
+//	       [--retry-after D]
+//
+// The budgets bound what the sandboxes may hold of the host (package
+// sandbox, admission.go); a create over one answers 429 with Retry-After.
+// A zero budget takes its default from the host. GET /host shows them,
+// GET /metrics is Prometheus' exposition.
 //
 // SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
 // next emberd on the same state folder adopts them.
@@ -48,6 +57,17 @@ func run(args []string) int {
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
 	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", "json", "log format: json (one object a line) or text")
+	var adm sandbox.AdmissionConfig
+	fs.Int64Var(&adm.MemoryMiB, "budget-memory-mib", 0, "host memory given to sandboxes, MiB, before --memory-overcommit (default: MemTotal minus --memory-reserve-mib)")
+	fs.Int64Var(&adm.MemoryReserveMiB, "memory-reserve-mib", sandbox.DefaultMemoryReserveMiB, "host memory kept from sandboxes, MiB")
+	fs.Float64Var(&adm.MemoryOvercommit, "memory-overcommit", sandbox.DefaultMemoryOvercommit, "memory budget over the memory given to sandboxes")
+	fs.Int64Var(&adm.VCPUs, "budget-vcpus", 0, "vCPU budget (default: host CPUs times --vcpu-overcommit)")
+	fs.Float64Var(&adm.VCPUOvercommit, "vcpu-overcommit", sandbox.DefaultVCPUOvercommit, "vCPUs per host CPU")
+	fs.Int64Var(&adm.Files, "budget-files", 0, "budget of emberd's file descriptors (default: RLIMIT_NOFILE less a reserve)")
+	fs.Int64Var(&adm.Processes, "budget-processes", 0, "budget of tasks (default: the smaller of RLIMIT_NPROC and kernel.threads-max, less a reserve)")
+	fs.Int64Var(&adm.Taps, "budget-taps", 0, fmt.Sprintf("number of taps (default %d)", sandbox.DefaultTaps))
+	fs.DurationVar(&adm.RetryAfter, "retry-after", sandbox.DefaultRetryAfter, "Retry-After of a refused create when no sandbox's timeout comes sooner")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -64,13 +84,27 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "emberd: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if adm.MemoryOvercommit <= 0 || adm.VCPUOvercommit <= 0 {
+		fmt.Fprintln(os.Stderr, "emberd: --memory-overcommit and --vcpu-overcommit: want a ratio above 0")
+		return exitUsage
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	var log *slog.Logger
+	switch *logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, hopts))
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, hopts))
+	default:
+		fmt.Fprintf(os.Stderr, "emberd: --log-format %q: want json or text\n", *logFormat)
+		return exitUsage
+	}
 	emberPath, err := findEmber(*ember)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return exitUsage
 	}
-	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log})
+	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log, Admission: adm})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return 1
@@ -100,6 +134,9 @@ func run(args []string) int {
 		go func() { errc <- s.Serve(listeners[i]) }()
 	}
 	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "state", *stateDir, "ember", emberPath)
+	b := m.Host()
+	log.Info("budgets", "memory_mib", b.Budgets.MemoryMiB, "memory_overcommit", b.MemoryOvercommit, "vcpus", b.Budgets.VCPUs,
+		"processes", b.Budgets.Processes, "files", b.Budgets.Files, "taps", b.Budgets.Taps, "held_by", b.Sandboxes)
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)

@@ -7,8 +7,15 @@
 // fault (malformed JSON, unknown fields, wrong types, bad values), 404 an
 // unknown template, sandbox or route, 405 a method a route does not take,
 // 409 a request the object's state refuses (pause a paused sandbox, exec
-// without an agent), 401 a TCP request without the token, 500 a failure
-// of emberd or a VM. Nothing is half-made by a refused request.
+// without an agent), 429 a create over one of the host's budgets (with
+// Retry-After and the budget named in the body's "budget"), 401 a TCP
+// request without the token, 500 a failure of emberd or a VM. Nothing is
+// half-made by a refused request.
+//
+// GET /host shows the host's budgets and what the sandboxes hold (for an
+// external scheduler that bin-packs), GET /metrics is Prometheus'
+// exposition of the manager's registry, GET /sandboxes/{id}/crash a
+// sandbox's crash record.
 //
 // Exec answers with a stream of JSON lines (application/x-ndjson), one
 // event each as the process produces it: {"stdout": BASE64},
@@ -26,10 +33,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/embervm/ember/sandbox"
 )
@@ -68,12 +79,19 @@ func Routes() []Route {
 		{"GET", "/sandboxes/{id}/files", (*server).download},
 		{"PUT", "/sandboxes/{id}/files", (*server).upload},
 		{"GET", "/sandboxes/{id}/logs", (*server).logs},
+		{"GET", "/sandboxes/{id}/crash", (*server).crash},
+		{"GET", "/host", (*server).host},
+		{"GET", "/metrics", (*server).metrics},
 	}
 }
 
 // ErrorBody is every error's body.
 type ErrorBody struct {
 	Error string `json:"error"`
+	// Budget names the exhausted budget of a 429 (sandbox.BudgetMemory,
+	// ...); RetryAfterS repeats its Retry-After header.
+	Budget      string `json:"budget,omitempty"`
+	RetryAfterS int    `json:"retry_after_s,omitempty"`
 }
 
 // ExecEvent is one line of an exec's answer.
@@ -98,8 +116,9 @@ type Options struct {
 }
 
 type server struct {
-	m   *sandbox.Manager
-	log *slog.Logger
+	m    *sandbox.Manager
+	log  *slog.Logger
+	prom http.Handler // GET /metrics
 }
 
 // httpError is an error with its status.
@@ -119,7 +138,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{m: m, log: o.Log}
+	s := &server{m: m, log: o.Log, prom: promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{})}
 	mux := http.NewServeMux()
 	paths := http.NewServeMux() // the same paths for any method: 405 rather than 404
 	seen := map[string]bool{}
@@ -132,7 +151,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 		if !seen[rt.Path] {
 			seen[rt.Path] = true
 			paths.HandleFunc(rt.Path, func(w http.ResponseWriter, r *http.Request) {
-				writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{fmt.Sprintf("%s %s: method not allowed", r.Method, r.URL.Path)})
+				writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{Error: fmt.Sprintf("%s %s: method not allowed", r.Method, r.URL.Path)})
 			})
 		}
 	}
@@ -145,14 +164,14 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 			paths.ServeHTTP(w, r)
 			return
 		}
-		writeJSON(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("%s %s: no such route", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: fmt.Sprintf("%s %s: no such route", r.Method, r.URL.Path)})
 	})
 	if o.Token != "" {
 		next := h
 		want := []byte("Bearer " + o.Token)
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-				writeJSON(w, http.StatusUnauthorized, ErrorBody{"missing or wrong token: send Authorization: Bearer TOKEN"})
+				writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: "missing or wrong token: send Authorization: Bearer TOKEN"})
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -165,7 +184,13 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
 	var he *httpError
+	var se *sandbox.Error
 	switch {
+	case errors.As(err, &se) && se.Kind == sandbox.KindExhausted:
+		secs := max(int(math.Ceil(se.RetryAfter.Seconds())), 1)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		writeJSON(w, http.StatusTooManyRequests, ErrorBody{Error: err.Error(), Budget: se.Budget, RetryAfterS: secs})
+		return
 	case errors.As(err, &he):
 		status = he.status
 	case sandbox.KindOf(err) == sandbox.KindInvalid:
@@ -178,9 +203,21 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = 499 // the client went away (nginx's convention); nobody reads it
 	}
 	if status == http.StatusInternalServerError {
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Error("request failed", append(idAttrs(r), "method", r.Method, "path", r.URL.Path, "err", err)...)
 	}
-	writeJSON(w, status, ErrorBody{err.Error()})
+	writeJSON(w, status, ErrorBody{Error: err.Error()})
+}
+
+// idAttrs names the sandbox or template of a request, for its log lines.
+func idAttrs(r *http.Request) []any {
+	id := r.PathValue("id")
+	switch {
+	case id == "":
+		return nil
+	case strings.HasPrefix(r.URL.Path, "/sandboxes/"):
+		return []any{"sandbox", id}
+	}
+	return []any{"template", id}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -466,5 +503,25 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) error {
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.Copy(w, f) // as in download
+	return nil
+}
+
+func (s *server) crash(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.m.Crash(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, c)
+	return nil
+}
+
+func (s *server) host(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.m.Host())
+	return nil
+}
+
+// metrics is the Prometheus exposition of the manager's registry.
+func (s *server) metrics(w http.ResponseWriter, r *http.Request) error {
+	s.prom.ServeHTTP(w, r)
 	return nil
 }
