@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,9 @@ const (
 	// seccompExitCode is ember's status when its seccomp filter refused a
 	// system call (seccomp.ExitCode, seccomp/trap_amd64.go).
 	seccompExitCode = 148
+	// crashLogContext is how many of ember's log lines before its crash
+	// report a record keeps.
+	crashLogContext = 16
 )
 
 // Markers of the guest console (Linux's messages).
@@ -109,11 +113,44 @@ func (m *Manager) exitOf(l *live, code *int, sig int) Exit {
 		default:
 			e.Message = fmt.Sprintf("ember exited with status %d", *code)
 		}
-		if last := lastLine(filepath.Join(l.sb.Dir, emberLogName)); last != "" {
-			e.Message += "; its last log line: " + last
+		logTail, _, _ := tail(filepath.Join(l.sb.Dir, emberLogName), CrashLogTail)
+		lines := lastLines(logTail, 1<<20)
+		if i := goCrashStart(lines); i >= 0 {
+			e.Message += "; its crash report: " + lines[i]
+		} else if len(lines) > 0 {
+			e.Message += "; its last log line: " + strings.TrimSpace(lines[len(lines)-1])
 		}
 	}
 	return e
+}
+
+// goCrashRE starts the Go runtime's report of a crash (runtime/panic.go,
+// runtime/signal_unix.go): "panic: ...", "fatal error: ...", or a signal's
+// name and description ("SIGSEGV: segmentation violation").
+var goCrashRE = regexp.MustCompile(`^(panic: |fatal error: |SIG[A-Z0-9]+: )`)
+
+// goCrashStart returns the index of the last line that starts a Go
+// runtime crash report, or -1.
+func goCrashStart(lines []string) int {
+	for i := len(lines) - 1; i >= 0; i-- {
+		if goCrashRE.MatchString(lines[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// crashLogLines picks ember's log lines for a crash record: the last
+// CrashLogLines, or, when ember's Go runtime reported a crash that began
+// before them (a report dumps every goroutine, the crashing one first),
+// the lines from a few before the report's start.
+func crashLogLines(logTail []byte) []string {
+	all := lastLines(logTail, 1<<20)
+	start := max(len(all)-CrashLogLines, 0)
+	if i := goCrashStart(all); i >= 0 && i < start {
+		start = max(i-crashLogContext, 0)
+	}
+	return all[start:min(start+CrashLogLines, len(all))]
 }
 
 // keepCrash writes sb's crash record for its end e into its folder.
@@ -132,7 +169,7 @@ func (m *Manager) keepCrash(sb Sandbox, e Exit) error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	c.EmberLog = lastLines(logTail, CrashLogLines)
+	c.EmberLog = crashLogLines(logTail)
 	data, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
 		return err

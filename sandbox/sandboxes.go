@@ -87,6 +87,11 @@ func (m *Manager) create(ctx context.Context, spec SandboxSpec) (_ Sandbox, err 
 		err = withEmberLog(err, dir)
 		if serr := m.stop(context.Background(), l, ExitKilled); serr != nil {
 			m.log.Error("ending a failed create", "sandbox", id, "err", serr)
+		} else {
+			// ember may have ended, and been recorded, before the create
+			// gave up (discard was not yet set): forget it all the same.
+			os.RemoveAll(dir)
+			m.db.delete(bucketSandboxes, id)
 		}
 		return Sandbox{}, fmt.Errorf("creating a sandbox from template %q: %w", t.ID, err)
 	}
