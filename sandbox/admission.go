@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Budgets (Error.Budget, the label of emberd_admission_refusals_total).
+// Budgets (Error.Budget).
 const (
 	BudgetMemory    = "memory"
 	BudgetVCPUs     = "vcpus"
@@ -24,8 +24,10 @@ const (
 	BudgetTaps      = "taps"
 )
 
-// budgetNames lists the budgets in the order a create checks them.
-var budgetNames = [...]string{BudgetMemory, BudgetVCPUs, BudgetProcesses, BudgetFiles, BudgetTaps}
+// BudgetNames lists the budgets in the order a create checks them.
+func BudgetNames() []string {
+	return []string{BudgetMemory, BudgetVCPUs, BudgetProcesses, BudgetFiles, BudgetTaps}
+}
 
 // What each sandbox holds besides its template's memory and vCPUs. The
 // figures were measured with the tiny guest (guest/tiny.Sandbox) on the
@@ -92,8 +94,8 @@ type Resources struct {
 	Taps  int64 `json:"taps"`
 }
 
-// get returns the amount of budget name.
-func (r Resources) get(name string) int64 {
+// Get returns the amount of budget name (BudgetMemory, ...).
+func (r Resources) Get(name string) int64 {
 	switch name {
 	case BudgetMemory:
 		return r.MemoryMiB
@@ -350,9 +352,9 @@ func newAdmission(b Resources) *admission {
 func (a *admission) reserve(id string, need Resources) (budget string, held int64, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, name := range budgetNames {
-		if a.used.get(name)+need.get(name) > a.budgets.get(name) {
-			return name, a.used.get(name), false
+	for _, name := range BudgetNames() {
+		if a.used.Get(name)+need.Get(name) > a.budgets.Get(name) {
+			return name, a.used.Get(name), false
 		}
 	}
 	a.holds[id] = need
@@ -403,16 +405,15 @@ func (m *Manager) admit(id string, t Template) error {
 	if ok {
 		return nil
 	}
-	m.metrics.refused(name)
 	retry := m.retryAfter()
 	u := unit(name)
 	msg := fmt.Sprintf("%s budget exhausted: the sandboxes hold %d of %d%s and a sandbox of template %q needs %d%s more",
-		name, held, m.budgets.Budgets.get(name), u, t.ID, need.get(name), u)
+		name, held, m.budgets.Budgets.Get(name), u, t.ID, need.Get(name), u)
 	if name == BudgetMemory {
 		msg += fmt.Sprintf(" (its %d MiB and %d MiB per VM)", need.MemoryMiB-VMOverheadMiB, VMOverheadMiB)
 	}
 	msg += fmt.Sprintf("; retry in %ds or end a sandbox", int(math.Ceil(retry.Seconds())))
-	m.log.Info("create refused", "template", t.ID, "budget", name, "held", held, "need", need.get(name))
+	m.log.Info("create refused", "template", t.ID, "budget", name, "held", held, "need", need.Get(name))
 	return &Error{Kind: KindExhausted, Msg: msg, Budget: name, RetryAfter: retry}
 }
 

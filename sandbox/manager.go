@@ -47,6 +47,8 @@ type Config struct {
 	Log *slog.Logger
 	// Admission sets the host's budgets (zero fields: from the host).
 	Admission AdmissionConfig
+	// Observer, if set, hears creates, execs and ends (metrics).
+	Observer Observer
 }
 
 // Manager owns the templates and sandboxes of one state folder.
@@ -55,10 +57,10 @@ type Manager struct {
 	log *slog.Logger
 	db  *store
 
-	// budgets, adm and metrics: admission.go, metrics.go.
+	// budgets and adm: admission.go; obs: observe.go.
 	budgets HostBudgets
 	adm     *admission
-	metrics *metrics
+	obs     Observer
 
 	mu       sync.Mutex
 	live     map[string]*live
@@ -109,7 +111,10 @@ func Open(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log, db: db, live: map[string]*live{}, building: map[string]bool{},
 		budgets: budgets, adm: newAdmission(budgets.Budgets)}
-	m.metrics = newMetrics(m)
+	m.obs = cfg.Observer
+	if m.obs == nil {
+		m.obs = nopObserver{}
+	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.recover(); err != nil {
 		db.close()
@@ -300,7 +305,7 @@ func (m *Manager) bury(l *live, e Exit, discard bool) {
 	}
 	m.adm.release(sb.ID)
 	if !discard {
-		m.metrics.ended(e.Reason)
+		m.obs.Ended(sb)
 	}
 	close(l.done)
 }

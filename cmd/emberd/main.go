@@ -35,6 +35,7 @@ import (
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
+	"github.com/embervm/ember/sandbox/metrics"
 )
 
 // Defaults.
@@ -104,12 +105,14 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return exitUsage
 	}
-	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log, Admission: adm})
+	mt := metrics.New()
+	m, err := sandbox.Open(sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log, Admission: adm, Observer: mt})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return 1
 	}
 	defer m.Close()
+	mt.Watch(m)
 
 	os.Remove(*socket) // a socket left by a killed emberd; the database lock keeps two apart
 	ul, err := net.Listen("unix", *socket)
@@ -118,7 +121,7 @@ func run(args []string) int {
 		return 1
 	}
 	defer os.Remove(*socket)
-	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log})}}
+	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, Metrics: mt.Handler()})}}
 	listeners := []net.Listener{ul}
 	if *tcp != "" {
 		tl, err := net.Listen("tcp", *tcp)
@@ -126,7 +129,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "emberd: --tcp: %v\n", err)
 			return 1
 		}
-		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token})})
+		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token, Metrics: mt.Handler()})})
 		listeners = append(listeners, tl)
 	}
 	errc := make(chan error, len(servers))

@@ -40,8 +40,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/embervm/ember/sandbox"
 )
 
@@ -113,6 +111,9 @@ type Options struct {
 	// Token, if set, is required as "Authorization: Bearer TOKEN".
 	Token string
 	Log   *slog.Logger
+	// Metrics, if set, serves GET /metrics (package sandbox/metrics; the
+	// API does not link Prometheus, as the client shares its types).
+	Metrics http.Handler
 }
 
 type server struct {
@@ -138,7 +139,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{m: m, log: o.Log, prom: promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{})}
+	s := &server{m: m, log: o.Log, prom: o.Metrics}
 	mux := http.NewServeMux()
 	paths := http.NewServeMux() // the same paths for any method: 405 rather than 404
 	seen := map[string]bool{}
@@ -522,6 +523,9 @@ func (s *server) host(w http.ResponseWriter, r *http.Request) error {
 
 // metrics is the Prometheus exposition of the manager's registry.
 func (s *server) metrics(w http.ResponseWriter, r *http.Request) error {
+	if s.prom == nil {
+		return &httpError{http.StatusNotFound, "GET /metrics: this emberd serves no metrics"}
+	}
 	s.prom.ServeHTTP(w, r)
 	return nil
 }
