@@ -83,6 +83,19 @@ func TestCrashRecords(t *testing.T) {
 			t.Errorf("%s: %d log lines kept, over %d", tc.name, len(c.EmberLog), CrashLogLines)
 		}
 	}
+	// A timeout keeps a record; a kill does not.
+	for reason, crash := range map[string]bool{ExitTimeout: true, ExitKilled: false} {
+		dir := filepath.Join(state, reason)
+		os.Mkdir(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, consoleName), []byte("ready\n"), 0o644)
+		l := &live{sb: Sandbox{ID: reason, Dir: dir, State: StateRunning}, reason: reason, done: make(chan struct{})}
+		m.ended(l, intp(-1), 9)
+		sb, _ := m.Sandbox(reason)
+		c, err := m.Crash(reason)
+		if sb.Exit == nil || sb.Exit.Reason != reason || sb.Exit.Crash != crash || (err == nil) != crash || crash && (c.Console != "ready\n" || c.Signal != 9) {
+			t.Errorf("%s: exit %+v, record %+v, %v", reason, sb.Exit, c, err)
+		}
+	}
 	// A running sandbox and an unknown one have none, each said plainly.
 	if err := m.db.put(bucketSandboxes, "sb-run", Sandbox{ID: "sb-run", State: StateRunning}); err != nil {
 		t.Fatal(err)
