@@ -401,6 +401,13 @@ func (m *Manager) Host() Host {
 // refusal (KindExhausted) naming the budget that has no room.
 func (m *Manager) admit(id string, t Template) error {
 	need := Holds(t)
+	for _, name := range BudgetNames() {
+		if lim := m.budgets.Budgets.Get(name); need.Get(name) > lim {
+			// Waiting would not help: not a 429.
+			return conflict("a sandbox of template %q needs %d%s of the %s budget, which is %d%s in all: it can never be admitted on this host",
+				t.ID, need.Get(name), unit(name), name, lim, unit(name))
+		}
+	}
 	name, held, ok := m.adm.reserve(id, need)
 	if ok {
 		return nil

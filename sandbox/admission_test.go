@@ -113,6 +113,13 @@ func TestAdmissionFailedCreateReleases(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	big := Template{ID: "big", State: TemplateReady, Spec: TemplateSpec{VCPUs: 8, MemoryMiB: 16}}
+	if err := m.db.put(bucketTemplates, big.ID, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, SandboxSpec{Template: "big"}); KindOf(err) != KindConflict || !strings.Contains(err.Error(), "needs 8 of the vcpus budget, which is 4 in all: it can never be admitted") {
+		t.Errorf("a template larger than a budget: %v; want a conflict saying so", err)
+	}
 	if _, err := m.Create(ctx, SandboxSpec{Template: "t"}); err == nil || KindOf(err) == KindExhausted {
 		t.Fatalf("create with an ember that exits at once: %v; want a failure", err)
 	}
@@ -205,4 +212,34 @@ func TestProcField(t *testing.T) {
 	if mib, err := memTotalMiB("/proc/meminfo"); err != nil || mib <= 0 {
 		t.Errorf("memTotalMiB: %d, %v", mib, err)
 	}
+}
+
+// TestRetryAfter: a refusal's Retry-After is the nearest timeout of a
+// running sandbox when it comes before the configured wait, at least 1s.
+func TestRetryAfter(t *testing.T) {
+	m, err := Open(Config{StateDir: t.TempDir(), Ember: "/bin/true", Admission: AdmissionConfig{RetryAfter: 30 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if d := m.retryAfter(); d != 30*time.Second {
+		t.Errorf("no sandbox: %v, want 30s", d)
+	}
+	soon, sooner, past := time.Now().Add(10*time.Second), time.Now().Add(4*time.Second), time.Now().Add(-time.Second)
+	m.mu.Lock()
+	m.live["a"] = &live{sb: Sandbox{State: StateRunning, Deadline: &soon}}
+	m.live["b"] = &live{sb: Sandbox{State: StatePaused, Deadline: &sooner}} // paused: its clock stands
+	m.mu.Unlock()
+	if d := m.retryAfter(); d > 10*time.Second || d < 9*time.Second {
+		t.Errorf("a timeout in 10s: %v", d)
+	}
+	m.mu.Lock()
+	m.live["c"] = &live{sb: Sandbox{State: StateRunning, Deadline: &past}}
+	m.mu.Unlock()
+	if d := m.retryAfter(); d != time.Second {
+		t.Errorf("a timeout past: %v, want 1s", d)
+	}
+	m.mu.Lock()
+	clear(m.live)
+	m.mu.Unlock()
 }

@@ -369,3 +369,25 @@ func TestCrashRecord(t *testing.T) {
 		}
 	}
 }
+
+// TestBadBudgetFlags: a bad budget or log flag stops emberd at start with
+// one message naming it.
+func TestBadBudgetFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--log-format", "xml"}, exitUsage, `--log-format "xml"`},
+		{[]string{"--memory-overcommit", "0"}, exitUsage, "--memory-overcommit"},
+		{[]string{"--budget-memory-mib", "-5"}, 1, "memory budget -5: negative"},
+		{[]string{"--memory-reserve-mib", "1099511627776"}, 1, "no more than the reserve"},
+	} {
+		args := append([]string{"--state-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "s.sock")}, tc.args...)
+		out, err := exec.Command(filepath.Join(bins, "emberd"), args...).CombinedOutput()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != tc.code || !strings.Contains(string(out), tc.want) {
+			t.Errorf("emberd %v: %v: %s; want exit %d with %q", tc.args, err, out, tc.code, tc.want)
+		}
+	}
+}
