@@ -283,7 +283,7 @@ func printCrash(w io.Writer, cr sandbox.Crash) {
 	if cr.Console != "" && !strings.HasSuffix(cr.Console, "\n") {
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "\n== ember's log (last %d lines)\n", len(cr.EmberLog))
+	fmt.Fprintf(w, "\n== ember's log (%d lines)\n", len(cr.EmberLog))
 	for _, l := range cr.EmberLog {
 		fmt.Fprintln(w, l)
 	}
