@@ -31,9 +31,39 @@
 // Every end of a sandbox has one reason ([Exit]): "killed" (by the user),
 // "timeout" (its deadline passed; the deadline is stored, so it survives a
 // restart of emberd, and a pause keeps the time left), "guest_panic" (the
-// console shows "Kernel panic"), "exit" (the guest reset or powered off:
+// console shows "Kernel panic"), "oom" (the console shows the guest's OOM
+// killer at work, "Out of memory: Killed process ...", and the guest went
+// down: powered off or panicked), "exit" (the guest reset or powered off:
 // ember exited 0, the workload's end) and "vmm_crash" (ember ended on its
-// own with another status, which is given when known).
+// own with another status, which is given when known: a signal, 148 for
+// its seccomp filter, 2 with the Go runtime's crash report on its log).
+//
+// # Crash records
+//
+// Every abnormal end (guest_panic, oom, vmm_crash, timeout) keeps a crash
+// record in the sandbox's folder (crash.json, [Crash]): the reason, ember's
+// exit status or signal, the console's last 64 KiB and ember's last log
+// lines (from the start of a Go crash report when there is one), and
+// Exit.Crash says so. It is served until the sandbox is forgotten.
+//
+// # Admission
+//
+// The manager knows the host's budgets ([AdmissionConfig],
+// [ResolveBudgets]): memory (MemTotal less a reserve, times an overcommit
+// ratio, 1 by default), vCPUs (host CPUs times a ratio, 8 by default),
+// tasks, emberd's file descriptors and taps. Each sandbox holds its
+// template's memory and vCPUs plus a fixed overhead ([Holds],
+// [VMOverheadMiB], [VMOverheadTasks], [FilesPerSandbox]). A create
+// reserves its share atomically before anything is made and is refused
+// ([KindExhausted], naming the budget and when to retry) when a budget has
+// no room; the share is given back when the create fails or the sandbox
+// ends. A restarted manager counts the sandboxes it adopts, over budget or
+// not. [Manager.Host] shows budgets and use, for an external scheduler.
+//
+// Metrics are not this package's: an [Observer] hears creates, execs and
+// ends (package sandbox/metrics makes Prometheus metrics of them), so the
+// ember binary, which links this package for its types, does not carry a
+// metrics client.
 //
 // # Readiness
 //

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kind classifies a manager error for the API's status codes.
@@ -16,12 +17,18 @@ const (
 	KindNotFound
 	// KindConflict is a request the object's state refuses (409).
 	KindConflict
+	// KindExhausted is a create over one of the host's budgets (429):
+	// Error.Budget names it, Error.RetryAfter says when to try again.
+	KindExhausted
 )
 
 // Error is an error the caller caused.
 type Error struct {
 	Kind Kind
 	Msg  string
+	// Budget and RetryAfter are a KindExhausted refusal's.
+	Budget     string
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Msg }

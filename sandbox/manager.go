@@ -49,6 +49,10 @@ type Config struct {
 	// Network, if not nil, turns networking on (package sandbox/network;
 	// its Store and Logger are the manager's).
 	Network *network.Config
+	// Admission sets the host's budgets (zero fields: from the host).
+	Admission AdmissionConfig
+	// Observer, if set, hears creates, execs and ends (metrics).
+	Observer Observer
 }
 
 // Manager owns the templates and sandboxes of one state folder.
@@ -57,6 +61,11 @@ type Manager struct {
 	log *slog.Logger
 	db  *store
 	net *network.Manager // nil without networking
+
+	// budgets and adm: admission.go; obs: observe.go.
+	budgets HostBudgets
+	adm     *admission
+	obs     Observer
 
 	mu       sync.Mutex
 	live     map[string]*live
@@ -97,11 +106,20 @@ func Open(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("state folder: %w", err)
 		}
 	}
+	budgets, err := ResolveBudgets(cfg.Admission)
+	if err != nil {
+		return nil, fmt.Errorf("budgets: %w", err)
+	}
 	db, err := openStore(filepath.Join(cfg.StateDir, dbName))
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, db: db, live: map[string]*live{}, building: map[string]bool{}}
+	m := &Manager{cfg: cfg, log: cfg.Log, db: db, live: map[string]*live{}, building: map[string]bool{},
+		budgets: budgets, adm: newAdmission(budgets.Budgets)}
+	m.obs = cfg.Observer
+	if m.obs == nil {
+		m.obs = nopObserver{}
+	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if err := m.recover(); err != nil {
 		db.close()
@@ -191,10 +209,11 @@ func (m *Manager) recover() error {
 				continue
 			}
 		} else {
-			m.bury(l, m.reasonUnknownStatus(l), false)
+			m.bury(l, m.exitOf(l, nil, 0), false)
 			continue
 		}
 		m.log.Info("adopted a sandbox", "sandbox", sb.ID, "pid", sb.PID)
+		m.adm.hold(sb.ID, m.holdsOf(sb))
 		m.mu.Lock()
 		m.live[sb.ID] = l
 		m.armTimerLocked(l)
@@ -249,32 +268,7 @@ func (m *Manager) ended(l *live, code *int, sig int) {
 		m.mu.Unlock()
 		return
 	}
-	e := Exit{At: time.Now(), Code: code, Signal: sig}
-	if code != nil && *code < 0 {
-		e.Code = nil
-	}
-	switch {
-	case l.reason != "":
-		e.Reason = l.reason
-	default:
-		if line, ok := findLine(filepath.Join(l.sb.Dir, consoleName), panicMarker); ok {
-			e.Reason, e.Message = ExitGuestPanic, line
-		} else if code == nil {
-			e = m.reasonUnknownStatus(l)
-		} else if *code == 0 && sig == 0 {
-			e.Reason, e.Message = ExitWorkload, "the guest reset or powered off"
-		} else {
-			e.Reason = ExitVMMCrash
-			if sig != 0 {
-				e.Message = fmt.Sprintf("ember was killed by signal %d", sig)
-			} else {
-				e.Message = fmt.Sprintf("ember exited with status %d", *code)
-			}
-			if last := lastLine(filepath.Join(l.sb.Dir, emberLogName)); last != "" {
-				e.Message += "; its last log line: " + last
-			}
-		}
-	}
+	e := m.exitOf(l, code, sig)
 	discard := l.discard
 	m.mu.Unlock()
 	m.bury(l, e, discard)
@@ -283,6 +277,16 @@ func (m *Manager) ended(l *live, code *int, sig int) {
 // bury records a sandbox's end, frees what it held on disk (sockets,
 // overlays; its logs stay) and stops tracking it.
 func (m *Manager) bury(l *live, e Exit, discard bool) {
+	if !discard && abnormal(e.Reason) {
+		m.mu.Lock()
+		sb := l.sb
+		m.mu.Unlock()
+		if err := m.keepCrash(sb, e); err != nil {
+			m.log.Error("keeping a crash record", "sandbox", sb.ID, "err", err)
+		} else {
+			e.Crash = true
+		}
+	}
 	m.mu.Lock()
 	if l.timer != nil {
 		l.timer.Stop()
@@ -317,6 +321,10 @@ func (m *Manager) bury(l *live, e Exit, discard bool) {
 			m.log.Error("recording a sandbox's end", "sandbox", sb.ID, "err", err)
 		}
 		m.log.Info("sandbox ended", "sandbox", sb.ID, "reason", e.Reason, "message", e.Message)
+	}
+	m.adm.release(sb.ID)
+	if !discard {
+		m.obs.Ended(sb)
 	}
 	close(l.done)
 }

@@ -93,6 +93,9 @@ func TestManagerConcurrentCreatesAndReopen(t *testing.T) {
 	if len(sbs) != n {
 		t.Fatalf("%d sandboxes after reopening, want %d", len(sbs), n)
 	}
+	if h := m.Host(); h.Sandboxes != n || h.Used.VCPUs != n {
+		t.Errorf("the adopted sandboxes hold %d vCPUs in %d shares; want %d", h.Used.VCPUs, h.Sandboxes, n)
+	}
 	var kills sync.WaitGroup
 	for _, sb := range sbs {
 		if sb.State != StateRunning || sb.Deadline == nil {

@@ -17,9 +17,8 @@ import (
 	"github.com/embervm/ember/sandbox/network"
 )
 
-// Create restores a sandbox from a template and waits until it is ready.
-// A failed create leaves nothing behind.
-func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error) {
+// create is Create's work (metrics.go counts it).
+func (m *Manager) create(ctx context.Context, spec SandboxSpec) (_ Sandbox, err error) {
 	t0 := time.Now()
 	if err := spec.Validate(); err != nil {
 		return Sandbox{}, err
@@ -40,6 +39,18 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		}
 	}
 	id := newID(sandboxPrefix)
+	if err := m.admit(id, t); err != nil {
+		return Sandbox{}, err
+	}
+	tracked := false // once tracked, the sandbox's end (bury) releases what it holds
+	defer func() {
+		if !tracked {
+			m.adm.release(id)
+		}
+		if err != nil {
+			m.log.Warn("a create failed", "sandbox", id, "template", t.ID, "err", err)
+		}
+	}()
 	dir := filepath.Join(m.cfg.StateDir, sandboxesDir, id)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return Sandbox{}, fmt.Errorf("sandbox folder: %w", err)
@@ -84,10 +95,14 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		m.mu.Unlock()
 		proc.cmd.Process.Kill()
 		proc.cmd.Wait()
+		if sb.Network != nil {
+			m.teardownNetwork(id)
+		}
 		os.RemoveAll(dir)
 		return Sandbox{}, errors.New("emberd is shutting down")
 	}
 	m.live[id] = l
+	tracked = true
 	go m.watchChild(l) // not in m.wg: the VM outlives Close
 
 	m.mu.Unlock()
@@ -103,6 +118,11 @@ func (m *Manager) Create(ctx context.Context, spec SandboxSpec) (Sandbox, error)
 		err = withEmberLog(err, dir)
 		if serr := m.stop(context.Background(), l, ExitKilled); serr != nil {
 			m.log.Error("ending a failed create", "sandbox", id, "err", serr)
+		} else {
+			// ember may have ended, and been recorded, before the create
+			// gave up (discard was not yet set): forget it all the same.
+			os.RemoveAll(dir)
+			m.db.delete(bucketSandboxes, id)
 		}
 		return Sandbox{}, fmt.Errorf("creating a sandbox from template %q: %w", t.ID, err)
 	}
@@ -391,15 +411,8 @@ type ExecStarted struct {
 // nothing. The agent's buffer (proto.DefaultOutputBuffer, 1 MiB) holds it.
 const execRetain = 256 << 10
 
-// Exec runs a command in a sandbox through its agent, streaming its
-// output to stdout and stderr, and returns its exit status.
-func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest, stdout, stderr io.Writer) (proto.ExitStatus, error) {
-	return m.ExecWith(ctx, id, req, nil, stdout, stderr)
-}
-
-// ExecWith is Exec that reports the started process to started (if not
-// nil) before any output.
-func (m *Manager) ExecWith(ctx context.Context, id string, req ExecRequest, started func(ExecStarted), stdout, stderr io.Writer) (proto.ExitStatus, error) {
+// runExec is ExecWith's work (observe.go counts it).
+func (m *Manager) runExec(ctx context.Context, id string, req ExecRequest, started func(ExecStarted), stdout, stderr io.Writer) (proto.ExitStatus, error) {
 	if len(req.Args) == 0 || req.Args[0] == "" {
 		return proto.ExitStatus{}, invalid("args", "empty command")
 	}

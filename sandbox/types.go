@@ -35,6 +35,9 @@ const (
 	ExitGuestPanic = "guest_panic"
 	ExitWorkload   = "exit"
 	ExitVMMCrash   = "vmm_crash"
+	// ExitOOM: the guest's OOM killer ended the workload (its report is
+	// on the console) and the guest went down.
+	ExitOOM = "oom"
 )
 
 // Limits of a request.
@@ -165,7 +168,7 @@ type Timings struct {
 
 // Exit is how a sandbox ended.
 type Exit struct {
-	// Reason is one of ExitKilled, ExitTimeout, ExitGuestPanic,
+	// Reason is one of ExitKilled, ExitTimeout, ExitGuestPanic, ExitOOM,
 	// ExitWorkload, ExitVMMCrash.
 	Reason string `json:"reason"`
 	// Code is ember's exit status, Signal the signal that ended it, when
@@ -175,6 +178,9 @@ type Exit struct {
 	// Message says more (the panic line, ember's last log line).
 	Message string    `json:"message,omitempty"`
 	At      time.Time `json:"at"`
+	// Crash says a crash record was kept (GET /sandboxes/{id}/crash):
+	// every end but "killed" and "exit" keeps one.
+	Crash bool `json:"crash,omitempty"`
 }
 
 // Sandbox is a sandbox's record.

@@ -11,7 +11,7 @@
 //	ember image import|pull|ls|inspect|rm|prune ...
 //	ember run --image REF [flags] [-- CMD ARGS...]   (prepared by ember-image)
 //	ember doctor [--vms N] [--fix]
-//	ember sandbox create|ls|kill|pause|resume|logs|exec ...   (emberd's client)
+//	ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   (emberd's client)
 //	ember template build|ls|rm ...                             (emberd's client)
 //	ember seccomp print [--json]
 //	ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]   (Firecracker's jailer; also as "jailer")
@@ -93,7 +93,7 @@ func usage(w io.Writer) {
   ember run --image REF [--env K=V]... [--user U] [--disk PATH] [...] [-- CMD ARGS]
                                         boot an image and exit with its workload's status (ember run --image x --help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
-  ember sandbox create|ls|kill|pause|resume|logs|exec ...   sandboxes through emberd (--socket, $EMBERD_SOCKET)
+  ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   sandboxes through emberd (--socket, $EMBERD_SOCKET)
   ember template build|ls|rm ...        templates (pre-warmed snapshots) through emberd
   ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]

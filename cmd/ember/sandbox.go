@@ -85,7 +85,7 @@ func fail(cmd string, err error) int {
 
 // runSandboxCmd is `ember sandbox ...`.
 func runSandboxCmd(args []string) int {
-	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|policy ..."
+	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|policy|host ..."
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "usage:", usage)
 		return exitUsage
@@ -125,6 +125,8 @@ func runSandboxCmd(args []string) int {
 		return sandboxCopy(ctx, args[1:])
 	case "policy":
 		return sandboxPolicy(ctx, args[1:])
+	case "host":
+		return sandboxHost(ctx, args[1:])
 	}
 	fmt.Fprintf(os.Stderr, "ember sandbox: unknown command %q; usage: %s\n", args[0], usage)
 	return exitUsage
@@ -288,12 +290,35 @@ func sandboxLogs(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("ember sandbox logs", flag.ContinueOnError)
 	mk := emberdFlags(fs)
 	vmmLog := fs.Bool("vmm", false, "ember's log instead of the guest console")
-	if code, ok := parseSub(fs, args, "ember sandbox logs [--vmm] ID"); !ok {
+	crash := fs.Bool("crash", false, "the crash record of a sandbox that ended abnormally: reason, status, the console's tail and ember's last log lines")
+	asJSON := fs.Bool("json", false, "with --crash: print the record as JSON")
+	if code, ok := parseSub(fs, args, "ember sandbox logs [--vmm | --crash [--json]] ID"); !ok {
 		return code
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "ember sandbox logs: want one argument, the sandbox ID")
 		return exitUsage
+	}
+	if *crash && *vmmLog {
+		fmt.Fprintln(os.Stderr, "ember sandbox logs: --crash and --vmm: choose one")
+		return exitUsage
+	}
+	if *asJSON && !*crash {
+		fmt.Fprintln(os.Stderr, "ember sandbox logs: --json goes with --crash")
+		return exitUsage
+	}
+	if *crash {
+		c := mk()
+		defer c.Close()
+		cr, err := c.Crash(ctx, fs.Arg(0))
+		if err != nil {
+			return fail("ember sandbox logs", err)
+		}
+		if *asJSON {
+			return printJSON(cr)
+		}
+		printCrash(os.Stdout, cr)
+		return exitOK
 	}
 	source := sandbox.LogConsole
 	if *vmmLog {
@@ -304,6 +329,73 @@ func sandboxLogs(ctx context.Context, args []string) int {
 	if err := c.Logs(ctx, fs.Arg(0), source, os.Stdout); err != nil {
 		return fail("ember sandbox logs", err)
 	}
+	return exitOK
+}
+
+// printCrash prints a crash record for a person.
+func printCrash(w io.Writer, cr sandbox.Crash) {
+	fmt.Fprintf(w, "sandbox:  %s (template %s, ember pid %d)\n", cr.Sandbox, cr.Template, cr.PID)
+	fmt.Fprintf(w, "reason:   %s\n", cr.Reason)
+	if cr.Message != "" {
+		fmt.Fprintf(w, "message:  %s\n", cr.Message)
+	}
+	switch {
+	case cr.Signal != 0:
+		fmt.Fprintf(w, "status:   killed by signal %d (%s)\n", cr.Signal, cr.SignalName)
+	case cr.Code != nil:
+		fmt.Fprintf(w, "status:   exit %d\n", *cr.Code)
+	default:
+		fmt.Fprintln(w, "status:   unknown (ember was not emberd's child)")
+	}
+	fmt.Fprintf(w, "at:       %s\n", cr.At.Local().Format(time.RFC3339))
+	fmt.Fprintf(w, "\n== console (last %d of %d bytes)\n%s", len(cr.Console), cr.ConsoleBytes, cr.Console)
+	if cr.Console != "" && !strings.HasSuffix(cr.Console, "\n") {
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "\n== ember's log (%d lines)\n", len(cr.EmberLog))
+	for _, l := range cr.EmberLog {
+		fmt.Fprintln(w, l)
+	}
+}
+
+// sandboxHost is `ember sandbox host`: emberd's budgets and their use.
+func sandboxHost(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox host", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	asJSON := fs.Bool("json", false, "print as JSON")
+	if code, ok := parseSub(fs, args, "ember sandbox host [--json]"); !ok {
+		return code
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(os.Stderr, "ember sandbox host: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	h, err := c.Host(ctx)
+	if err != nil {
+		return fail("ember sandbox host", err)
+	}
+	if *asJSON {
+		return printJSON(h)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUDGET\tHELD\tLIMIT\tFREE")
+	for _, r := range []struct {
+		name      string
+		used, lim int64
+	}{
+		{"memory_mib", h.Used.MemoryMiB, h.Budgets.MemoryMiB},
+		{"vcpus", h.Used.VCPUs, h.Budgets.VCPUs},
+		{"processes", h.Used.Processes, h.Budgets.Processes},
+		{"files", h.Used.Files, h.Budgets.Files},
+		{"taps", h.Used.Taps, h.Budgets.Taps},
+	} {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", r.name, r.used, r.lim, r.lim-r.used)
+	}
+	tw.Flush()
+	fmt.Printf("%d sandboxes hold a share; memory: %d MiB of %d given to sandboxes, overcommit %g; vCPUs: %d host CPUs, overcommit %g\n",
+		h.Sandboxes, h.MemoryMiB, h.HostMemoryMiB, h.MemoryOvercommit, h.HostCPUs, h.VCPUOvercommit)
 	return exitOK
 }
 

@@ -3,7 +3,16 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR] [--level LEVEL]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR]
+//	       [--level LEVEL] [--log-format json|text]
+//	       [--budget-memory-mib N] [--memory-reserve-mib N] [--memory-overcommit R]
+//	       [--budget-vcpus N] [--vcpu-overcommit R] [--budget-files N] [--budget-processes N] [--budget-taps N]
+//	       [--retry-after D]
+//
+// The budgets bound what the sandboxes may hold of the host (package
+// sandbox, admission.go); a create over one answers 429 with Retry-After.
+// A zero budget takes its default from the host. GET /host shows them,
+// GET /metrics is Prometheus' exposition.
 //
 // SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
 // next emberd on the same state folder adopts them.
@@ -28,6 +37,7 @@ import (
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
+	"github.com/embervm/ember/sandbox/metrics"
 	"github.com/embervm/ember/sandbox/network"
 )
 
@@ -57,6 +67,17 @@ func run(args []string) int {
 	netBridge := fs.String("network-bridge-cidr", "", "subnet of the host bridge (default 10.213.0.0/16)")
 	netPool := fs.Int("network-pool", defaultNetPool, "namespaces with tap and veth kept ready")
 	netDNS := fs.String("network-dns", "", "resolvers given to guests, comma-separated (default: the host's non-loopback ones)")
+	logFormat := fs.String("log-format", "json", "log format: json (one object a line) or text")
+	var adm sandbox.AdmissionConfig
+	fs.Int64Var(&adm.MemoryMiB, "budget-memory-mib", 0, "host memory given to sandboxes, MiB, before --memory-overcommit (default: MemTotal minus --memory-reserve-mib)")
+	fs.Int64Var(&adm.MemoryReserveMiB, "memory-reserve-mib", sandbox.DefaultMemoryReserveMiB, "host memory kept from sandboxes, MiB")
+	fs.Float64Var(&adm.MemoryOvercommit, "memory-overcommit", sandbox.DefaultMemoryOvercommit, "memory budget over the memory given to sandboxes")
+	fs.Int64Var(&adm.VCPUs, "budget-vcpus", 0, "vCPU budget (default: host CPUs times --vcpu-overcommit)")
+	fs.Float64Var(&adm.VCPUOvercommit, "vcpu-overcommit", sandbox.DefaultVCPUOvercommit, "vCPUs per host CPU")
+	fs.Int64Var(&adm.Files, "budget-files", 0, "budget of emberd's file descriptors (default: RLIMIT_NOFILE less a reserve)")
+	fs.Int64Var(&adm.Processes, "budget-processes", 0, "budget of tasks (default: the smaller of RLIMIT_NPROC and kernel.threads-max, less a reserve)")
+	fs.Int64Var(&adm.Taps, "budget-taps", 0, fmt.Sprintf("number of taps (default %d)", sandbox.DefaultTaps))
+	fs.DurationVar(&adm.RetryAfter, "retry-after", sandbox.DefaultRetryAfter, "Retry-After of a refused create when no sandbox's timeout comes sooner")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -73,13 +94,28 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "emberd: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if adm.MemoryOvercommit <= 0 || adm.VCPUOvercommit <= 0 {
+		fmt.Fprintln(os.Stderr, "emberd: --memory-overcommit and --vcpu-overcommit: want a ratio above 0")
+		return exitUsage
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	var log *slog.Logger
+	switch *logFormat {
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, hopts))
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, hopts))
+	default:
+		fmt.Fprintf(os.Stderr, "emberd: --log-format %q: want json or text\n", *logFormat)
+		return exitUsage
+	}
 	emberPath, err := findEmber(*ember)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
 		return exitUsage
 	}
-	cfg := sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log}
+	mt := metrics.New()
+	cfg := sandbox.Config{StateDir: *stateDir, Ember: emberPath, ImageHome: *imageHome, Log: log, Admission: adm, Observer: mt}
 	if *withNet {
 		nc, err := networkConfig(*netPrefix, *netGuest, *netBridge, *netDNS, *netPool)
 		if err != nil {
@@ -94,6 +130,7 @@ func run(args []string) int {
 		return 1
 	}
 	defer m.Close()
+	mt.Watch(m)
 
 	os.Remove(*socket) // a socket left by a killed emberd; the database lock keeps two apart
 	ul, err := net.Listen("unix", *socket)
@@ -102,7 +139,7 @@ func run(args []string) int {
 		return 1
 	}
 	defer os.Remove(*socket)
-	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log})}}
+	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, Metrics: mt.Handler()})}}
 	listeners := []net.Listener{ul}
 	if *tcp != "" {
 		tl, err := net.Listen("tcp", *tcp)
@@ -110,7 +147,7 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "emberd: --tcp: %v\n", err)
 			return 1
 		}
-		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token})})
+		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token, Metrics: mt.Handler()})})
 		listeners = append(listeners, tl)
 	}
 	errc := make(chan error, len(servers))
@@ -118,6 +155,9 @@ func run(args []string) int {
 		go func() { errc <- s.Serve(listeners[i]) }()
 	}
 	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "state", *stateDir, "ember", emberPath)
+	b := m.Host()
+	log.Info("budgets", "memory_mib", b.Budgets.MemoryMiB, "memory_overcommit", b.MemoryOvercommit, "vcpus", b.Budgets.VCPUs,
+		"processes", b.Budgets.Processes, "files", b.Budgets.Files, "taps", b.Budgets.Taps, "held_by", b.Sandboxes)
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)

@@ -7,8 +7,15 @@
 // fault (malformed JSON, unknown fields, wrong types, bad values), 404 an
 // unknown template, sandbox or route, 405 a method a route does not take,
 // 409 a request the object's state refuses (pause a paused sandbox, exec
-// without an agent), 401 a TCP request without the token, 500 a failure
-// of emberd or a VM. Nothing is half-made by a refused request.
+// without an agent), 429 a create over one of the host's budgets (with
+// Retry-After and the budget named in the body's "budget"), 401 a TCP
+// request without the token, 500 a failure of emberd or a VM. Nothing is
+// half-made by a refused request.
+//
+// GET /host shows the host's budgets and what the sandboxes hold (for an
+// external scheduler that bin-packs), GET /metrics is Prometheus'
+// exposition of the manager's registry, GET /sandboxes/{id}/crash a
+// sandbox's crash record.
 //
 // Exec answers with a stream of JSON lines (application/x-ndjson):
 // {"started": {"pid", "tag", "from"}} first, then one event each as the
@@ -29,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -77,12 +85,19 @@ func Routes() []Route {
 		{"GET", "/sandboxes/{id}/logs", (*server).logs},
 		{"GET", "/sandboxes/{id}/network", (*server).getNetwork},
 		{"PUT", "/sandboxes/{id}/network/policy", (*server).putPolicy},
+		{"GET", "/sandboxes/{id}/crash", (*server).crash},
+		{"GET", "/host", (*server).host},
+		{"GET", "/metrics", (*server).metrics},
 	}
 }
 
 // ErrorBody is every error's body.
 type ErrorBody struct {
 	Error string `json:"error"`
+	// Budget names the exhausted budget of a 429 (sandbox.BudgetMemory,
+	// ...); RetryAfterS repeats its Retry-After header.
+	Budget      string `json:"budget,omitempty"`
+	RetryAfterS int    `json:"retry_after_s,omitempty"`
 }
 
 // ExecEvent is one line of an exec's answer.
@@ -108,11 +123,15 @@ type Options struct {
 	// Token, if set, is required as "Authorization: Bearer TOKEN".
 	Token string
 	Log   *slog.Logger
+	// Metrics, if set, serves GET /metrics (package sandbox/metrics; the
+	// API does not link Prometheus, as the client shares its types).
+	Metrics http.Handler
 }
 
 type server struct {
-	m   *sandbox.Manager
-	log *slog.Logger
+	m    *sandbox.Manager
+	log  *slog.Logger
+	prom http.Handler // GET /metrics
 }
 
 // httpError is an error with its status.
@@ -132,7 +151,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{m: m, log: o.Log}
+	s := &server{m: m, log: o.Log, prom: o.Metrics}
 	mux := http.NewServeMux()
 	paths := http.NewServeMux() // the same paths for any method: 405 rather than 404
 	seen := map[string]bool{}
@@ -145,7 +164,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 		if !seen[rt.Path] {
 			seen[rt.Path] = true
 			paths.HandleFunc(rt.Path, func(w http.ResponseWriter, r *http.Request) {
-				writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{fmt.Sprintf("%s %s: method not allowed", r.Method, r.URL.Path)})
+				writeJSON(w, http.StatusMethodNotAllowed, ErrorBody{Error: fmt.Sprintf("%s %s: method not allowed", r.Method, r.URL.Path)})
 			})
 		}
 	}
@@ -158,14 +177,14 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 			paths.ServeHTTP(w, r)
 			return
 		}
-		writeJSON(w, http.StatusNotFound, ErrorBody{fmt.Sprintf("%s %s: no such route", r.Method, r.URL.Path)})
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: fmt.Sprintf("%s %s: no such route", r.Method, r.URL.Path)})
 	})
 	if o.Token != "" {
 		next := h
 		want := []byte("Bearer " + o.Token)
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-				writeJSON(w, http.StatusUnauthorized, ErrorBody{"missing or wrong token: send Authorization: Bearer TOKEN"})
+				writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: "missing or wrong token: send Authorization: Bearer TOKEN"})
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -178,7 +197,13 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := http.StatusInternalServerError
 	var he *httpError
+	var se *sandbox.Error
 	switch {
+	case errors.As(err, &se) && se.Kind == sandbox.KindExhausted:
+		secs := max(int(math.Ceil(se.RetryAfter.Seconds())), 1)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		writeJSON(w, http.StatusTooManyRequests, ErrorBody{Error: err.Error(), Budget: se.Budget, RetryAfterS: secs})
+		return
 	case errors.As(err, &he):
 		status = he.status
 	case sandbox.KindOf(err) == sandbox.KindInvalid:
@@ -191,9 +216,21 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = 499 // the client went away (nginx's convention); nobody reads it
 	}
 	if status == http.StatusInternalServerError {
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		s.log.Error("request failed", append(idAttrs(r), "method", r.Method, "path", r.URL.Path, "err", err)...)
 	}
-	writeJSON(w, status, ErrorBody{err.Error()})
+	writeJSON(w, status, ErrorBody{Error: err.Error()})
+}
+
+// idAttrs names the sandbox or template of a request, for its log lines.
+func idAttrs(r *http.Request) []any {
+	id := r.PathValue("id")
+	switch {
+	case id == "":
+		return nil
+	case strings.HasPrefix(r.URL.Path, "/sandboxes/"):
+		return []any{"sandbox", id}
+	}
+	return []any{"template", id}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -529,5 +566,28 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) error {
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.Copy(w, f) // as in download
+	return nil
+}
+
+func (s *server) crash(w http.ResponseWriter, r *http.Request) error {
+	c, err := s.m.Crash(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, c)
+	return nil
+}
+
+func (s *server) host(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.m.Host())
+	return nil
+}
+
+// metrics is the Prometheus exposition of the manager's registry.
+func (s *server) metrics(w http.ResponseWriter, r *http.Request) error {
+	if s.prom == nil {
+		return &httpError{http.StatusNotFound, "GET /metrics: this emberd serves no metrics"}
+	}
+	s.prom.ServeHTTP(w, r)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
@@ -30,6 +31,9 @@ const (
 	// maxEventLine bounds one exec event line (base64 of the agent's
 	// largest output frame and then some).
 	maxEventLine = 16 << 20
+	// maxRetryAfter bounds a Retry-After, in seconds (a day: anything
+	// longer is not a wait but a refusal).
+	maxRetryAfter = 24 * 60 * 60
 )
 
 // Client talks to one emberd.
@@ -43,6 +47,10 @@ type Client struct {
 type APIError struct {
 	Status  int
 	Message string
+	// Budget is the exhausted budget of a 429 (sandbox.BudgetMemory, ...)
+	// and RetryAfter its Retry-After header (0 if absent or unreadable).
+	Budget     string
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -56,6 +64,37 @@ func StatusOf(err error) int {
 		return e.Status
 	}
 	return 0
+}
+
+// Exhausted reports whether err is a create refused because one of the
+// host's budgets is exhausted (429 Too Many Requests), and if so which
+// budget and how long emberd asks to wait (its Retry-After).
+func Exhausted(err error) (budget string, retryAfter time.Duration, ok bool) {
+	var e *APIError
+	if errors.As(err, &e) && e.Status == http.StatusTooManyRequests {
+		return e.Budget, e.RetryAfter, true
+	}
+	return "", 0, false
+}
+
+// parseRetryAfter reads a Retry-After header: delay-seconds or an
+// HTTP-date (RFC 9110 section 10.2.3), relative to now.
+func parseRetryAfter(h string, now time.Time) (time.Duration, bool) {
+	h = strings.TrimSpace(h)
+	if h == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseInt(h, 10, 64); err == nil {
+		if secs < 0 || secs > maxRetryAfter {
+			return 0, false
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	t, err := http.ParseTime(h)
+	if err != nil {
+		return 0, false
+	}
+	return min(max(t.Sub(now), 0), maxRetryAfter*time.Second), true
 }
 
 // New returns a client of the emberd serving on the unix socket path.
@@ -109,9 +148,12 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 		defer resp.Body.Close()
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		e := &APIError{Status: resp.StatusCode}
+		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			e.RetryAfter = d
+		}
 		var eb api.ErrorBody
 		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
-			e.Message = eb.Error
+			e.Message, e.Budget = eb.Error, eb.Budget
 		} else {
 			e.Message = strings.TrimSpace(string(data))
 		}
@@ -318,6 +360,32 @@ func (c *Client) Upload(ctx context.Context, id, path string, r io.Reader) error
 // Download is GET /sandboxes/{id}/files?path=PATH, written to w.
 func (c *Client) Download(ctx context.Context, id, path string, w io.Writer) error {
 	resp, err := c.request(ctx, http.MethodGet, idPath("/sandboxes", id, "/files?path="+url.QueryEscape(path)), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// Crash is GET /sandboxes/{id}/crash: the crash record of a sandbox that
+// ended abnormally (404 when it has none).
+func (c *Client) Crash(ctx context.Context, id string) (sandbox.Crash, error) {
+	var cr sandbox.Crash
+	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id, "/crash"), nil, &cr)
+	return cr, err
+}
+
+// Host is GET /host: the host's budgets and what the sandboxes hold.
+func (c *Client) Host(ctx context.Context) (sandbox.Host, error) {
+	var h sandbox.Host
+	err := c.do(ctx, http.MethodGet, "/host", nil, &h)
+	return h, err
+}
+
+// Metrics is GET /metrics, Prometheus' text format, written to w.
+func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
+	resp, err := c.request(ctx, http.MethodGet, "/metrics", nil)
 	if err != nil {
 		return err
 	}
