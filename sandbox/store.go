@@ -10,7 +10,8 @@ import (
 )
 
 // Buckets of the database: one JSON record per key (the ID), plus a meta
-// bucket for the generation counter.
+// bucket for the generation counter and secrets (the API keys' bucket is
+// in apikeys.go).
 var (
 	bucketTemplates = []byte("templates")
 	bucketSandboxes = []byte("sandboxes")
@@ -37,7 +38,7 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("opening the state database %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta} {
+		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta, bucketAPIKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -10,6 +10,10 @@
 // without an agent), 401 a TCP request without the token, 500 a failure
 // of emberd or a VM. Nothing is half-made by a refused request.
 //
+// API keys (POST, GET /apikeys, DELETE /apikeys/{id}) are the keys of
+// emberd's E2B-compatible API (package sandbox/e2b); only their SHA-256 is
+// stored, and the key is in the creation's answer alone.
+//
 // Exec answers with a stream of JSON lines (application/x-ndjson), one
 // event each as the process produces it: {"stdout": BASE64},
 // {"stderr": BASE64}, then {"exit": {"code": N, ...}} or
@@ -68,6 +72,10 @@ func Routes() []Route {
 		{"GET", "/sandboxes/{id}/files", (*server).download},
 		{"PUT", "/sandboxes/{id}/files", (*server).upload},
 		{"GET", "/sandboxes/{id}/logs", (*server).logs},
+		{"POST", "/apikeys", (*server).createAPIKey},
+		{"GET", "/apikeys", (*server).listAPIKeys},
+		{"DELETE", "/apikeys/{id}", (*server).deleteAPIKey},
+		{"GET", "/e2b", (*server).e2bInfo},
 	}
 }
 
@@ -95,11 +103,25 @@ type Options struct {
 	// Token, if set, is required as "Authorization: Bearer TOKEN".
 	Token string
 	Log   *slog.Logger
+	// E2B, if set, is where emberd serves its E2B-compatible API (GET
+	// /e2b answers it; without it, 404).
+	E2B *E2BInfo
+}
+
+// E2BInfo is the answer of GET /e2b: the values of E2B's SDK variables
+// that point it at this emberd (`ember e2b env` prints them).
+type E2BInfo struct {
+	// APIURL is E2B_API_URL, SandboxURL E2B_SANDBOX_URL (the same
+	// listener serves both), Domain E2B_DOMAIN.
+	APIURL     string `json:"api_url"`
+	SandboxURL string `json:"sandbox_url"`
+	Domain     string `json:"domain"`
 }
 
 type server struct {
 	m   *sandbox.Manager
 	log *slog.Logger
+	e2b *E2BInfo
 }
 
 // httpError is an error with its status.
@@ -119,7 +141,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{m: m, log: o.Log}
+	s := &server{m: m, log: o.Log, e2b: o.E2B}
 	mux := http.NewServeMux()
 	paths := http.NewServeMux() // the same paths for any method: 405 rather than 404
 	seen := map[string]bool{}
@@ -466,5 +488,51 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) error {
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.Copy(w, f) // as in download
+	return nil
+}
+
+// APIKeyRequest is the body of POST /apikeys.
+type APIKeyRequest struct {
+	Name string `json:"name,omitempty"`
+}
+
+func (s *server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
+	var req APIKeyRequest
+	if err := Decode(r.Body, &req); err != nil {
+		return err
+	}
+	k, err := s.m.CreateAPIKey(req.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+func (s *server) listAPIKeys(w http.ResponseWriter, r *http.Request) error {
+	ks, err := s.m.APIKeys()
+	if err != nil {
+		return err
+	}
+	if ks == nil {
+		ks = []sandbox.APIKey{}
+	}
+	writeJSON(w, http.StatusOK, ks)
+	return nil
+}
+
+func (s *server) deleteAPIKey(w http.ResponseWriter, r *http.Request) error {
+	if err := s.m.DeleteAPIKey(r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *server) e2bInfo(w http.ResponseWriter, r *http.Request) error {
+	if s.e2b == nil {
+		return &httpError{http.StatusNotFound, "emberd serves no E2B-compatible API: start it with --e2b-addr"}
+	}
+	writeJSON(w, http.StatusOK, s.e2b)
 	return nil
 }
