@@ -3,7 +3,12 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR] [--level LEVEL]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--e2b-addr ADDR [--e2b-domain DOMAIN]]
+//	       [--ember PATH] [--image-home DIR] [--level LEVEL]
+//
+// --e2b-addr also serves E2B's sandbox API and envd protocol (package
+// sandbox/e2b) on ADDR, plain HTTP, off by default; `ember e2b env`
+// prints the variables that point E2B's SDK at it.
 //
 // SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
 // next emberd on the same state folder adopts them.
@@ -26,6 +31,7 @@ import (
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
+	"github.com/embervm/ember/sandbox/e2b"
 )
 
 // Defaults.
@@ -47,6 +53,8 @@ func run(args []string) int {
 	token := fs.String("token", "", "bearer token required on the TCP address")
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
 	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
+	e2bAddr := fs.String("e2b-addr", "", "also serve E2B's sandbox API and envd protocol on this TCP address (e.g. 127.0.0.1:3000; keys: ember apikey create)")
+	e2bDomain := fs.String("e2b-domain", "", "the E2B_DOMAIN `ember e2b env` prints and sandboxes report (default: the --e2b-addr host)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -84,8 +92,28 @@ func run(args []string) int {
 		return 1
 	}
 	defer os.Remove(*socket)
-	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log})}}
+	var e2bInfo *api.E2BInfo
+	var e2bListener net.Listener
+	if *e2bAddr != "" {
+		el, err := net.Listen("tcp", *e2bAddr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "emberd: --e2b-addr: %v\n", err)
+			return 1
+		}
+		e2bListener = el
+		e2bInfo = e2bEnv(el.Addr().String(), *e2bDomain)
+	}
+	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, E2B: e2bInfo})}}
 	listeners := []net.Listener{ul}
+	if e2bListener != nil {
+		h, err := e2b.New(m, e2b.Options{Domain: e2bInfo.Domain, Log: log})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+			return 1
+		}
+		servers = append(servers, &http.Server{Handler: h})
+		listeners = append(listeners, e2bListener)
+	}
 	if *tcp != "" {
 		tl, err := net.Listen("tcp", *tcp)
 		if err != nil {
@@ -99,7 +127,7 @@ func run(args []string) int {
 	for i, s := range servers {
 		go func() { errc <- s.Serve(listeners[i]) }()
 	}
-	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "state", *stateDir, "ember", emberPath)
+	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "e2b", *e2bAddr, "state", *stateDir, "ember", emberPath)
 
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGINT)
@@ -140,4 +168,18 @@ func findEmber(flagValue string) (string, error) {
 		return "", errors.New("no ember binary beside emberd or on PATH: give --ember")
 	}
 	return filepath.Abs(p)
+}
+
+// e2bEnv is what `ember e2b env` prints for the E2B listener at addr (the
+// bound address, so port 0 gives the real port).
+func e2bEnv(addr, domain string) *api.E2BInfo {
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening on all addresses: this host's loopback reaches it
+	}
+	if domain == "" {
+		domain = host
+	}
+	url := "http://" + net.JoinHostPort(host, port)
+	return &api.E2BInfo{APIURL: url, SandboxURL: url, Domain: domain}
 }

@@ -89,7 +89,6 @@
 package e2b
 
 import (
-	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -137,10 +136,4 @@ func New(m *sandbox.Manager, o Options) (http.Handler, error) {
 // downloadUrl), which names no sandbox.
 func isSignedFiles(r *http.Request) bool {
 	return r.URL.Path == "/files" && r.URL.Query().Get("signature") != ""
-}
-
-// Env returns the SDK's variables for an emberd whose E2B listener is at
-// url, with key.
-func Env(url, domain, key string) string {
-	return fmt.Sprintf("export E2B_API_URL=%s\nexport E2B_SANDBOX_URL=%s\nexport E2B_DOMAIN=%s\nexport E2B_API_KEY=%s\n", url, url, domain, key)
 }
