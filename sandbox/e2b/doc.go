@@ -110,6 +110,12 @@ type Options struct {
 // New returns the handler of emberd's E2B-compatible listener: the
 // control plane and the envd gateway.
 func New(m *sandbox.Manager, o Options) (http.Handler, error) {
+	return newHandler(m, o, ManagerBackend{M: m})
+}
+
+// newHandler is New with the gateway's backend given (tests put a
+// stand-in agent behind it).
+func newHandler(m *sandbox.Manager, o Options, b Backend) (http.Handler, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -121,7 +127,7 @@ func New(m *sandbox.Manager, o Options) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	gw := NewGateway(ManagerBackend{M: m}, tokens, o.Log)
+	gw := NewGateway(b, tokens, o.Log)
 	cp := newAPI(m, tokens, o.Domain, o.Log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if IsEnvdRequest(r) || isSignedFiles(r) {
