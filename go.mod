@@ -3,6 +3,7 @@ module github.com/embervm/ember
 go 1.26.8
 
 require (
+	connectrpc.com/connect v1.21.1
 	github.com/google/go-containerregistry v0.22.1
 	github.com/google/nftables v0.3.0
 	github.com/klauspost/compress v1.20.5

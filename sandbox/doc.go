@@ -76,6 +76,16 @@
 // (guest/tiny.Sandbox writes the boot timer at boot and after each
 // restore).
 //
+// # API keys and secrets
+//
+// emberd's E2B-compatible API (package sandbox/e2b) takes API keys that
+// emberd makes (CreateAPIKey: "e2b_" and 40 random hex digits); only each
+// key's SHA-256 is stored, in the "apikeys" bucket, and the key is shown
+// once. Secret keeps named random secrets in the meta bucket; the E2B
+// layer derives each sandbox's envd access token from one, so tokens
+// need no storage and survive a restart. SetTimeout moves a sandbox's
+// deadline; Agent hands a gateway the sandbox's agent client.
+//
 // # State
 //
 // The state is a bbolt database (go.etcd.io/bbolt) in the state folder:

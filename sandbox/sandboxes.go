@@ -558,3 +558,41 @@ func (m *Manager) Download(ctx context.Context, id, path string) (io.ReadCloser,
 	}
 	return d, nil
 }
+
+// SetTimeout makes a running or paused sandbox end (reason "timeout")
+// after d more of running: a running one d from now, a paused one d after
+// it resumes. d must be positive and at most 30 days.
+func (m *Manager) SetTimeout(ctx context.Context, id string, d time.Duration) (Sandbox, error) {
+	if d <= 0 || d > maxTimeout {
+		return Sandbox{}, invalid("timeout", "%v: want more than 0 and at most %v", d, maxTimeout)
+	}
+	l, err := m.liveSandbox(id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	l.ops.Lock()
+	defer l.ops.Unlock()
+	m.mu.Lock()
+	switch l.sb.State {
+	case StateRunning:
+		at := time.Now().Add(d)
+		l.sb.Deadline, l.sb.RemainingMS = &at, 0
+	case StatePaused:
+		l.sb.Deadline, l.sb.RemainingMS = nil, d.Milliseconds()
+	default:
+		state := l.sb.State
+		m.mu.Unlock()
+		return Sandbox{}, conflict("sandbox %s is %s", id, state)
+	}
+	m.armTimerLocked(l)
+	sb := l.sb
+	m.mu.Unlock()
+	return sb, m.db.put(bucketSandboxes, id, sb)
+}
+
+// Agent returns the agent client of a running sandbox (connecting if
+// needed), for a gateway that carries another protocol to the agent
+// (package sandbox/e2b). The client is shared: do not close it.
+func (m *Manager) Agent(ctx context.Context, id string) (*agentclient.Client, error) {
+	return m.agent(ctx, id)
+}

@@ -10,8 +10,9 @@ import (
 )
 
 // Buckets of the database: one JSON record per key (the ID), plus a meta
-// bucket for the generation counter and the network's address leases (by
-// owner: a sandbox or template ID).
+// bucket for the generation counter and secrets, and the network's address
+// leases (by owner: a sandbox or template ID); the API keys' bucket is in
+// apikeys.go.
 var (
 	bucketTemplates = []byte("templates")
 	bucketSandboxes = []byte("sandboxes")
@@ -39,7 +40,7 @@ func openStore(path string) (*store, error) {
 		return nil, fmt.Errorf("opening the state database %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta, bucketLeases} {
+		for _, b := range [][]byte{bucketTemplates, bucketSandboxes, bucketMeta, bucketLeases, bucketAPIKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -13,6 +13,8 @@
 //	ember doctor [--vms N] [--fix]
 //	ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   (emberd's client)
 //	ember template build|ls|rm ...                             (emberd's client)
+//	ember apikey create|ls|rm ...                              (emberd's client)
+//	ember e2b env [--key KEY]                                  (emberd's client)
 //	ember seccomp print [--json]
 //	ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]   (Firecracker's jailer; also as "jailer")
 //	ember version
@@ -95,6 +97,8 @@ func usage(w io.Writer) {
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   sandboxes through emberd (--socket, $EMBERD_SOCKET)
   ember template build|ls|rm ...        templates (pre-warmed snapshots) through emberd
+  ember apikey create|ls|rm ...         keys of emberd's E2B-compatible API (--e2b-addr)
+  ember e2b env [--key KEY]             the variables that point E2B's SDK at emberd
   ember seccomp print [--json]          the built-in seccomp filters (--json: as a --seccomp-filter file)
   ember jail --id ID --exec-file FILE --uid UID --gid GID [...] [-- VMM ARGS]
       Firecracker's jailer (also when invoked as "jailer"); ember jail --help for its flags
@@ -141,6 +145,10 @@ func run(args []string, start time.Time) int {
 		return runSandboxCmd(args[1:])
 	case "template":
 		return runTemplateCmd(args[1:])
+	case "apikey":
+		return runAPIKeyCmd(args[1:])
+	case "e2b":
+		return runE2BCmd(args[1:])
 	case "seccomp":
 		return runSeccompCmd(args[1:])
 	case "jail":

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -628,5 +629,118 @@ func TestCLI(t *testing.T) {
 	}
 	if out, code := ember("template", "rm", "tiny"); code != 0 {
 		t.Errorf("ember template rm: %d: %s", code, out)
+	}
+}
+
+// TestE2BListener: --e2b-addr serves E2B's API; `ember e2b env` prints
+// where (with a new key), `ember apikey` lists and removes keys, a
+// removed key is refused, and a sandbox's envd access token is the same
+// after emberd restarts (it derives from a secret in the database).
+func TestE2BListener(t *testing.T) {
+	testkvm.Need(t)
+	state := t.TempDir()
+	d := startDaemon(t, state, "--e2b-addr", "127.0.0.1:0")
+	cleanupVMs(t, state, &d)
+	ctx := ctxT(t)
+	ember := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(filepath.Join(bins, "ember"), args...)
+		cmd.Env = append(os.Environ(), "EMBERD_SOCKET="+d.sock)
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	out, code := ember("e2b", "env")
+	if code != 0 {
+		t.Fatalf("ember e2b env: %d: %s", code, out)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		k, v, _ := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		env[k] = v
+	}
+	apiURL, key := env["E2B_API_URL"], env["E2B_API_KEY"]
+	if !strings.HasPrefix(apiURL, "http://127.0.0.1:") || env["E2B_SANDBOX_URL"] != apiURL || env["E2B_DOMAIN"] != "127.0.0.1" || !strings.HasPrefix(key, "e2b_") {
+		t.Fatalf("ember e2b env printed %q", out)
+	}
+	out, code = ember("apikey", "ls")
+	if code != 0 || !strings.Contains(out, key[:10]) || strings.Contains(out, key) {
+		t.Fatalf("ember apikey ls: %d: %s (want the key's start, never the key)", code, out)
+	}
+	keyID := strings.Fields(strings.Split(out, "\n")[1])[0]
+
+	if _, err := d.c.BuildTemplate(ctx, tinyTemplate(t, "tiny")); err != nil {
+		t.Fatal(err)
+	}
+	e2b := func(method, url, key, body string, hdr ...string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+		req.Header.Set("X-API-KEY", key)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.String()
+	}
+	st, body := e2b("POST", apiURL+"/v2/sandboxes", key, `{"templateID":"tiny","timeout":60}`)
+	if st != http.StatusCreated {
+		t.Fatalf("create: %d %s", st, body)
+	}
+	var sb struct {
+		SandboxID, EnvdAccessToken string
+	}
+	if err := json.Unmarshal([]byte(body), &sb); err != nil || sb.EnvdAccessToken == "" {
+		t.Fatalf("create answer %s: %v", body, err)
+	}
+	// The tiny guest has no agent: its envd answers 502, as a sandbox
+	// whose envd is gone does.
+	if st, body := e2b("GET", apiURL+"/health", "", "", "E2b-Sandbox-Id", sb.SandboxID); st != http.StatusBadGateway {
+		t.Errorf("envd health of a guest without an agent: %d %s", st, body)
+	}
+
+	d.kill9()
+	d = startDaemon(t, state, "--e2b-addr", "127.0.0.1:0")
+	info, err := d.c.E2B(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, body = e2b("GET", info.APIURL+"/sandboxes/"+sb.SandboxID, key, "")
+	if st != http.StatusOK || !strings.Contains(body, `"envdAccessToken":"`+sb.EnvdAccessToken+`"`) {
+		t.Fatalf("after a restart: %d %s, want the same access token %s", st, body, sb.EnvdAccessToken)
+	}
+	if out, code := ember("apikey", "rm", keyID); code != 0 {
+		t.Fatalf("ember apikey rm: %d: %s", code, out)
+	}
+	if st, body := e2b("GET", info.APIURL+"/v2/sandboxes", key, ""); st != http.StatusUnauthorized || !strings.Contains(body, `"code":401`) {
+		t.Errorf("a removed key: %d %s, want 401", st, body)
+	}
+	if out, code := ember("apikey", "rm", keyID); code != 1 || !strings.Contains(out, "no such key") {
+		t.Errorf("ember apikey rm of a removed key: %d: %s", code, out)
+	}
+}
+
+// TestE2BEnvWithoutListener: `ember e2b env` against an emberd without
+// --e2b-addr says how to turn it on.
+func TestE2BEnvWithoutListener(t *testing.T) {
+	state := t.TempDir()
+	d := startDaemon(t, state)
+	cleanupVMs(t, state, &d)
+	cmd := exec.Command(filepath.Join(bins, "ember"), "e2b", "env")
+	cmd.Env = append(os.Environ(), "EMBERD_SOCKET="+d.sock)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "--e2b-addr") {
+		t.Errorf("ember e2b env without --e2b-addr: %v: %s", err, out)
 	}
 }

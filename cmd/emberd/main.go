@@ -3,16 +3,27 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--ember PATH] [--image-home DIR]
-//	       [--level LEVEL] [--log-format json|text]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--e2b-addr ADDR [--e2b-domain DOMAIN]]
+//	       [--ember PATH] [--image-home DIR] [--level LEVEL] [--log-format json|text]
+//	       [--network [--network-prefix P] [--network-guest-cidr CIDR] [--network-bridge-cidr CIDR]
+//	        [--network-pool N] [--network-dns IP,...]]
 //	       [--budget-memory-mib N] [--memory-reserve-mib N] [--memory-overcommit R]
 //	       [--budget-vcpus N] [--vcpu-overcommit R] [--budget-files N] [--budget-processes N] [--budget-taps N]
 //	       [--retry-after D]
+//
+// --network gives each sandbox of a template built with network its own
+// network (package sandbox/network): a namespace with its tap, a veth to
+// a host bridge, NAT, an address leased in emberd's database, an egress
+// policy; off by default (a sandbox then has no network device at all).
 //
 // The budgets bound what the sandboxes may hold of the host (package
 // sandbox, admission.go); a create over one answers 429 with Retry-After.
 // A zero budget takes its default from the host. GET /host shows them,
 // GET /metrics is Prometheus' exposition.
+//
+// --e2b-addr also serves E2B's sandbox API and envd protocol (package
+// sandbox/e2b) on ADDR, plain HTTP, off by default; `ember e2b env`
+// prints the variables that point E2B's SDK at it.
 //
 // SIGTERM or SIGINT stops emberd and leaves the sandboxes running: the
 // next emberd on the same state folder adopts them.
@@ -37,6 +48,7 @@ import (
 
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/api"
+	"github.com/embervm/ember/sandbox/e2b"
 	"github.com/embervm/ember/sandbox/metrics"
 	"github.com/embervm/ember/sandbox/network"
 )
@@ -60,6 +72,8 @@ func run(args []string) int {
 	token := fs.String("token", "", "bearer token required on the TCP address")
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
 	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
+	e2bAddr := fs.String("e2b-addr", "", "also serve E2B's sandbox API and envd protocol on this TCP address (e.g. 127.0.0.1:3000; keys: ember apikey create)")
+	e2bDomain := fs.String("e2b-domain", "", "the E2B_DOMAIN `ember e2b env` prints and sandboxes report (default: the --e2b-addr host)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	withNet := fs.Bool("network", false, "give sandboxes of templates built with network a network of their own (namespace, tap, NAT, egress policy)")
 	netPrefix := fs.String("network-prefix", "", "first letters of every bridge, namespace and veth made (default emb)")
@@ -139,22 +153,42 @@ func run(args []string) int {
 		return 1
 	}
 	defer os.Remove(*socket)
-	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, Metrics: mt.Handler()})}}
+	var e2bInfo *api.E2BInfo
+	var e2bListener net.Listener
+	if *e2bAddr != "" {
+		el, err := net.Listen("tcp", *e2bAddr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "emberd: --e2b-addr: %v\n", err)
+			return 1
+		}
+		e2bListener = el
+		e2bInfo = e2bEnv(el.Addr().String(), *e2bDomain)
+	}
+	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, Metrics: mt.Handler(), E2B: e2bInfo})}}
 	listeners := []net.Listener{ul}
+	if e2bListener != nil {
+		h, err := e2b.New(m, e2b.Options{Domain: e2bInfo.Domain, Log: log})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+			return 1
+		}
+		servers = append(servers, &http.Server{Handler: h})
+		listeners = append(listeners, e2bListener)
+	}
 	if *tcp != "" {
 		tl, err := net.Listen("tcp", *tcp)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "emberd: --tcp: %v\n", err)
 			return 1
 		}
-		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token, Metrics: mt.Handler()})})
+		servers = append(servers, &http.Server{Handler: api.New(m, api.Options{Log: log, Token: *token, Metrics: mt.Handler(), E2B: e2bInfo})})
 		listeners = append(listeners, tl)
 	}
 	errc := make(chan error, len(servers))
 	for i, s := range servers {
 		go func() { errc <- s.Serve(listeners[i]) }()
 	}
-	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "state", *stateDir, "ember", emberPath)
+	log.Info("emberd listening", "socket", *socket, "tcp", *tcp, "e2b", *e2bAddr, "state", *stateDir, "ember", emberPath)
 	b := m.Host()
 	log.Info("budgets", "memory_mib", b.Budgets.MemoryMiB, "memory_overcommit", b.MemoryOvercommit, "vcpus", b.Budgets.VCPUs,
 		"processes", b.Budgets.Processes, "files", b.Budgets.Files, "taps", b.Budgets.Taps, "held_by", b.Sandboxes)
@@ -232,4 +266,18 @@ func networkConfig(prefix, guest, bridge, dns string, pool int) (*network.Config
 		c.DNS = append(c.DNS, ip)
 	}
 	return c, nil
+}
+
+// e2bEnv is what `ember e2b env` prints for the E2B listener at addr (the
+// bound address, so port 0 gives the real port).
+func e2bEnv(addr, domain string) *api.E2BInfo {
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1" // listening on all addresses: this host's loopback reaches it
+	}
+	if domain == "" {
+		domain = host
+	}
+	url := "http://" + net.JoinHostPort(host, port)
+	return &api.E2BInfo{APIURL: url, SandboxURL: url, Domain: domain}
 }

@@ -17,6 +17,10 @@
 // exposition of the manager's registry, GET /sandboxes/{id}/crash a
 // sandbox's crash record.
 //
+// API keys (POST, GET /apikeys, DELETE /apikeys/{id}) are the keys of
+// emberd's E2B-compatible API (package sandbox/e2b); only their SHA-256 is
+// stored, and the key is in the creation's answer alone.
+//
 // Exec answers with a stream of JSON lines (application/x-ndjson):
 // {"started": {"pid", "tag", "from"}} first, then one event each as the
 // process produces it: {"stdout": BASE64}, {"stderr": BASE64}, then
@@ -88,6 +92,10 @@ func Routes() []Route {
 		{"GET", "/sandboxes/{id}/crash", (*server).crash},
 		{"GET", "/host", (*server).host},
 		{"GET", "/metrics", (*server).metrics},
+		{"POST", "/apikeys", (*server).createAPIKey},
+		{"GET", "/apikeys", (*server).listAPIKeys},
+		{"DELETE", "/apikeys/{id}", (*server).deleteAPIKey},
+		{"GET", "/e2b", (*server).e2bInfo},
 	}
 }
 
@@ -126,12 +134,26 @@ type Options struct {
 	// Metrics, if set, serves GET /metrics (package sandbox/metrics; the
 	// API does not link Prometheus, as the client shares its types).
 	Metrics http.Handler
+	// E2B, if set, is where emberd serves its E2B-compatible API (GET
+	// /e2b answers it; without it, 404).
+	E2B *E2BInfo
+}
+
+// E2BInfo is the answer of GET /e2b: the values of E2B's SDK variables
+// that point it at this emberd (`ember e2b env` prints them).
+type E2BInfo struct {
+	// APIURL is E2B_API_URL, SandboxURL E2B_SANDBOX_URL (the same
+	// listener serves both), Domain E2B_DOMAIN.
+	APIURL     string `json:"api_url"`
+	SandboxURL string `json:"sandbox_url"`
+	Domain     string `json:"domain"`
 }
 
 type server struct {
 	m    *sandbox.Manager
 	log  *slog.Logger
 	prom http.Handler // GET /metrics
+	e2b  *E2BInfo
 }
 
 // httpError is an error with its status.
@@ -151,7 +173,7 @@ func New(m *sandbox.Manager, o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{m: m, log: o.Log, prom: o.Metrics}
+	s := &server{m: m, log: o.Log, prom: o.Metrics, e2b: o.E2B}
 	mux := http.NewServeMux()
 	paths := http.NewServeMux() // the same paths for any method: 405 rather than 404
 	seen := map[string]bool{}
@@ -589,5 +611,51 @@ func (s *server) metrics(w http.ResponseWriter, r *http.Request) error {
 		return &httpError{http.StatusNotFound, "GET /metrics: this emberd serves no metrics"}
 	}
 	s.prom.ServeHTTP(w, r)
+	return nil
+}
+
+// APIKeyRequest is the body of POST /apikeys.
+type APIKeyRequest struct {
+	Name string `json:"name,omitempty"`
+}
+
+func (s *server) createAPIKey(w http.ResponseWriter, r *http.Request) error {
+	var req APIKeyRequest
+	if err := Decode(r.Body, &req); err != nil {
+		return err
+	}
+	k, err := s.m.CreateAPIKey(req.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+func (s *server) listAPIKeys(w http.ResponseWriter, r *http.Request) error {
+	ks, err := s.m.APIKeys()
+	if err != nil {
+		return err
+	}
+	if ks == nil {
+		ks = []sandbox.APIKey{}
+	}
+	writeJSON(w, http.StatusOK, ks)
+	return nil
+}
+
+func (s *server) deleteAPIKey(w http.ResponseWriter, r *http.Request) error {
+	if err := s.m.DeleteAPIKey(r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *server) e2bInfo(w http.ResponseWriter, r *http.Request) error {
+	if s.e2b == nil {
+		return &httpError{http.StatusNotFound, "emberd serves no E2B-compatible API: start it with --e2b-addr"}
+	}
+	writeJSON(w, http.StatusOK, s.e2b)
 	return nil
 }

@@ -393,3 +393,30 @@ func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
 	_, err = io.Copy(w, resp.Body)
 	return err
 }
+
+// CreateAPIKey is POST /apikeys: the answer holds the key, which emberd
+// does not keep.
+func (c *Client) CreateAPIKey(ctx context.Context, name string) (sandbox.NewAPIKey, error) {
+	var k sandbox.NewAPIKey
+	err := c.do(ctx, http.MethodPost, "/apikeys", api.APIKeyRequest{Name: name}, &k)
+	return k, err
+}
+
+// APIKeys is GET /apikeys.
+func (c *Client) APIKeys(ctx context.Context) ([]sandbox.APIKey, error) {
+	var ks []sandbox.APIKey
+	err := c.do(ctx, http.MethodGet, "/apikeys", nil, &ks)
+	return ks, err
+}
+
+// DeleteAPIKey is DELETE /apikeys/{id}.
+func (c *Client) DeleteAPIKey(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, idPath("/apikeys", id), nil, nil)
+}
+
+// E2B is GET /e2b: where emberd serves its E2B-compatible API.
+func (c *Client) E2B(ctx context.Context) (api.E2BInfo, error) {
+	var info api.E2BInfo
+	err := c.do(ctx, http.MethodGet, "/e2b", nil, &info)
+	return info, err
+}

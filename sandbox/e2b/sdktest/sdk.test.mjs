@@ -1,0 +1,117 @@
+// E2B's JS SDK, unchanged, against emberd's E2B-compatible listener.
+// Run by sandbox/e2b's TestSDK (go test), which sets E2B_API_URL,
+// E2B_SANDBOX_URL, E2B_API_KEY, EMBER_TEMPLATE and EMBER_WORKDIR (the
+// folder the stand-in agent may write: it runs on the test's host).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { Sandbox, CommandExitError, AuthenticationError } from 'e2b'
+
+const template = process.env.EMBER_TEMPLATE
+const work = process.env.EMBER_WORKDIR
+
+// waitFor polls cond until it holds (bounded: 20 s).
+async function waitFor(what, cond) {
+  for (let i = 0; i < 400; i++) {
+    if (await cond()) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  assert.fail(`timed out waiting for ${what}`)
+}
+
+test('lifecycle: create, list by metadata, getInfo, setTimeout, kill', async () => {
+  const sbx = await Sandbox.create(template, { metadata: { suite: 'sdk' } })
+  const other = await Sandbox.create(template, { metadata: { suite: 'other' } })
+  try {
+    const page = await Sandbox.list({ query: { metadata: { suite: 'sdk' } } }).nextItems()
+    assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId])
+    assert.equal(page[0].templateId, template)
+    assert.equal(page[0].state, 'running')
+
+    await sbx.setTimeout(120_000)
+    const info = await sbx.getInfo()
+    const left = info.endAt.getTime() - Date.now()
+    assert.ok(left > 100_000 && left <= 120_000, `endAt is ${left} ms away, want about 120 s`)
+    assert.equal(await sbx.isRunning(), true)
+  } finally {
+    assert.equal(await sbx.kill(), true)
+    assert.equal(await other.kill(), true)
+  }
+  assert.equal(await Sandbox.kill(sbx.sandboxId), false, 'a killed sandbox is not found')
+  assert.equal(await Sandbox.kill('sb-000000000000'), false, 'an unknown sandbox is not found')
+})
+
+test('a wrong API key is refused', async () => {
+  await assert.rejects(Sandbox.create(template, { apiKey: 'e2b_wrong' }), AuthenticationError)
+})
+
+test('commands and files through the envd gateway', async () => {
+  const sbx = await Sandbox.create(template)
+  try {
+    const r = await sbx.commands.run('echo hi; echo oops >&2')
+    assert.equal(r.stdout, 'hi\n')
+    assert.equal(r.stderr, 'oops\n')
+    assert.equal(r.exitCode, 0)
+
+    await assert.rejects(sbx.commands.run('exit 3'), (err) => err instanceof CommandExitError && err.exitCode === 3)
+
+    // A background command streams through onStdout while it runs and is
+    // killed with commands.kill.
+    const lines = []
+    const bg = await sbx.commands.run('for i in 1 2 3; do echo line$i; sleep 0.1; done; sleep 600', {
+      background: true,
+      onStdout: (d) => lines.push(d),
+    })
+    await waitFor('three lines', () => lines.join('').includes('line3'))
+    assert.equal(await sbx.commands.kill(bg.pid), true)
+    await assert.rejects(bg.wait(), CommandExitError)
+    assert.equal(await sbx.commands.kill(bg.pid), false, 'a finished process is not found')
+
+    // sendStdin reaches cat.
+    let catOut = ''
+    const cat = await sbx.commands.run('cat', { background: true, stdin: true, onStdout: (d) => (catOut += d) })
+    await sbx.commands.sendStdin(cat.pid, 'meow\n')
+    await waitFor('cat to echo', () => catOut === 'meow\n')
+    await sbx.commands.closeStdin(cat.pid)
+    assert.equal((await cat.wait()).exitCode, 0)
+
+    // A PTY session echoes typed input.
+    let screen = ''
+    const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => (screen += new TextDecoder().decode(d)) })
+    await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('echo pty-$((6*7))\n'))
+    await waitFor('the terminal to answer', () => screen.includes('pty-42'))
+    await sbx.pty.resize(pty.pid, { cols: 100, rows: 30 })
+    await sbx.pty.kill(pty.pid)
+
+    // Files.
+    const dir = `${work}/files`
+    assert.equal(await sbx.files.makeDir(dir), true)
+    assert.equal(await sbx.files.makeDir(dir), false, 'makeDir of an existing folder')
+    const events = []
+    const watch = await sbx.files.watchDir(dir, (e) => events.push(e))
+    const w = await sbx.files.write(`${dir}/a.txt`, 'hello')
+    assert.equal(w.path, `${dir}/a.txt`)
+    assert.equal(await sbx.files.read(`${dir}/a.txt`), 'hello')
+    assert.equal(await sbx.files.exists(`${dir}/a.txt`), true)
+    assert.equal(await sbx.files.exists(`${dir}/none`), false)
+    await sbx.files.write(`${dir}/big.bin`, new Blob(['ember'.repeat(100000)]), { gzip: true })
+    assert.equal((await sbx.files.getInfo(`${dir}/big.bin`)).size, 500000)
+    const names = (await sbx.files.list(dir)).map((e) => e.name).sort()
+    assert.deepEqual(names, ['a.txt', 'big.bin'])
+    await sbx.files.rename(`${dir}/a.txt`, `${dir}/b.txt`)
+    assert.equal(await sbx.files.exists(`${dir}/a.txt`), false)
+    await sbx.files.remove(`${dir}/b.txt`)
+    assert.equal(await sbx.files.exists(`${dir}/b.txt`), false)
+    await waitFor('watch events', () => events.some((e) => e.name === 'a.txt' && e.type === 'create'))
+    await watch.stop()
+
+    // Signed URLs: no headers, no sandbox ID.
+    const url = await sbx.downloadUrl(`${dir}/big.bin`, { useSignatureExpiration: 60 })
+    const res = await fetch(url)
+    assert.equal(res.status, 200)
+    assert.equal((await res.text()).length, 500000)
+  } finally {
+    await sbx.kill()
+  }
+  // A killed sandbox's envd is gone.
+  await assert.rejects(sbx.commands.run('true'))
+})
