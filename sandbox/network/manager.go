@@ -226,7 +226,7 @@ func (m *Manager) setup(ctx context.Context, spec SetupSpec, usePool bool, given
 	if spec.Tap == "" {
 		spec.Tap = m.cfg.TapName
 	}
-	if !ifnameRE.MatchString(spec.Tap) || spec.Tap == nsVeth || spec.Tap == "lo" {
+	if !ifName.ok(spec.Tap) || spec.Tap == nsVeth || spec.Tap == "lo" {
 		return nil, fmt.Errorf("network: tap name %q: want 1-15 letters, digits, '_', '.' or '-', not %s or lo", spec.Tap, nsVeth)
 	}
 	if err := spec.Policy.Validate(); err != nil {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -89,12 +91,23 @@ func newNft(cfg Config, bridge string) *nft {
 }
 
 func conn() (*nftables.Conn, error) {
-	c, err := nftables.New()
+	// Each operation dials its own netlink socket, and each socket gets a
+	// read deadline: a kernel reply that never comes (google/nftables
+	// issue 329: a batch that makes the kernel load a module can leave an
+	// ACK missing, and Flush waits forever) fails the operation instead of
+	// hanging emberd.
+	c, err := nftables.New(nftables.WithSockOptions(func(nc *netlink.Conn) error {
+		return nc.SetReadDeadline(time.Now().Add(nftReplyTimeout))
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
 	return c, nil
 }
+
+// nftReplyTimeout bounds one nftables operation's wait for the kernel's
+// replies (they take microseconds; a slow emulated host, milliseconds).
+const nftReplyTimeout = 30 * time.Second
 
 // install makes the table, maps and base chains, or brings existing ones to
 // this configuration without touching the sandboxes' chains.
