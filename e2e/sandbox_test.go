@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -226,8 +227,9 @@ func TestSandboxes(t *testing.T) {
 			t.Errorf("sandboxes %d and %d have the same generation %s", j, i, gen)
 		}
 		gens[gen] = i
-		if !strings.Contains(meta, fmt.Sprintf(`"index":"%d"`, i)) {
-			t.Errorf("sandbox %d: metadata %q", i, meta)
+		var md map[string]string
+		if err := json.Unmarshal([]byte(meta), &md); err != nil || md["index"] != strconv.Itoa(i) {
+			t.Errorf("sandbox %d: metadata %q (%v)", i, meta, err)
 		}
 
 		before := time.Now()

@@ -12,9 +12,10 @@ set -euo pipefail
 
 readonly SUITE=bookworm
 readonly VARIANT=essential
-# bash for E2B's SDK (commands run as /bin/bash -l -c), python3 for the
-# sandbox tests, ca-certificates and iproute2 as a real image would have.
-readonly PACKAGES=bash,python3-minimal,iproute2,ca-certificates
+# bash for E2B's SDK (commands run as /bin/bash -l -c), python3 (with its
+# standard library: uuid, urllib) for the sandbox tests, iputils-ping for the
+# network tests, ca-certificates and iproute2 as a real image would have.
+readonly PACKAGES=bash,python3,iproute2,iputils-ping,ca-certificates
 
 out=${1:?usage: $0 OUT}
 cache=${EMBER_CACHE:-/var/cache/ember}
