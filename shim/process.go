@@ -41,6 +41,7 @@ type process struct {
 	pid       uint32
 	p         *agentclient.Process
 	stdinFifo io.ReadCloser
+	stdinDone chan struct{} // closed once stdin was copied and closed
 	status    uint32
 	exitedAt  time.Time
 }
@@ -103,7 +104,9 @@ func (p *process) start(ctx context.Context, ac *agentclient.Client, onExit func
 	}
 	p.started, p.pid, p.p, p.stdinFifo = true, uint32(ap.PID()), ap, stdin
 	if stdin != nil {
+		p.stdinDone = make(chan struct{})
 		go func() {
+			defer close(p.stdinDone)
 			w := ap.Stdin()
 			if _, err := io.Copy(w, stdin); err != nil && !errors.Is(err, os.ErrClosed) {
 				p.log.Debug("stdin", "exec", p.id, "err", err)
@@ -147,13 +150,28 @@ func (p *process) setExited(code uint32) {
 	close(p.exited)
 }
 
-// closeStdin closes stdin: the process reads EOF.
+// stdinDrain bounds how long CloseIO lets the stdin copy finish on its
+// own: containerd closes its end of the FIFO before it calls CloseIO, so
+// the copy reaches EOF once it has passed on what the FIFO still holds.
+const stdinDrain = time.Second
+
+// closeStdin closes stdin: the process reads EOF after what containerd
+// wrote.
 func (p *process) closeStdin() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stdinFifo != nil {
-		p.stdinFifo.Close()
+	f, done := p.stdinFifo, p.stdinDone
+	p.mu.Unlock()
+	if f == nil {
+		return
 	}
+	if done != nil {
+		select {
+		case <-done:
+			return
+		case <-time.After(stdinDrain):
+		}
+	}
+	f.Close()
 }
 
 func (p *process) exitStatus() (uint32, time.Time) {
