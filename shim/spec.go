@@ -78,6 +78,9 @@ func execStart(p *specs.Process, tag string, stdin bool) (proto.ExecStart, error
 	if len(p.Args) == 0 || p.Args[0] == "" {
 		return proto.ExecStart{}, fmt.Errorf("spec: process.args is empty: nothing to run")
 	}
+	if p.Cwd != "" && !filepath.IsAbs(p.Cwd) {
+		return proto.ExecStart{}, fmt.Errorf("spec: process.cwd %q: must be an absolute path", p.Cwd)
+	}
 	req := proto.ExecStart{
 		Args: append([]string(nil), p.Args...),
 		Cwd:  p.Cwd,
