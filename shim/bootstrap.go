@@ -99,8 +99,11 @@ func Start(o Opts, self string, serverArgs []string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("start: %w", err)
 	}
-	defer l.Close()
-	f, err := l.(*net.UnixListener).File()
+	ul := l.(*net.UnixListener)
+	// The socket outlives this listener: the server has it as fd 3.
+	ul.SetUnlinkOnClose(false)
+	defer ul.Close()
+	f, err := ul.File()
 	if err != nil {
 		os.Remove(path)
 		return "", err
