@@ -135,20 +135,43 @@ func Prepare(ctx context.Context, store *image.Store, o Options) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	ic := ImageConfig{Env: img.Config.Env, WorkingDir: img.Config.WorkingDir, User: img.Config.User,
+		Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd}
+	return PrepareLayers(ctx, filepath.Dir(store.Root()), layers, initconfig.FSErofs, ic, o)
+}
+
+// ImageConfig is what an image VM takes from an image's config: the
+// defaults of its workload.
+type ImageConfig struct {
+	Env              []string
+	WorkingDir, User string
+	Entrypoint, Cmd  []string
+}
+
+// PrepareLayers makes the files of a VM whose layers are the read-only
+// filesystem images layers (lowest first, of type fsType: initconfig.FSErofs
+// or FSExt4) rather than an image of the store: the containerd shim's
+// root filesystems. home is Ember's home, where the blank writable bases
+// and the initrd cache live (the store's parent folder); o.Ref names the
+// image in messages only.
+func PrepareLayers(ctx context.Context, home string, layers []string, fsType string, img ImageConfig, o Options) (*VM, error) {
+	if len(layers) > MaxLayerDrives {
+		return nil, fmt.Errorf("%d layers: a VM takes at most %d layer drives", len(layers), MaxLayerDrives)
+	}
 	cfg := initconfig.Config{
 		Version:    initconfig.Version,
 		Mode:       initconfig.ModeRun,
 		Hostname:   o.Hostname,
-		Env:        initconfig.MergeEnv(img.Config.Env, o.Env),
-		WorkingDir: img.Config.WorkingDir,
-		User:       img.Config.User,
-		Args:       append(append([]string(nil), img.Config.Entrypoint...), img.Config.Cmd...),
+		Env:        initconfig.MergeEnv(img.Env, o.Env),
+		WorkingDir: img.WorkingDir,
+		User:       img.User,
+		Args:       append(append([]string(nil), img.Entrypoint...), img.Cmd...),
 		Terminal:   o.Terminal,
 		Writable:   &initconfig.Drive{Serial: WritableID, FSType: initconfig.FSExt4},
 		Debug:      o.Debug,
 	}
 	if len(o.Args) > 0 {
-		cfg.Args = append(append([]string(nil), img.Config.Entrypoint...), o.Args...)
+		cfg.Args = append(append([]string(nil), img.Entrypoint...), o.Args...)
 	}
 	if o.User != "" {
 		cfg.User = o.User
@@ -166,12 +189,12 @@ func Prepare(ctx context.Context, store *image.Store, o Options) (*VM, error) {
 	for i, l := range layers {
 		id := LayerID(i)
 		vm.Drives = append(vm.Drives, Drive{ID: id, Path: l, ReadOnly: true})
-		cfg.Layers = append(cfg.Layers, initconfig.Drive{Serial: id, FSType: initconfig.FSErofs})
+		cfg.Layers = append(cfg.Layers, initconfig.Drive{Serial: id, FSType: fsType})
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	rw, err := writableDrive(filepath.Dir(store.Root()), o)
+	rw, err := writableDrive(home, o)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +206,7 @@ func Prepare(ctx context.Context, store *image.Store, o Options) (*VM, error) {
 			return nil, err
 		}
 	}
-	base, err := initrd.BuildInitramfs(filepath.Join(filepath.Dir(store.Root()), "initrd"), initBin)
+	base, err := initrd.BuildInitramfs(filepath.Join(home, "initrd"), initBin)
 	if err != nil {
 		return nil, err
 	}

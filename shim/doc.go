@@ -1,0 +1,65 @@
+// Package shim is containerd-shim-ember-v2, containerd's runtime v2 shim
+// for Ember (runtime type io.containerd.ember.v2): every task (container)
+// runs in its own Ember microVM, and its processes run under the guest's
+// agent.
+//
+// # Which protocol
+//
+// The shim serves containerd.task.v2.Task over ttrpc (generated types
+// from github.com/containerd/containerd/api/runtime/task/v2,
+// github.com/containerd/ttrpc), which is what containerd 1.6 (Debian 12)
+// calls. containerd v2.x's pkg/shim is not used: from v2.3 it speaks the
+// new bootstrap protocol (protobuf BootstrapParams on stdin and stdout)
+// and refuses a containerd that does not ("shim was started through the
+// deprecated API"), while containerd 1.6 reads a plain address from the
+// start command's output. So the shim carries the 1.6 binary protocol
+// itself (bootstrap.go): `start` listens on
+// /run/containerd/s/sha256(address/namespace/id), starts the server with
+// the socket as fd 3 and prints the address; the server logs to the
+// bundle's "log" FIFO and forwards events to containerd's ttrpc socket
+// (TTRPC_ADDRESS, Events/Forward); `delete` cleans up after a shim that
+// is gone. containerd 2.x also serves task v2 shims; the v3 API is not
+// registered.
+//
+// # Root filesystems
+//
+// Create turns containerd's rootfs mounts into the VM's drives
+// (rootfs.go): an overlay's lowerdirs (lowest first; its upperdir on top
+// when not empty), a bind mount's source, or, with no mounts, the spec's
+// root.path. Each directory becomes a read-only EROFS image (mkfs.erofs)
+// in a cache shared by every VM of the host (EMBER_HOME/shim/layers),
+// keyed by a SHA-256 of a metadata walk of the directory (paths, modes,
+// owners, sizes, mtimes to the nanosecond, device numbers, link targets,
+// xattrs; contents are not read: committed snapshots do not change, and
+// a write changes size or mtime); the path is not in the key, so equal
+// layers share an image. The VM also gets a copy-on-write writable drive
+// over the blank ext4 base (package image/boot), and ember-init stacks
+// them with overlayfs in the guest: no host directory is shared into the
+// guest, and nothing the container writes goes back to the host's
+// snapshot.
+//
+// # Tasks
+//
+// Create boots the VM (ember with the Firecracker API through
+// api/client, ember-init serving the agent) and waits for its agent;
+// Start runs the spec's process through agent/client ExecStart (args,
+// env, cwd, numeric uid:gid, a terminal of the console size, or pipes)
+// and copies stdio between containerd's FIFOs and the agent. Exec runs
+// more processes in the same VM; Kill signals through the agent (All:
+// the process group); Wait, State, Pids (the agent's running processes),
+// ResizePty, CloseIO, Pause and Resume (the VM's vCPUs), Delete (ends the
+// VM and removes its files), Connect, Shutdown. Exits are published as
+// TaskExit with the agent's status (128+N for signal N), and the other
+// task events containerd's own shims send.
+//
+// The task's pid is the ember process on the host until its process
+// starts, then the process's pid in the guest.
+//
+// Not yet: one VM per pod sandbox (today each container is its own VM,
+// the pause container too); namespaces, mounts and cgroup limits inside
+// the VM (the agent runs processes in the guest's root; the VM's size
+// comes from the spec's memory limit and CPU quota); Stats and Update;
+// OOM events; the pod's network namespace (CNI) into the guest; starting
+// from a pre-warmed snapshot; the jailer; more layers than
+// image/boot.MaxLayerDrives.
+package shim

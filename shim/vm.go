@@ -1,0 +1,291 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	agentclient "github.com/embervm/ember/agent/client"
+	"github.com/embervm/ember/api"
+	apiclient "github.com/embervm/ember/api/client"
+	"github.com/embervm/ember/guest/initconfig"
+	"github.com/embervm/ember/image/boot"
+)
+
+// Launcher boots the VM of a task. The shim's service knows VMs only
+// through it: Ember's (EmberLauncher) runs an ember process per VM;
+// tests put a real agent in the test process behind one.
+type Launcher interface {
+	Boot(ctx context.Context, spec VMSpec) (VM, error)
+}
+
+// VMSpec is one task's VM.
+type VMSpec struct {
+	// ID names the VM (the container's ID).
+	ID string
+	// Dir is the VM's folder (in the bundle): its initrd, writable
+	// drive, sockets and logs. The launcher creates what it needs in it.
+	Dir string
+	// Layers are the root filesystem's layer directories, lowest first.
+	Layers []string
+	// Hostname is the guest's host name ("" leaves it unset).
+	Hostname string
+	// Env is the agent's base environment, NAME=value.
+	Env []string
+	// VCPUs and MemoryMiB size the VM.
+	VCPUs, MemoryMiB int
+}
+
+// VM is a running VM with its guest's agent.
+type VM interface {
+	// Agent is the client of the guest's agent.
+	Agent() *agentclient.Client
+	// PID is the host process that runs the VM (0 if none).
+	PID() int
+	// Done is closed once the VM has ended.
+	Done() <-chan struct{}
+	// Pause and Resume stop and restart the guest's vCPUs.
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+	// Stop ends the VM and waits until it has ended.
+	Stop(ctx context.Context) error
+}
+
+// Files of a VM's folder.
+const (
+	apiSocketName = "api.sock"
+	vsockName     = "vsock.sock"
+	consoleName   = "console.log"
+	emberLogName  = "ember.log"
+	// pidName holds the ember process's pid, for `delete` after a shim
+	// crash.
+	pidName = "ember.pid"
+	// guestCID is the guest's vsock CID: the first one a guest may have
+	// (0-2 are reserved, vsock(7)); each VM has its own vsock device.
+	guestCID = 3
+	// pollInterval is how often waits for a socket look again.
+	pollInterval = 2 * time.Millisecond
+	// agentTimeout bounds a boot until the agent answers: the minimal
+	// guest needs about a second; the lab's emulated KVM much more.
+	agentTimeout = 2 * time.Minute
+)
+
+// EmberLauncher boots each VM as its own `ember` process (the ember
+// binary's Firecracker-compatible API, through api/client), from the
+// task's layers (cached EROFS images), a copy-on-write writable drive and
+// ember-init serving the agent (package image/boot with Agent).
+type EmberLauncher struct {
+	// Ember is the ember binary.
+	Ember string
+	// Kernel is the guest kernel (an ELF vmlinux or a bzImage).
+	Kernel string
+	// Home is Ember's home: blank writable bases and the initrd cache
+	// (as image.Home(), /var/lib/ember by default).
+	Home string
+	// LayerDir caches the layer images (Home/shim/layers by default).
+	LayerDir string
+	// Init is ember-init (default: initrd.FindInit()).
+	Init string
+}
+
+// Boot prepares the VM's files in spec.Dir, starts ember, configures
+// and starts the VM through its API, and waits until the agent answers.
+// A failed boot leaves no process behind.
+func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
+	layerDir := l.LayerDir
+	if layerDir == "" {
+		layerDir = filepath.Join(l.Home, "shim", "layers")
+	}
+	cache := layerCache{dir: layerDir}
+	var images []string
+	for _, d := range spec.Layers {
+		img, err := cache.image(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		images = append(images, img)
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	prep, err := boot.PrepareLayers(ctx, l.Home, images, initconfig.FSErofs,
+		boot.ImageConfig{Env: spec.Env}, boot.Options{Ref: spec.ID, Dir: spec.Dir, Agent: true, Hostname: spec.Hostname, Init: l.Init})
+	if err != nil {
+		return nil, fmt.Errorf("preparing the VM: %w", err)
+	}
+	v, err := l.start(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.configure(ctx, l.Kernel, spec, prep); err != nil {
+		v.Stop(context.Background())
+		return nil, fmt.Errorf("%w (ember's log: %s)", err, filepath.Join(spec.Dir, emberLogName))
+	}
+	return v, nil
+}
+
+// emberVM is a VM run by an ember process the shim started.
+type emberVM struct {
+	dir   string
+	cmd   *exec.Cmd
+	api   *apiclient.Client
+	agent *agentclient.Client
+	done  chan struct{}
+}
+
+func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
+	console, err := os.OpenFile(filepath.Join(spec.Dir, consoleName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer console.Close()
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, emberLogName), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	sock := filepath.Join(spec.Dir, apiSocketName)
+	cmd := exec.Command(l.Ember, "--api-sock", sock, "--id", spec.ID)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = console, logf
+	// Its own session: a signal to the shim's process group (a terminal's
+	// ^C) must not reach it; the shim ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: unix.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", l.Ember, err)
+	}
+	v := &emberVM{dir: spec.Dir, cmd: cmd, api: apiclient.New(sock), done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(v.done)
+	}()
+	if err := os.WriteFile(filepath.Join(spec.Dir, pidName), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		v.Stop(context.Background())
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, prep *boot.VM) error {
+	sock := filepath.Join(v.dir, apiSocketName)
+	if err := v.waitSocket(ctx, sock); err != nil {
+		return err
+	}
+	vcpus, mem := spec.VCPUs, spec.MemoryMiB
+	if err := v.api.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: &vcpus, MemSizeMiB: &mem}); err != nil {
+		return err
+	}
+	cmdline := boot.Cmdline
+	if err := v.api.PutBootSource(ctx, api.BootSource{KernelImagePath: kernel, BootArgs: &cmdline, InitrdPath: &prep.Initrd}); err != nil {
+		return err
+	}
+	for _, d := range prep.Drives {
+		if err := v.api.PutDrive(ctx, api.Drive{DriveID: d.ID, PathOnHost: d.Path, EmberBasePath: d.Base, IsReadOnly: d.ReadOnly}); err != nil {
+			return err
+		}
+	}
+	vsock := filepath.Join(v.dir, vsockName)
+	if err := v.api.PutVsock(ctx, api.Vsock{GuestCID: guestCID, UDSPath: vsock}); err != nil {
+		return err
+	}
+	if err := v.api.InstanceStart(ctx); err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, agentTimeout)
+	defer cancel()
+	for {
+		c, err := agentclient.Dial(actx, vsock, agentclient.Options{Name: "containerd-shim-ember-v2"})
+		if err == nil {
+			if _, err = c.Health(actx); err == nil {
+				v.agent = c
+				return nil
+			}
+			c.Close()
+		}
+		select {
+		case <-v.done:
+			return errors.New("the VM ended before its agent answered")
+		case <-actx.Done():
+			return fmt.Errorf("waiting for the guest's agent: %w (last error: %v)", context.Cause(actx), err)
+		case <-time.After(10 * pollInterval):
+		}
+	}
+}
+
+// waitSocket waits until ember accepts on its API socket.
+func (v *emberVM) waitSocket(ctx context.Context, path string) error {
+	for {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		unix.Close(fd)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-v.done:
+			return errors.New("ember ended before its API socket was up")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for ember's API socket: %w", context.Cause(ctx))
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func (v *emberVM) Agent() *agentclient.Client       { return v.agent }
+func (v *emberVM) PID() int                         { return v.cmd.Process.Pid }
+func (v *emberVM) Done() <-chan struct{}            { return v.done }
+func (v *emberVM) Pause(ctx context.Context) error  { return v.api.Pause(ctx) }
+func (v *emberVM) Resume(ctx context.Context) error { return v.api.Resume(ctx) }
+
+// Stop kills ember (the guest has nothing to save: its writable drive is
+// thrown away with the bundle) and waits for it.
+func (v *emberVM) Stop(ctx context.Context) error {
+	if v.agent != nil {
+		v.agent.Close()
+	}
+	v.api.Close()
+	_ = v.cmd.Process.Kill()
+	select {
+	case <-v.done:
+		os.Remove(filepath.Join(v.dir, pidName))
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for ember (pid %d) to end: %w", v.cmd.Process.Pid, ctx.Err())
+	}
+}
+
+// stopLeftover ends the ember whose pid file is in dir, if it still runs
+// (a shim that crashed left it): `delete` after a crash.
+func stopLeftover(dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, pidName))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(string(trimNL(data)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	// Only an ember whose working directory is this VM's folder: the pid
+	// may have been reused.
+	if cwd, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd"); err == nil && cwd == dir {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
