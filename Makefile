@@ -43,10 +43,14 @@ APT_UPDATE_DAYS := 7
 # Debian packages: QEMU for the lab; busybox, cpio, kmod (depmod) for the
 # initramfs images; the kernel source and its build dependencies; e2fsprogs
 # for disk images in tests; acpica-tools (iasl) to check the ACPI tables;
-# erofs-utils (mkfs.erofs) for the image store's layer filesystems.
+# erofs-utils (mkfs.erofs) for the image store's layer filesystems;
+# containerd (1.6) for the shim's tests. Node.js and npm (for E2B's SDK
+# test) only where no node and npm are on PATH already: a host with
+# NodeSource's nodejs has npm inside it, and Debian's npm conflicts with it.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 	build-essential bc bison flex libelf-dev libssl-dev xz-utils binutils \
-	e2fsprogs ca-certificates acpica-tools iproute2 mmdebstrap erofs-utils
+	e2fsprogs ca-certificates acpica-tools iproute2 mmdebstrap erofs-utils \
+	containerd
 
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
@@ -64,6 +68,7 @@ setup:
 	for p in $(APT_PACKAGES); do \
 		[ "$$(dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null)" = "ii " ] || missing="$$missing $$p"; \
 	done; \
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing="$$missing nodejs npm"; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "setup: installing$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
