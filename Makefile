@@ -54,7 +54,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
-	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-scale clean
+	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-sandbox bench-scale clean
 
 all: build
 
@@ -209,6 +209,14 @@ bench-snapshot: build
 # made from the tarball when older).
 bench-image: setup build guest lab
 	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench image
+
+# Sandboxes (issues 11, 12): on this host, creates through emberd with the
+# tiny guest (emberd_restore_rate_per_s) and the network's set-up cost
+# (netns_tap_setup_ms, fresh and pooled); then in the lab, Debian sandboxes
+# created until an exec's first output byte against a cold boot of the
+# image and QEMU's restore.
+bench-sandbox: setup build guest lab
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench sandbox
 
 # Scale on this host (tiny guests, natively): ember doctor --fix first
 # raises the kernel limits SCALE_VMS VMs need and says what it changed (it

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -34,8 +35,10 @@ const (
 	// sandboxTemplateMiB is the template guest's memory: Debian's python3
 	// runs in well under it.
 	sandboxTemplateMiB = 256
-	// sandboxOpTimeout bounds one create or exec in the lab.
-	sandboxOpTimeout = 2 * time.Minute
+	// sandboxOpTimeout bounds one create in the lab, sandboxExecTimeout
+	// one exec (python3 starts in about a second there).
+	sandboxOpTimeout   = 2 * time.Minute
+	sandboxExecTimeout = time.Minute
 	// templateAttempts: a template build whose guest hung (a lab fault)
 	// is tried again this many times in all before the lab is blamed.
 	templateAttempts = 2
@@ -44,6 +47,7 @@ const (
 // emberd is an emberd the test runs in the lab.
 type emberd struct {
 	t     *testing.T
+	vms   *vmPIDs
 	state string
 	sock  string
 	cmd   *exec.Cmd
@@ -53,13 +57,13 @@ type emberd struct {
 
 // startEmberd starts emberd on state with the image store home and waits
 // until its API answers.
-func startEmberd(t *testing.T, state, home string) *emberd {
+func startEmberd(t *testing.T, state, home string, vms *vmPIDs) *emberd {
 	t.Helper()
 	bin, err := exec.LookPath("emberd")
 	if err != nil {
 		t.Fatalf("emberd not on PATH: %v", err)
 	}
-	d := &emberd{t: t, state: state, sock: filepath.Join(state, "emberd.sock"), log: &syncBuffer{}}
+	d := &emberd{t: t, vms: vms, state: state, sock: filepath.Join(state, "emberd.sock"), log: &syncBuffer{}}
 	d.cmd = exec.Command(bin, "--state-dir", state, "--socket", d.sock, "--ember", emberBinary(t), "--image-home", home,
 		"--network", "--network-prefix", "embe", "--network-pool", "2")
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
@@ -95,10 +99,28 @@ func (d *emberd) kill() {
 	d.c.Close()
 }
 
-// cleanupVMs ends every ember process of the state folder (the VMs outlive
-// emberd by design).
-func cleanupVMs(state string) {
-	exec.Command("pkill", "-KILL", "-f", "--", "--api-sock "+state).Run()
+// vmPIDs are the ember processes of the sandboxes the test made: the VMs
+// outlive emberd by design, so the test ends them. By pid, with kill(2):
+// pkill -f reads every process's /proc/PID/cmdline, which blocks for good
+// on an ember whose vCPU is stuck in the lab's KVM (a lab fault).
+type vmPIDs struct {
+	mu   sync.Mutex
+	pids []int
+}
+
+func (v *vmPIDs) add(pid int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.pids = append(v.pids, pid)
+}
+
+// kill ends them all.
+func (v *vmPIDs) kill() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, pid := range v.pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // buildTemplate builds the python3 template, again after a lab fault.
@@ -132,6 +154,7 @@ func (d *emberd) create(ctx context.Context, spec sandbox.SandboxSpec) sandbox.S
 		sb, err = d.c.Create(cctx, spec)
 		cancel()
 		if err == nil {
+			d.vms.add(sb.PID)
 			return sb
 		}
 		t.Logf("create %d: %v", attempt, err)
@@ -141,12 +164,24 @@ func (d *emberd) create(ctx context.Context, spec sandbox.SandboxSpec) sandbox.S
 }
 
 // run runs a command in a sandbox and returns its output and exit code.
+// An exec that does not end in sandboxExecTimeout, in a guest that then
+// does not answer a plain echo either, is a hung guest: a lab fault
+// (package doc of the harness), reported as one so that ember-lab runs
+// the test again in a fresh lab.
 func (d *emberd) run(ctx context.Context, id string, req sandbox.ExecRequest) (stdout, stderr string, code int) {
 	d.t.Helper()
 	var o, e bytes.Buffer
-	cctx, cancel := context.WithTimeout(ctx, sandboxOpTimeout)
+	cctx, cancel := context.WithTimeout(ctx, sandboxExecTimeout)
 	defer cancel()
 	st, err := d.c.Exec(cctx, id, req, &o, &e)
+	if err != nil && cctx.Err() != nil {
+		actx, acancel := context.WithTimeout(ctx, sandboxExecTimeout/2)
+		_, aerr := d.c.Exec(actx, id, sandbox.ExecRequest{Args: []string{"echo", "alive"}}, io.Discard, io.Discard)
+		acancel()
+		if aerr != nil {
+			labFault(d.t, fmt.Sprintf("TestSandboxes: sandbox %s stopped answering (its guest hung): exec %q: %v; then echo: %v", id, req.Args, err, aerr))
+		}
+	}
 	if err != nil {
 		d.t.Fatalf("exec %q in %s: %v\nstdout: %s\nstderr: %s", req.Args, id, err, o.String(), e.String())
 	}
@@ -189,9 +224,10 @@ func (a *arrivals) String() string {
 func TestSandboxes(t *testing.T) {
 	home := guestFile(t, "debian-home")
 	state := scratchDir(t)
-	t.Cleanup(func() { cleanupVMs(state); cleanupNetwork() })
+	vms := &vmPIDs{}
+	t.Cleanup(func() { vms.kill(); cleanupNetwork() })
 	ctx := context.Background()
-	d := startEmberd(t, state, home)
+	d := startEmberd(t, state, home, vms)
 	t.Cleanup(func() { d.kill() })
 
 	tpl := d.buildTemplate(ctx, home)
@@ -341,7 +377,7 @@ func TestSandboxes(t *testing.T) {
 	had := first.String()
 	t.Logf("kill -9 emberd after %d bytes of the counter's output", len(had))
 
-	d = startEmberd(t, state, home)
+	d = startEmberd(t, state, home, vms)
 	list, err := d.c.Sandboxes(ctx)
 	if err != nil {
 		t.Fatal(err)

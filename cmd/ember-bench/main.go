@@ -48,6 +48,15 @@
 //	    creates through emberd (its binary beside ember-bench) of the tiny
 //	    sandbox guest, P at a time, on this host; ends with NAME VALUE
 //	    UNIT lines (emberd_restore_rate_per_s, emberd_create_p50_ms, ...).
+//	ember-bench sandbox [--creates N] [--parallel P] [--lab-creates N] [--cold-runs N] [--restore-runs N]
+//	    sandbox-rate, then the network's set-up cost (netns_tap_setup_ms_fresh,
+//	    _pooled) on this host; then in the lab, Debian sandboxes created
+//	    through emberd until an exec's first output byte
+//	    (sandbox_create_to_exec_p50_ms, _p99_ms) against a cold boot of the
+//	    image (sandbox_vs_cold_boot_ratio) and QEMU's restore from a
+//	    migration file (sandbox_vs_qemu_restore_ratio).
+//	ember-bench lab-sandbox [--creates N] [--cold-runs N] [--restore-runs N] [--kernel K --home H --ref R]
+//	    the in-lab half.
 package main
 
 import (
@@ -74,7 +83,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch|sandbox-rate [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch|sandbox-rate|sandbox|lab-sandbox [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -101,6 +110,10 @@ func main() {
 		err = densityBench(os.Args[2:])
 	case "launch":
 		err = launchBench(os.Args[2:])
+	case "sandbox":
+		err = sandboxBench(os.Args[2:])
+	case "lab-sandbox":
+		err = labSandbox(os.Args[2:])
 	case "sandbox-rate":
 		err = sandboxRateBench(os.Args[2:])
 	case bench.LeaderSubcommand:

@@ -1,0 +1,196 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/embervm/ember/sandbox"
+	"github.com/embervm/ember/sandbox/client"
+)
+
+// LabSandboxResult holds the in-lab sandbox figures.
+type LabSandboxResult struct {
+	Creates int
+	// CreateToExecP50MS and P99: from the create request until the first
+	// byte of `echo`'s output through emberd (restore, the agent's restore
+	// transaction, the exec).
+	CreateToExecP50MS, CreateToExecP99MS float64
+	// RestorePhaseP50MS, AgentReadyP50MS: emberd's own phases.
+	RestorePhaseP50MS, AgentReadyP50MS float64
+	// ColdBootMS is the median of `ember run --image` of the same image
+	// from exec until `echo`'s output.
+	ColdBootMS float64
+	// QEMURestoreMS and EmberRestoreMS are LabRestore's medians (the
+	// minimal kernel's guest restored from a migration file or a snapshot).
+	QEMURestoreMS, EmberRestoreMS float64
+}
+
+// Lines prints the figures as NAME VALUE UNIT.
+func (r LabSandboxResult) Lines(w io.Writer) {
+	Line(w, "sandbox_create_to_exec_p50_ms", r.CreateToExecP50MS, "ms")
+	Line(w, "sandbox_create_to_exec_p99_ms", r.CreateToExecP99MS, "ms")
+	Line(w, "sandbox_restore_phase_p50_ms", r.RestorePhaseP50MS, "ms")
+	Line(w, "sandbox_agent_ready_p50_ms", r.AgentReadyP50MS, "ms")
+	Line(w, "sandbox_cold_boot_ms", r.ColdBootMS, "ms")
+	Line(w, "sandbox_vs_cold_boot_ratio", r.CreateToExecP50MS/r.ColdBootMS, "ratio")
+	Line(w, "sandbox_qemu_restore_ms", r.QEMURestoreMS, "ms")
+	Line(w, "sandbox_vs_qemu_restore_ratio", r.CreateToExecP50MS/r.QEMURestoreMS, "ratio")
+}
+
+// LabSandboxOptions say what LabSandbox measures.
+type LabSandboxOptions struct {
+	// Emberd and Ember are the binaries; Home the image store, Ref the
+	// image (with the agent's template); Kernel the guest kernel.
+	Emberd, Ember, Home, Ref, Kernel string
+	// Initrd is the minimal initramfs of LabRestore's QEMU comparison.
+	Initrd string
+	// Creates is the number of sandboxes; ColdRuns the cold boots;
+	// RestoreRuns LabRestore's runs.
+	Creates, ColdRuns, RestoreRuns int
+}
+
+// coldMarker is what the cold boot's workload prints.
+const coldMarker = "ember-bench-cold-echo"
+
+// sandboxMemMiB is the memory of the benchmark's template and of the cold
+// boots (Debian's python3 runs in it).
+const sandboxMemMiB = 256
+
+// sandboxOpTimeout bounds one create or exec in the lab.
+const sandboxOpTimeout = 2 * time.Minute
+
+// LabSandbox measures, in the lab, creates of sandboxes through emberd
+// from a template of the image (request until the first byte of an exec's
+// output), one after the other, against booting the same image cold with
+// `ember run --image` (exec until the same output), and against QEMU's
+// restore from a migration file (LabRestore's guest: the same kernel with
+// the minimal initramfs; QEMU cannot restore Ember's snapshot of the
+// image's guest, whose agent talks over Ember's vsock).
+func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r LabSandboxResult, err error) {
+	r.Creates = o.Creates
+	dir, err := os.MkdirTemp("", "ember-bench-labsandbox-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "emberd.sock")
+	cmd := exec.CommandContext(ctx, o.Emberd, "--state-dir", filepath.Join(dir, "state"), "--socket", sock,
+		"--ember", o.Ember, "--image-home", o.Home, "--level", "warn")
+	cmd.Stderr = progress
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return r, err
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	c := client.New(sock)
+	defer c.Close()
+	for i := 0; ; i++ {
+		if _, err := c.Templates(ctx); err == nil {
+			break
+		} else if i == 3000 {
+			return r, fmt.Errorf("emberd did not answer: %w", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var tpl string
+	if err := attempts(ctx, progress, "template build", func() error {
+		t, err := c.BuildTemplate(ctx, sandbox.TemplateSpec{Image: o.Ref, Kernel: o.Kernel, MemoryMiB: sandboxMemMiB})
+		if err == nil {
+			fmt.Fprintf(progress, "template %s from %s: built in %.0f ms\n", t.ID, o.Ref, t.BuildMS)
+			tpl = t.ID
+		}
+		return err
+	}); err != nil {
+		return r, err
+	}
+	var toExec, restores, agents []float64
+	for i := range o.Creates {
+		var d time.Duration
+		var sb sandbox.Sandbox
+		if err := attempts(ctx, progress, fmt.Sprintf("sandbox %d", i), func() error {
+			var err error
+			d, sb, err = createToExec(ctx, c, tpl)
+			return err
+		}); err != nil {
+			return r, err
+		}
+		toExec = append(toExec, ms(d))
+		restores = append(restores, sb.Timings.RestoreMS)
+		agents = append(agents, sb.Timings.AgentReadyMS)
+		fmt.Fprintf(progress, "sandbox %d: create to exec output %.1f ms (restore %.1f, agent ready %.1f)\n", i, ms(d), sb.Timings.RestoreMS, sb.Timings.AgentReadyMS)
+	}
+	r.CreateToExecP50MS, r.CreateToExecP99MS = percentile(toExec, 50), percentile(toExec, 99)
+	r.RestorePhaseP50MS, r.AgentReadyP50MS = Median(restores), Median(agents)
+
+	var colds []float64
+	argv := []string{o.Ember, "run", "--image", o.Ref, "--home", o.Home, "--kernel", o.Kernel,
+		"--mem-mib", fmt.Sprint(sandboxMemMiB), "--", "/bin/echo", coldMarker}
+	for i := range o.ColdRuns {
+		var d time.Duration
+		if err := attempts(ctx, progress, fmt.Sprintf("cold boot %d", i), func() error {
+			var err error
+			d, _, err = RunToMarker(ctx, argv, coldMarker, sandboxOpTimeout)
+			return err
+		}); err != nil {
+			return r, err
+		}
+		colds = append(colds, ms(d))
+		fmt.Fprintf(progress, "cold boot %d: %.1f ms to the echo\n", i, ms(d))
+	}
+	r.ColdBootMS = Median(colds)
+
+	rr, err := LabRestore(ctx, o.Ember, o.Kernel, o.Initrd, o.RestoreRuns, progress)
+	if err != nil {
+		return r, fmt.Errorf("QEMU's restore: %w", err)
+	}
+	r.QEMURestoreMS, r.EmberRestoreMS = rr.QEMUMS, rr.EmberMS
+	return r, nil
+}
+
+// createToExec creates a sandbox from tpl, runs echo in it, and returns
+// the time from the create request until echo's first output byte; the
+// sandbox is killed.
+func createToExec(ctx context.Context, c *client.Client, tpl string) (time.Duration, sandbox.Sandbox, error) {
+	ctx, cancel := context.WithTimeout(ctx, sandboxOpTimeout)
+	defer cancel()
+	t0 := time.Now()
+	sb, err := c.Create(ctx, sandbox.SandboxSpec{Template: tpl})
+	if err != nil {
+		return 0, sb, err
+	}
+	defer c.Kill(context.Background(), sb.ID)
+	first := &firstByte{}
+	st, err := c.Exec(ctx, sb.ID, sandbox.ExecRequest{Args: []string{"/bin/echo", "ready"}}, first, io.Discard)
+	if err != nil {
+		return 0, sb, err
+	}
+	if st.Code != 0 || first.at.IsZero() {
+		return 0, sb, fmt.Errorf("echo: exit %d, output: %v", st.Code, !first.at.IsZero())
+	}
+	return first.at.Sub(t0), sb, nil
+}
+
+// firstByte records when its first byte came.
+type firstByte struct {
+	mu sync.Mutex
+	at time.Time
+}
+
+func (f *firstByte) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.at.IsZero() && len(p) > 0 {
+		f.at = time.Now()
+	}
+	return len(p), nil
+}
