@@ -179,6 +179,7 @@ func (d *emberd) run(ctx context.Context, id string, req sandbox.ExecRequest) (s
 		_, aerr := d.c.Exec(actx, id, sandbox.ExecRequest{Args: []string{"echo", "alive"}}, io.Discard, io.Discard)
 		acancel()
 		if aerr != nil {
+			d.hungGuest(id)
 			labFault(d.t, fmt.Sprintf("TestSandboxes: sandbox %s stopped answering (its guest hung): exec %q: %v; then echo: %v", id, req.Args, err, aerr))
 		}
 	}
@@ -186,6 +187,23 @@ func (d *emberd) run(ctx context.Context, id string, req sandbox.ExecRequest) (s
 		d.t.Fatalf("exec %q in %s: %v\nstdout: %s\nstderr: %s", req.Args, id, err, o.String(), e.String())
 	}
 	return o.String(), e.String(), st.Code
+}
+
+// hungGuest logs what a hung sandbox's ember says of its vCPUs: SIGTERM
+// makes ember log each vCPU's registers as it stops ("vCPU state at
+// stop"), which tells a lab fault (cr3 and rip in the lab's own memory)
+// from a guest that hung by itself.
+func (d *emberd) hungGuest(id string) {
+	sb, err := d.c.Sandbox(context.Background(), id)
+	if err != nil {
+		return
+	}
+	syscall.Kill(sb.PID, syscall.SIGTERM)
+	time.Sleep(2 * time.Second)
+	for _, f := range []string{"ember.log", "console.log"} {
+		b, _ := os.ReadFile(filepath.Join(sb.Dir, f))
+		d.t.Logf("sandbox %s's %s:\n%s", id, f, tailString(string(b)))
+	}
 }
 
 func shArgs(cmd string) []string { return []string{"/bin/sh", "-c", cmd} }

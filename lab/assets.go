@@ -53,12 +53,13 @@ const (
 // kernel loads itself in the middle of an nftables batch can leave the
 // batch unacknowledged (google/nftables issue 329); crc32c_generic is
 // libcrc32c's soft dependency (nf_conntrack and nf_tables need it), which
-// modules.dep does not name. The init loads them in
+// modules.dep does not name; overlay for containerd's snapshots (the
+// shim's test). The init loads them in
 // the background while it mounts the host root, and waits for them before
 // it starts the job. Each module costs boot time (roughly 0.1 s under TCG).
 const (
 	labModules     = "9p 9pnet_virtio virtio_pci virtio_rng kvm_amd"
-	labLateModules = "tun bridge veth vhost_net vhost_vsock af_packet crc32c_generic nf_tables nft_ct nft_fib_inet nft_masq nft_chain_nat nft_objref nf_conntrack_netlink"
+	labLateModules = "tun bridge veth vhost_net vhost_vsock af_packet crc32c_generic nf_tables nft_ct nft_fib_inet nft_masq nft_chain_nat nft_objref nf_conntrack_netlink overlay"
 )
 
 // LabModules returns the names of the modules the lab loads, before
