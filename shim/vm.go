@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -127,7 +128,10 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	}
 	if err := v.configure(ctx, l.Kernel, spec, prep); err != nil {
 		v.Stop(context.Background())
-		return nil, fmt.Errorf("%w (ember's log: %s)", err, filepath.Join(spec.Dir, emberLogName))
+		// The VM's folder goes with the failed create: its logs' last
+		// lines go into the error.
+		return nil, fmt.Errorf("%w; ember's log ends: %s; the console ends: %s", err,
+			tailLines(filepath.Join(spec.Dir, emberLogName), failLogLines), tailLines(filepath.Join(spec.Dir, consoleName), failLogLines))
 	}
 	return v, nil
 }
@@ -288,4 +292,21 @@ func trimNL(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// failLogLines is how many last lines of ember's log and of the console a
+// failed boot's error carries.
+const failLogLines = 8
+
+// tailLines is the last n lines of the file at path, joined with " | ".
+func tailLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
 }
