@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/client"
@@ -57,15 +60,16 @@ type emberd struct {
 
 // startEmberd starts emberd on state with the image store home and waits
 // until its API answers.
-func startEmberd(t *testing.T, state, home string, vms *vmPIDs) *emberd {
+func startEmberd(t *testing.T, state, home string, vms *vmPIDs, extra ...string) *emberd {
 	t.Helper()
 	bin, err := exec.LookPath("emberd")
 	if err != nil {
 		t.Fatalf("emberd not on PATH: %v", err)
 	}
 	d := &emberd{t: t, vms: vms, state: state, sock: filepath.Join(state, "emberd.sock"), log: &syncBuffer{}}
-	d.cmd = exec.Command(bin, "--state-dir", state, "--socket", d.sock, "--ember", emberBinary(t), "--image-home", home,
-		"--network", "--network-prefix", "embe", "--network-pool", "2")
+	args := append([]string{"--state-dir", state, "--socket", d.sock, "--ember", emberBinary(t), "--image-home", home,
+		"--network", "--network-prefix", "embe", "--network-pool", "2"}, extra...)
+	d.cmd = exec.Command(bin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -359,6 +363,8 @@ func TestSandboxes(t *testing.T) {
 		t.Errorf("after resume: exit %d, %q", code, out)
 	}
 
+	checkMetrics(ctx, t, d, tpl.ID, n)
+
 	// Five sandboxes go; kill -9 emberd while an exec streams in one of
 	// the other five.
 	for _, sb := range sbs[5:] {
@@ -431,6 +437,41 @@ func TestSandboxes(t *testing.T) {
 	if _, err := d.c.Attach(actx, a.ID, "counter", 0, nil, &rest, &rest); client.StatusOf(err) != 404 {
 		t.Errorf("a second attach to the finished and delivered counter: %v, want a 404", err)
 	}
+	// A guest made to panic ends with reason guest_panic and a crash
+	// record that holds the panic.
+	doomed := sbs[4]
+	sbs = sbs[:4]
+	pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+	d.c.Exec(pctx, doomed.ID, sandbox.ExecRequest{Args: shArgs("echo c > /proc/sysrq-trigger")}, io.Discard, io.Discard)
+	pcancel()
+	ended := waitEnded(ctx, t, d, doomed.ID)
+	if ended.Exit == nil || ended.Exit.Reason != sandbox.ExitGuestPanic {
+		t.Errorf("the panicked sandbox ended with %+v, want reason %s", ended.Exit, sandbox.ExitGuestPanic)
+	}
+	if cr, err := d.c.Crash(ctx, doomed.ID); err != nil || !strings.Contains(cr.Console, "Kernel panic") || !strings.Contains(cr.Console, "sysrq") {
+		t.Errorf("crash record of the panicked sandbox: %v; console tail %q", err, tailString(cr.Console))
+	}
+
+	// Admission: emberd again, with a memory budget for five sandboxes of
+	// the template (guest memory plus ember's share); the four that run are
+	// adopted and counted; one more fits, the next is refused with 429
+	// and Retry-After, and fits once one is killed.
+	d.kill()
+	per := sandboxTemplateMiB + sandbox.VMOverheadMiB
+	d = startEmberd(t, state, home, vms, "--budget-memory-mib", strconv.Itoa(5*per), "--retry-after", "7s")
+	fifth := d.create(ctx, sandbox.SandboxSpec{Template: tpl.ID})
+	sbs = append(sbs, fifth)
+	cctx, ccancel := context.WithTimeout(ctx, sandboxOpTimeout)
+	_, err = d.c.Create(cctx, sandbox.SandboxSpec{Template: tpl.ID})
+	ccancel()
+	if budget, retry, ok := client.Exhausted(err); !ok || budget != "memory" || retry <= 0 {
+		t.Errorf("a create over the memory budget: %v (budget %q, Retry-After %v), want a 429 naming memory", err, budget, retry)
+	}
+	if _, err := d.c.Kill(ctx, sbs[0].ID); err != nil {
+		t.Errorf("kill: %v", err)
+	}
+	sbs = append(sbs[1:], d.create(ctx, sandbox.SandboxSpec{Template: tpl.ID}))
+
 	for _, sb := range sbs {
 		if _, err := d.c.Kill(ctx, sb.ID); err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("kill %s: %v", sb.ID, err)
@@ -551,4 +592,89 @@ func embeNamespaces(t *testing.T) int {
 		t.Fatalf("ip netns list: %v", err)
 	}
 	return strings.Count("\n"+string(out), "\nembe-")
+}
+
+// waitEnded waits until sandbox id has ended and returns its record.
+func waitEnded(ctx context.Context, t *testing.T, d *emberd, id string) sandbox.Sandbox {
+	t.Helper()
+	deadline := time.Now().Add(sandboxOpTimeout)
+	for {
+		sb, err := d.c.Sandbox(ctx, id)
+		if err == nil && sb.State == sandbox.StateExited {
+			return sb
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s did not end: %+v, %v", id, sb, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkMetrics scrapes emberd's /metrics after n creates and execs: it
+// parses with Prometheus' text parser and holds the families of issue 12
+// with plausible values.
+func checkMetrics(ctx context.Context, t *testing.T, d *emberd, template string, n int) {
+	t.Helper()
+	var scrape bytes.Buffer
+	if err := d.c.Metrics(ctx, &scrape); err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(scrape.Bytes()))
+	if err != nil {
+		t.Fatalf("parsing the scrape: %v", err)
+	}
+	value := func(name string, labels map[string]string) (float64, bool) {
+		f, ok := fams[name]
+		if !ok {
+			return 0, false
+		}
+		var sum float64
+		found := false
+	metrics:
+		for _, m := range f.GetMetric() {
+			for k, v := range labels {
+				match := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == k && l.GetValue() == v {
+						match = true
+					}
+				}
+				if !match {
+					continue metrics
+				}
+			}
+			found = true
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+		return sum, found
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		ok     func(float64) bool
+		want   string
+	}{
+		{"emberd_sandboxes", map[string]string{"state": "running", "template": template}, func(v float64) bool { return v == float64(n) }, fmt.Sprint(n)},
+		{"emberd_creates_total", nil, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d", n)},
+		{"emberd_create_phase_seconds", map[string]string{"phase": "restore"}, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d samples", n)},
+		{"emberd_create_phase_seconds", map[string]string{"phase": "network"}, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d samples", n)},
+		{"emberd_execs_total", nil, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d", n)},
+		{"emberd_exec_duration_seconds", nil, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d samples", n)},
+		{"emberd_host_memory_held_bytes", nil, func(v float64) bool { return v >= float64(n*sandboxTemplateMiB)*(1<<20) }, "the sandboxes' memory"},
+		{"emberd_sandbox_rss_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"emberd_sandbox_guest_memory_bytes", nil, func(v float64) bool { return v >= float64(n*sandboxTemplateMiB)*(1<<20) }, "the guests' memory"},
+	} {
+		v, ok := value(c.name, c.labels)
+		if !ok || !c.ok(v) {
+			t.Errorf("/metrics: %s%v = %v (found %v), want %s", c.name, c.labels, v, ok, c.want)
+		}
+	}
 }

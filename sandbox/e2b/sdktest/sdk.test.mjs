@@ -115,3 +115,22 @@ test('commands and files through the envd gateway', async () => {
   // A killed sandbox's envd is gone.
   await assert.rejects(sbx.commands.run('true'))
 })
+
+// In the lab only (a real guest: the stand-in agent of the unit test has
+// no VM to pause): pause, then connect, keeps files and a running process.
+test('pause then connect keeps files and a running process', { skip: process.env.EMBER_LAB !== '1' }, async () => {
+  const sbx = await Sandbox.create(template)
+  try {
+    await sbx.files.write(`${work}/kept.txt`, 'kept across a pause')
+    const bg = await sbx.commands.run('sleep 600', { background: true })
+    assert.equal(await sbx.betaPause(), true)
+    assert.equal((await sbx.getInfo()).state, 'paused')
+    const same = await Sandbox.connect(sbx.sandboxId)
+    assert.equal(await same.files.read(`${work}/kept.txt`), 'kept across a pause')
+    const procs = await same.commands.list()
+    assert.ok(procs.some((p) => p.pid === bg.pid), `the background process ${bg.pid} is gone after the pause: ${JSON.stringify(procs)}`)
+    assert.equal(await same.commands.kill(bg.pid), true)
+  } finally {
+    await sbx.kill()
+  }
+})
