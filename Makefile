@@ -137,12 +137,12 @@ lab: setup lab-bin
 	$(LAB) prepare
 
 # The demo imports the Debian root filesystem into an Ember home under
-# build/ and, in the lab, runs a command in that image.
+# build/ and, in the lab, has emberd build a template from that image,
+# create a sandbox from it and run a command in it (scripts/demo.sh).
 DEMO_HOME := $(CURDIR)/build/demo-home
 demo: setup build guest lab
 	bin/ember image import --rootfs --home $(DEMO_HOME) $(GUEST_DIR)/debian-rootfs.tar demo/debian:12
-	$(LAB) run --add $(DEMO_HOME) -- ember run --image demo/debian:12 --home $(DEMO_HOME) -- \
-		/bin/bash -c 'echo "hello from $$(. /etc/os-release; echo $$PRETTY_NAME) in an Ember microVM, kernel $$(uname -r)"; python3 -c "import uuid; print(uuid.uuid4())"'
+	$(LAB) run --add $(DEMO_HOME) -- $(CURDIR)/scripts/demo.sh $(DEMO_HOME) demo/debian:12
 
 test: setup build guest lab
 	$(GO) vet ./...
