@@ -214,9 +214,10 @@ bench-image: setup build guest lab
 # tiny guest (emberd_restore_rate_per_s) and the network's set-up cost
 # (netns_tap_setup_ms, fresh and pooled); then in the lab, Debian sandboxes
 # created until an exec's first output byte against a cold boot of the
-# image and QEMU's restore.
+# image and QEMU's restore, and the same creates through E2B's JS SDK.
 bench-sandbox: setup build guest lab
-	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench sandbox
+	cd sandbox/e2b/sdktest && { [ -d node_modules/e2b ] || npm ci --no-audit --no-fund; }
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench sandbox --e2b-sdk $(CURDIR)/sandbox/e2b/sdktest
 
 # Scale on this host (tiny guests, natively): ember doctor --fix first
 # raises the kernel limits SCALE_VMS VMs need and says what it changed (it

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +32,9 @@ type LabSandboxResult struct {
 	// QEMURestoreMS and EmberRestoreMS are LabRestore's medians (the
 	// minimal kernel's guest restored from a migration file or a snapshot).
 	QEMURestoreMS, EmberRestoreMS float64
+	// E2BCreateToExecP50MS is the same create and echo through E2B's JS
+	// SDK against emberd's E2B listener (0: not measured).
+	E2BCreateToExecP50MS float64
 }
 
 // Lines prints the figures as NAME VALUE UNIT.
@@ -42,6 +47,10 @@ func (r LabSandboxResult) Lines(w io.Writer) {
 	Line(w, "sandbox_vs_cold_boot_ratio", r.CreateToExecP50MS/r.ColdBootMS, "ratio")
 	Line(w, "sandbox_qemu_restore_ms", r.QEMURestoreMS, "ms")
 	Line(w, "sandbox_vs_qemu_restore_ratio", r.CreateToExecP50MS/r.QEMURestoreMS, "ratio")
+	if r.E2BCreateToExecP50MS > 0 {
+		Line(w, "e2b_sdk_create_to_exec_p50_ms", r.E2BCreateToExecP50MS, "ms")
+		Line(w, "e2b_sdk_vs_ember_client_ratio", r.E2BCreateToExecP50MS/r.CreateToExecP50MS, "ratio")
+	}
 }
 
 // LabSandboxOptions say what LabSandbox measures.
@@ -51,6 +60,9 @@ type LabSandboxOptions struct {
 	Emberd, Ember, Home, Ref, Kernel string
 	// Initrd is the minimal initramfs of LabRestore's QEMU comparison.
 	Initrd string
+	// SDKDir, if set, holds E2B's JS SDK (node_modules) and bench.mjs:
+	// the same creates then go through it too.
+	SDKDir string
 	// Creates is the number of sandboxes; ColdRuns the cold boots;
 	// RestoreRuns LabRestore's runs.
 	Creates, ColdRuns, RestoreRuns int
@@ -82,7 +94,7 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "emberd.sock")
 	cmd := exec.CommandContext(ctx, o.Emberd, "--state-dir", filepath.Join(dir, "state"), "--socket", sock,
-		"--ember", o.Ember, "--image-home", o.Home, "--level", "warn")
+		"--ember", o.Ember, "--image-home", o.Home, "--level", "warn", "--e2b-addr", benchE2BAddr)
 	cmd.Stderr = progress
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -131,6 +143,11 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 	}
 	r.CreateToExecP50MS, r.CreateToExecP99MS = percentile(toExec, 50), percentile(toExec, 99)
 	r.RestorePhaseP50MS, r.AgentReadyP50MS = Median(restores), Median(agents)
+	if o.SDKDir != "" {
+		if r.E2BCreateToExecP50MS, err = e2bCreates(ctx, c, o, tpl, progress); err != nil {
+			return r, err
+		}
+	}
 
 	var colds []float64
 	argv := []string{o.Ember, "run", "--image", o.Ref, "--home", o.Home, "--kernel", o.Kernel,
@@ -193,4 +210,48 @@ func (f *firstByte) Write(p []byte) (int, error) {
 		f.at = time.Now()
 	}
 	return len(p), nil
+}
+
+// benchE2BAddr is where the benchmark's emberd serves E2B's protocol.
+const benchE2BAddr = "127.0.0.1:3998"
+
+// e2bCreates runs bench.mjs (E2B's JS SDK) for o.Creates creates of tpl
+// through emberd's E2B listener and returns the median create-to-exec.
+func e2bCreates(ctx context.Context, c *client.Client, o LabSandboxOptions, tpl string, progress io.Writer) (float64, error) {
+	key, err := c.CreateAPIKey(ctx, "bench")
+	if err != nil {
+		return 0, err
+	}
+	var times []float64
+	err = attempts(ctx, progress, "E2B SDK creates", func() error {
+		times = times[:0]
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(o.Creates)*sandboxOpTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, "node", "bench.mjs")
+		cmd.Dir = o.SDKDir
+		cmd.Env = append(os.Environ(), "E2B_API_URL=http://"+benchE2BAddr, "E2B_SANDBOX_URL=http://"+benchE2BAddr,
+			"E2B_DOMAIN=127.0.0.1", "E2B_API_KEY="+key.Key, "EMBER_TEMPLATE="+tpl, "EMBER_CREATES="+strconv.Itoa(o.Creates))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("node bench.mjs: %w\n%s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(line, "create_to_exec_ms "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					return fmt.Errorf("node bench.mjs printed %q", line)
+				}
+				times = append(times, f)
+				fmt.Fprintf(progress, "E2B SDK sandbox %d: create to exec output %.1f ms\n", len(times)-1, f)
+			}
+		}
+		if len(times) != o.Creates {
+			return fmt.Errorf("node bench.mjs printed %d times, want %d:\n%s", len(times), o.Creates, out)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return Median(times), nil
 }

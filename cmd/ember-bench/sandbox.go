@@ -48,6 +48,7 @@ func sandboxBench(args []string) error {
 	labCreates := fs.Int("lab-creates", 20, "sandboxes created in the lab, one after the other (0: no lab half)")
 	coldRuns := fs.Int("cold-runs", 5, "cold boots of the image in the lab")
 	restoreRuns := fs.Int("restore-runs", 5, "QEMU and Ember restores in the lab")
+	sdk := fs.String("e2b-sdk", "", "folder with E2B's JS SDK installed and bench.mjs (sandbox/e2b/sdktest, after go test ./sandbox/e2b/): the lab's creates go through it too")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -71,6 +72,9 @@ func sandboxBench(args []string) error {
 		timeout := sandboxLabBase + time.Duration(*labCreates+*coldRuns)*sandboxLabPerRun
 		argv := []string{"run", "--timeout", timeout.String(), "--", sibling("ember-bench"), "lab-sandbox",
 			"--creates", strconv.Itoa(*labCreates), "--cold-runs", strconv.Itoa(*coldRuns), "--restore-runs", strconv.Itoa(*restoreRuns)}
+		if *sdk != "" {
+			argv = append(argv, "--e2b-sdk", *sdk)
+		}
 		fmt.Printf("== in the lab: %s %s\n", sibling("ember-lab"), strings.Join(argv, " "))
 		cmd := exec.CommandContext(ctx, sibling("ember-lab"), argv...)
 		var out bytes.Buffer
@@ -82,6 +86,13 @@ func sandboxBench(args []string) error {
 		if lab, err = pickLines(out.Bytes(), "sandbox_create_to_exec_p50_ms", "sandbox_create_to_exec_p99_ms",
 			"sandbox_cold_boot_ms", "sandbox_vs_cold_boot_ratio", "sandbox_qemu_restore_ms", "sandbox_vs_qemu_restore_ratio"); err != nil {
 			return fmt.Errorf("lab sandbox benchmark printed %w", err)
+		}
+		if *sdk != "" {
+			e2b, err := pickLines(out.Bytes(), "e2b_sdk_create_to_exec_p50_ms", "e2b_sdk_vs_ember_client_ratio")
+			if err != nil {
+				return fmt.Errorf("lab sandbox benchmark printed %w", err)
+			}
+			lab = append(lab, e2b...)
 		}
 	}
 	fmt.Printf("== medians (percentiles where named); %d creates on this host, %d parallel; %d creates in the lab (lab timings are software-emulated: only the ratios mean anything)\n",
@@ -127,6 +138,7 @@ func labSandbox(args []string) error {
 	fs.StringVar(&o.Initrd, "initrd", guestFile("initramfs.cpio.gz"), "minimal initramfs of the restore comparison")
 	fs.StringVar(&o.Home, "home", guestFile("debian-home"), "Ember home holding the image (make guest)")
 	fs.StringVar(&o.Ref, "ref", debianRef, "the image in --home")
+	fs.StringVar(&o.SDKDir, "e2b-sdk", "", "folder with E2B's JS SDK installed and bench.mjs (sandbox/e2b/sdktest): the creates through it too")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
