@@ -101,6 +101,11 @@ type LayerDrive struct {
 	Serial string `json:"serial"`
 	// FSType is "erofs" or "ext4".
 	FSType string `json:"fs_type"`
+	// Size, if set, is the drive's size in bytes as the host last set it:
+	// the agent waits until the guest's kernel sees that capacity (a
+	// swapped drive's config-change interrupt is handled asynchronously)
+	// before it mounts the drive.
+	Size int64 `json:"size,omitempty"`
 }
 
 // ContainerMount is one mount of a container, applied in order after
@@ -143,6 +148,9 @@ func (r *ContainerCreate) Validate() error {
 	for i, l := range r.Layers {
 		if err := CheckID("layers["+strconv.Itoa(i)+"].serial", l.Serial); err != nil {
 			return err
+		}
+		if l.Size < 0 {
+			return Errorf(CodeInvalid, "layers[%d].size: %d", i, l.Size)
 		}
 		if l.FSType != "erofs" && l.FSType != "ext4" {
 			return Errorf(CodeInvalid, "layers[%d].fs_type: %q: want erofs or ext4", i, l.FSType)

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,9 +51,9 @@ const (
 
 // Storage gives containers their file systems.
 type Storage interface {
-	// MountLayer mounts the layer drive whose serial is serial, of type
-	// fsType, read-only at target (an existing directory).
-	MountLayer(serial, fsType, target string) error
+	// MountLayer mounts the layer drive l read-only at target (an
+	// existing directory).
+	MountLayer(l proto.LayerDrive, target string) error
 	// Scratch returns a directory on a file system that overlayfs takes
 	// as upper (not overlayfs, not on the host): containers' upper
 	// directories and volumes go there.
@@ -104,18 +105,59 @@ func findDrive(serial string) (string, error) {
 // dropped first (BLKFLSBUF): the host swapped the drive's file
 // (PATCH /drives) since the kernel last read it, and pages of the old
 // file must not be taken for the new one's.
-func (s *SystemStorage) MountLayer(serial, fsType, target string) error {
-	dev, err := findDrive(serial)
+func (s *SystemStorage) MountLayer(l proto.LayerDrive, target string) error {
+	dev, err := findDrive(l.Serial)
 	if err != nil {
 		return err
+	}
+	if l.Size > 0 {
+		if err := waitCapacity(dev, l.Size); err != nil {
+			return err
+		}
 	}
 	if err := flushBuffers(dev); err != nil {
 		return err
 	}
-	if err := unix.Mount(dev, target, fsType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-		return fmt.Errorf("mounting layer drive %s (%s, %s) at %s: %w", serial, dev, fsType, target, err)
+	if err := unix.Mount(dev, target, l.FSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return fmt.Errorf("mounting layer drive %s (%s, %s) at %s: %w", l.Serial, dev, l.FSType, target, err)
 	}
 	return nil
+}
+
+// Waiting for a swapped drive's new capacity.
+const (
+	// capacityWait bounds it: the kernel's config-change work runs at
+	// once; an emulated (lab) guest may take a while.
+	capacityWait = 10 * time.Second
+	capacityPoll = 2 * time.Millisecond
+	// sectorSize is the unit of /sys/block/DEV/size (always 512 bytes,
+	// whatever the device's logical block size: block/genhd.c).
+	sectorSize = 512
+)
+
+// waitCapacity waits until the kernel sees dev at size bytes (rounded
+// down to whole sectors, as virtio-blk reports it).
+func waitCapacity(dev string, size int64) error {
+	sysSize := filepath.Join(sysBlock, filepath.Base(dev), "size")
+	want := size / sectorSize
+	deadline := time.Now().Add(capacityWait)
+	for {
+		b, err := os.ReadFile(sysSize)
+		if err != nil {
+			return err
+		}
+		got, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %w", sysSize, err)
+		}
+		if got == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: the kernel sees %d sectors after %v, want %d (the host's new file)", dev, got, capacityWait, want)
+		}
+		time.Sleep(capacityPoll)
+	}
 }
 
 func flushBuffers(dev string) error {
@@ -286,7 +328,7 @@ func (s *Server) mountContainer(req *proto.ContainerCreate) (*container, error) 
 		if err := os.MkdirAll(target, 0o755); err != nil {
 			return c, err
 		}
-		if err := st.MountLayer(l.Serial, l.FSType, target); err != nil {
+		if err := st.MountLayer(l, target); err != nil {
 			return c, fmt.Errorf("container %s: layer %d: %w", req.ID, i, err)
 		}
 		c.mounts = append(c.mounts, target)

@@ -24,12 +24,12 @@ type dirStorage struct {
 	scratch string
 }
 
-func (s *dirStorage) MountLayer(serial, fsType, target string) error {
+func (s *dirStorage) MountLayer(l proto.LayerDrive, target string) error {
 	s.mu.Lock()
-	dir, ok := s.layers[serial]
+	dir, ok := s.layers[l.Serial]
 	s.mu.Unlock()
 	if !ok {
-		return proto.Errorf(proto.CodeNotFound, "no drive has serial %q", serial)
+		return proto.Errorf(proto.CodeNotFound, "no drive has serial %q", l.Serial)
 	}
 	if err := unix.Mount(dir, target, "", unix.MS_BIND, ""); err != nil {
 		return err
