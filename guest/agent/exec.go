@@ -124,9 +124,24 @@ func (s *Server) resolveInContainer(req *proto.ExecStart) (*spec, error) {
 	}
 	sp.root = root
 	if first {
-		sp.cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS
+		sp.cloneflags = containerCloneflags()
 	}
 	return sp, nil
+}
+
+// containerCloneflags are the namespaces a container's first process
+// gets: a new mount namespace always (the kernel always has them), PID
+// and UTS namespaces when the kernel has them (CONFIG_PID_NS,
+// CONFIG_UTS_NS: /proc/self/ns lists them), else the VM's.
+func containerCloneflags() uintptr {
+	flags := uintptr(unix.CLONE_NEWNS)
+	if _, err := os.Stat("/proc/self/ns/pid"); err == nil {
+		flags |= unix.CLONE_NEWPID
+	}
+	if _, err := os.Stat("/proc/self/ns/uts"); err == nil {
+		flags |= unix.CLONE_NEWUTS
+	}
+	return flags
 }
 
 // processEnv is base with the request's variables over it, completed with
