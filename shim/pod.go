@@ -330,7 +330,7 @@ func writeTar(w io.Writer, dir string, limit int64) error {
 // little until used.
 const (
 	// PodMemoryMiB is a pod VM's memory at least.
-	PodMemoryMiB = 2048
+	PodMemoryMiB = 1024
 	// PodVCPUs is a pod VM's vCPUs at least.
 	PodVCPUs = 2
 )
