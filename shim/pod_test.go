@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/embervm/ember/agent/proto"
+	"github.com/embervm/ember/vmm"
 )
 
 // testStorage stands in for a pod VM's drives in the test agent: a
@@ -352,5 +353,34 @@ func TestStartJoinsGroup(t *testing.T) {
 	}
 	if g := groupID(&specs.Spec{}, "x"); g != "x" {
 		t.Errorf("groupID without annotations: %q", g)
+	}
+}
+
+// TestVirtioSlots: the shim's count of a VM's virtio slots is the VMM's
+// (the shim does not import the VMM; this test does).
+func TestVirtioSlots(t *testing.T) {
+	if virtioSlots != vmm.MaxVirtioDevices {
+		t.Fatalf("virtioSlots %d, vmm.MaxVirtioDevices %d", virtioSlots, vmm.MaxVirtioDevices)
+	}
+}
+
+// TestSpareSlots: a container that needs more drives than are free is
+// refused with the counts, and takes none.
+func TestSpareSlots(t *testing.T) {
+	s := &spareSlots{owners: make([]string, 3)}
+	if got, err := s.take("a", 2); err != nil || len(got) != 2 {
+		t.Fatalf("take 2 of 3: %v, %v", got, err)
+	}
+	if _, err := s.take("b", 2); err == nil || !strings.Contains(err.Error(), "1 free layer drives (of 3)") {
+		t.Fatalf("take 2 of 1 free: %v", err)
+	}
+	if got, err := s.take("b", 1); err != nil || len(got) != 1 {
+		t.Fatalf("take the last: %v, %v", got, err)
+	}
+	if freed := s.release("a"); len(freed) != 2 {
+		t.Fatalf("release a: %v", freed)
+	}
+	if _, err := s.take("c", 2); err != nil {
+		t.Fatalf("take after release: %v", err)
 	}
 }
