@@ -15,6 +15,7 @@
 #   make fuzz        every Fuzz* target in the repository, FUZZTIME each
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
 #   make bench-image image import, copy-on-write drives, image boot against a flat ext4 drive
+#   make bench-k8s   pod start through containerd's CRI in the lab, Ember against runc
 #   make bench-scale ember doctor --fix, then density and launch rates on this host
 #
 # Cache layout ($(EMBER_CACHE)):
@@ -54,7 +55,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
-	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-sandbox bench-scale clean
+	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-sandbox bench-k8s bench-scale clean
 
 all: build
 
@@ -218,6 +219,13 @@ bench-image: setup build guest lab
 bench-sandbox: setup build guest lab
 	cd sandbox/e2b/sdktest && { [ -d node_modules/e2b ] || npm ci --no-audit --no-fund; }
 	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench sandbox --e2b-sdk $(CURDIR)/sandbox/e2b/sdktest
+
+# Kubernetes (issue 14): in the lab, pods started through containerd's CRI
+# (RunPodSandbox, CreateContainer, StartContainer until the container's
+# first output) on the ember handler and on containerd's runc by turns:
+# pod_start_p50_ms and pod_start_ratio_vs_runc.
+bench-k8s: setup build guest lab
+	PATH=$(CURDIR)/bin:$$PATH EMBER_GUEST_DIR=$(CURDIR)/$(GUEST_DIR) bin/ember-bench k8s
 
 # Scale on this host (tiny guests, natively): ember doctor --fix first
 # raises the kernel limits SCALE_VMS VMs need and says what it changed (it

@@ -67,15 +67,27 @@ type Opts struct {
 	SocketDir string
 }
 
-// socketPath is the server's socket: a hash of containerd's address, the
-// namespace and the task ID, as containerd's shims name theirs.
-func (o Opts) socketPath() string {
+// socketPath is the socket of the shim serving group: a hash of
+// containerd's address, the namespace and the group (the task's ID, or
+// its pod sandbox's: groupID), as containerd's shims name theirs.
+func (o Opts) socketPath(group string) string {
 	dir := o.SocketDir
 	if dir == "" {
 		dir = DefaultSocketDir
 	}
-	d := sha256.Sum256([]byte(filepath.Join(o.Address, o.Namespace, o.ID)))
+	d := sha256.Sum256([]byte(filepath.Join(o.Address, o.Namespace, group)))
 	return filepath.Join(dir, fmt.Sprintf("%x", d))
+}
+
+// bundleGroup is the shim group of the task whose bundle is dir (its
+// config.json's annotations); a bundle without a readable spec is its
+// own group.
+func bundleGroup(dir, id string) string {
+	s, err := readSpec(dir)
+	if err != nil {
+		return id
+	}
+	return groupID(s, id)
 }
 
 // Start is the start action: it listens on the shim's socket, starts the
@@ -85,11 +97,25 @@ func Start(o Opts, self string, serverArgs []string) (string, error) {
 	if o.ID == "" || o.Namespace == "" {
 		return "", errors.New("start: -id and -namespace are required")
 	}
-	path := o.socketPath()
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	// A container of a pod goes to the shim of its sandbox, which has
+	// the pod's VM: as runc's shim groups, containerd 1.6 takes the
+	// address printed, whoever serves it.
+	group := bundleGroup(cwd, o.ID)
+	path := o.socketPath(group)
 	addr := "unix://" + path
 	if c, err := net.Dial("unix", path); err == nil {
 		c.Close()
-		return "", fmt.Errorf("start: a shim already serves %s", addr)
+		if group == o.ID {
+			return "", fmt.Errorf("start: a shim already serves %s", addr)
+		}
+		if err := os.WriteFile(filepath.Join(cwd, addressFile), []byte(addr), 0o600); err != nil {
+			return "", err
+		}
+		return addr, nil
 	}
 	os.Remove(path) // a stale socket of a shim that is gone
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
@@ -109,11 +135,6 @@ func Start(o Opts, self string, serverArgs []string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	cwd, err := os.Getwd()
-	if err != nil {
-		os.Remove(path)
-		return "", err
-	}
 	cmd := exec.Command(self, serverArgs...)
 	cmd.Dir = cwd
 	cmd.ExtraFiles = []*os.File{f}
@@ -149,7 +170,11 @@ func Delete(o Opts, w io.Writer) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("delete: %w", err)
 	}
-	os.Remove(o.socketPath())
+	// The socket is the shim's, not the task's, when the task was one of
+	// a group (a pod's container on its sandbox's shim).
+	if bundleGroup(bundle, o.ID) == o.ID {
+		os.Remove(o.socketPath(o.ID))
+	}
 	data, err := proto.Marshal(&taskapi.DeleteResponse{ExitStatus: exitKilled, ExitedAt: timestamppb.Now()})
 	if err != nil {
 		return err

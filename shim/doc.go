@@ -55,11 +55,25 @@
 // The task's pid is the ember process on the host until its process
 // starts, then the process's pid in the guest.
 //
-// Not yet: one VM per pod sandbox (today each container is its own VM,
-// the pause container too); namespaces, mounts and cgroup limits inside
-// the VM (the agent runs processes in the guest's root; the VM's size
-// comes from the spec's memory limit and CPU quota); Stats and Update;
-// OOM events; the pod's network namespace (CNI) into the guest; starting
-// from a pre-warmed snapshot; the jailer; more layers than
-// image/boot.MaxLayerDrives.
+// # Pods
+//
+// With containerd's CRI, a pod is one VM (pod.go): the sandbox (pause)
+// container's Create boots it with spare read-only drives; `start` of a
+// pod's other containers returns the sandbox shim's address (grouped by
+// the io.kubernetes.cri.sandbox-id annotation, as runc's shim groups),
+// and their Create swaps their layer images onto free spare drives
+// (PATCH /drives/{id}) and has the agent mount them as the container's
+// own root (agent container.create), where its processes run
+// (ExecStart.Container: chroot; the first process in its own mount, PID
+// and UTS namespaces). Host bind mounts (emptyDir, configMaps,
+// /etc/hosts) become volumes on the VM's writable drive, shared by the
+// pod's containers and filled once from the host; nothing goes back.
+//
+// Not yet: cgroup limits inside the VM (a pod VM is PodMemoryMiB and
+// PodVCPUs at least, whatever its containers ask); execs joining the
+// container's PID and UTS namespaces (they are chrooted into its root in
+// the VM's namespaces); Stats and Update; OOM events; the pod's network
+// namespace (CNI) into the guest; starting from a pre-warmed snapshot;
+// the jailer; more layers than image/boot.MaxLayerDrives; a layer shared
+// by two containers takes a drive for each.
 package shim

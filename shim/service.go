@@ -70,6 +70,10 @@ type ctask struct {
 	init       *process
 	execs      map[string]*process
 	deleted    bool
+	// sandbox is the pod's sandbox task when this container runs in the
+	// sandbox's VM (its own root there, see pod.go); nil for a task with
+	// its own VM.
+	sandbox *ctask
 }
 
 // NewService makes the task service. ctx is the shim's lifetime;
@@ -138,19 +142,40 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, errf(codes.InvalidArgument, "create %s: %v", r.ID, err)
 	}
+	role, sandboxID := podRole(spec)
 	s.mu.Lock()
 	if _, ok := s.tasks[r.ID]; ok {
 		s.mu.Unlock()
 		return nil, errf(codes.AlreadyExists, "task %q exists", r.ID)
 	}
-	t := &ctask{id: r.ID, bundle: r.Bundle, spec: spec, execs: map[string]*process{}}
+	var sandbox *ctask
+	if role == containerTypeContainer {
+		sandbox = s.tasks[sandboxID]
+		if sandbox == nil || sandbox.vm == nil {
+			s.mu.Unlock()
+			return nil, errf(codes.FailedPrecondition, "create %s: its pod sandbox %s has no VM in this shim (is it running, with runtime io.containerd.ember.v2?)", r.ID, sandboxID)
+		}
+	}
+	t := &ctask{id: r.ID, bundle: r.Bundle, spec: spec, execs: map[string]*process{}, sandbox: sandbox}
 	t.init = newProcess("", req, stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}, s.log)
 	s.tasks[r.ID] = t // reserved: a second Create of the id is refused
 	s.mu.Unlock()
 
+	if sandbox != nil {
+		return s.createInPod(ctx, r, t, layers)
+	}
 	vcpus, mem := vmSize(spec)
-	vm, err := s.launcher.Boot(ctx, VMSpec{ID: r.ID, Dir: filepath.Join(r.Bundle, vmDirName), Layers: layers,
-		Hostname: spec.Hostname, Env: spec.Process.Env, VCPUs: vcpus, MemoryMiB: mem})
+	vs := VMSpec{ID: r.ID, Dir: filepath.Join(r.Bundle, vmDirName), Layers: layers,
+		Hostname: spec.Hostname, Env: spec.Process.Env, VCPUs: vcpus, MemoryMiB: mem}
+	if role == containerTypeSandbox {
+		vs.SpareDrives = spareDrives(len(layers))
+		// The pod's containers share its VM: their memory and CPU limits
+		// are not known yet. (Kubernetes' pod overhead and limits: to
+		// come, with the sandbox's resource annotations.)
+		vs.MemoryMiB = max(vs.MemoryMiB, PodMemoryMiB)
+		vs.VCPUs = max(vs.VCPUs, PodVCPUs)
+	}
+	vm, err := s.launcher.Boot(ctx, vs)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.tasks, r.ID)
@@ -263,7 +288,11 @@ func (s *Service) Delete(ctx context.Context, r *taskapi.DeleteRequest) (*taskap
 	vmPID := uint32(t.vm.PID())
 	sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
-	if err := t.vm.Stop(sctx); err != nil {
+	if t.sandbox != nil {
+		if err := s.removeFromPod(sctx, t); err != nil {
+			return nil, errf(codes.Unknown, "delete %s: %v", r.ID, err)
+		}
+	} else if err := t.vm.Stop(sctx); err != nil {
 		return nil, errf(codes.Unknown, "delete %s: %v", r.ID, err)
 	}
 	os.RemoveAll(filepath.Join(t.bundle, vmDirName))
@@ -304,6 +333,9 @@ func (s *Service) Exec(ctx context.Context, r *taskapi.ExecProcessRequest) (*emp
 	if _, ok := t.execs[r.ExecID]; ok {
 		s.mu.Unlock()
 		return nil, errf(codes.AlreadyExists, "exec %q of task %q exists", r.ExecID, r.ID)
+	}
+	if t.sandbox != nil {
+		req.Container = r.ID
 	}
 	t.execs[r.ExecID] = newProcess(r.ExecID, req, stdio{stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal}, s.log)
 	s.mu.Unlock()
@@ -348,7 +380,12 @@ func (s *Service) Pids(ctx context.Context, r *taskapi.PidsRequest) (*taskapi.Pi
 	}
 	resp := &taskapi.PidsResponse{}
 	for _, p := range ps {
-		if p.Exit == nil {
+		// A pod's VM runs every container of the pod: each lists its own.
+		mine := p.Container == ""
+		if t.sandbox != nil {
+			mine = p.Container == t.id
+		}
+		if p.Exit == nil && mine {
 			resp.Processes = append(resp.Processes, &task.ProcessInfo{Pid: uint32(p.PID)})
 		}
 	}
@@ -435,6 +472,9 @@ func (s *Service) Pause(ctx context.Context, r *taskapi.PauseRequest) (*emptypb.
 	if err != nil {
 		return nil, err
 	}
+	if t.sandbox != nil {
+		return nil, errf(codes.Unimplemented, "pause %s: one container of a pod's VM cannot be paused alone (pause the pod sandbox %s)", r.ID, t.sandbox.id)
+	}
 	if err := t.vm.Pause(ctx); err != nil {
 		return nil, errf(codes.Unknown, "pause %s: %v", r.ID, err)
 	}
@@ -447,6 +487,9 @@ func (s *Service) Resume(ctx context.Context, r *taskapi.ResumeRequest) (*emptyp
 	t, _, err := s.get(r.ID, "")
 	if err != nil {
 		return nil, err
+	}
+	if t.sandbox != nil {
+		return nil, errf(codes.Unimplemented, "resume %s: one container of a pod's VM cannot be resumed alone (resume the pod sandbox %s)", r.ID, t.sandbox.id)
 	}
 	if err := t.vm.Resume(ctx); err != nil {
 		return nil, errf(codes.Unknown, "resume %s: %v", r.ID, err)
@@ -488,7 +531,7 @@ func (s *Service) Shutdown(ctx context.Context, r *taskapi.ShutdownRequest) (*em
 	left := len(s.tasks)
 	var vms []VM
 	for _, t := range s.tasks {
-		if t.vm != nil {
+		if t.vm != nil && t.sandbox == nil { // a pod's containers share its VM
 			vms = append(vms, t.vm)
 		}
 	}

@@ -86,10 +86,11 @@ func (v *agentVM) Stop(ctx context.Context) error {
 
 // agentLauncher boots "VMs" that are connections to one test agent.
 type agentLauncher struct {
-	sock string
-	mu   sync.Mutex
-	got  []VMSpec
-	vms  []*agentVM
+	sock    string
+	storage *testStorage
+	mu      sync.Mutex
+	got     []VMSpec
+	vms     []*agentVM
 }
 
 func (l *agentLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
@@ -106,6 +107,9 @@ func (l *agentLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	l.got = append(l.got, spec)
 	l.vms = append(l.vms, v)
 	l.mu.Unlock()
+	if spec.SpareDrives > 0 {
+		return &podAgentVM{agentVM: v, storage: l.storage, slots: &spareSlots{owners: make([]string, spec.SpareDrives)}}, nil
+	}
 	return v, nil
 }
 
@@ -172,17 +176,22 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	storage := &testStorage{layers: map[string]string{}, scratch: filepath.Join(dir, "scratch")}
+	if err := os.Mkdir(storage.scratch, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	asrv := agent.New(agent.Config{
 		Root: "/", RunDir: filepath.Join(dir, "run"), ResolvConf: filepath.Join(dir, "resolv.conf"),
 		Env:   []string{"PATH=" + os.Getenv("PATH"), "LANG=C"},
 		Clock: noClock{}, Entropy: noEntropy{}, Network: noNetwork{},
-		Log: slog.New(slog.DiscardHandler),
+		Storage: storage,
+		Log:     slog.New(slog.DiscardHandler),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- asrv.Serve(ctx, unixListener{al}) }()
 
-	e := &env{dir: dir, launcher: &agentLauncher{sock: sock}, events: &recorder{}, shutdown: make(chan struct{}, 1)}
+	e := &env{dir: dir, launcher: &agentLauncher{sock: sock, storage: storage}, events: &recorder{}, shutdown: make(chan struct{}, 1)}
 	svc := NewService(ctx, e.launcher, e.events, slog.New(slog.DiscardHandler), func() { e.shutdown <- struct{}{} })
 	srv, err := ttrpc.NewServer()
 	if err != nil {

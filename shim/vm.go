@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	agentclient "github.com/embervm/ember/agent/client"
+	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/api"
 	apiclient "github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/initconfig"
@@ -43,6 +45,10 @@ type VMSpec struct {
 	Env []string
 	// VCPUs and MemoryMiB size the VM.
 	VCPUs, MemoryMiB int
+	// SpareDrives, for a pod's VM, is how many read-only drives it gets
+	// beyond its own layers, free for its containers' layers
+	// (PodVM.AttachLayers); the VM then implements PodVM.
+	SpareDrives int
 }
 
 // VM is a running VM with its guest's agent.
@@ -126,6 +132,14 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	if err != nil {
 		return nil, err
 	}
+	v.cache = cache
+	if spec.SpareDrives > 0 {
+		if v.placeholder, err = placeholder(layerDir); err != nil {
+			v.Stop(context.Background())
+			return nil, err
+		}
+		v.slots = &spareSlots{owners: make([]string, spec.SpareDrives)}
+	}
 	if err := v.configure(ctx, l.Kernel, spec, prep); err != nil {
 		v.Stop(context.Background())
 		// The VM's folder goes with the failed create: its logs' last
@@ -143,6 +157,94 @@ type emberVM struct {
 	api   *apiclient.Client
 	agent *agentclient.Client
 	done  chan struct{}
+	cache layerCache
+
+	// A pod's VM: its spare drives and the file they hold while free.
+	slotMu      sync.Mutex
+	slots       *spareSlots
+	placeholder string
+}
+
+// placeholder returns the spare drives' file while free (made once in
+// dir): zeros, no file system, read-only.
+func placeholder(dir string) (string, error) {
+	p := filepath.Join(dir, placeholderName)
+	if st, err := os.Stat(p); err == nil && st.Size() == placeholderSize {
+		return p, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".placeholder-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	err = tmp.Truncate(placeholderSize)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), p)
+	}
+	if err != nil {
+		return "", fmt.Errorf("the spare drives' placeholder: %w", err)
+	}
+	return p, nil
+}
+
+// AttachLayers builds (or finds) the layers' images and swaps them onto
+// free spare drives (PATCH /drives/{id} path_on_host).
+func (v *emberVM) AttachLayers(ctx context.Context, owner string, layers []string) ([]proto.LayerDrive, error) {
+	if v.slots == nil {
+		return nil, errors.New("this VM has no spare drives (it is not a pod's)")
+	}
+	var images []string
+	for _, d := range layers {
+		img, err := v.cache.image(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		images = append(images, img)
+	}
+	v.slotMu.Lock()
+	slots, err := v.slots.take(owner, len(images))
+	v.slotMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	var out []proto.LayerDrive
+	for i, slot := range slots {
+		id := spareDriveID(slot)
+		if err := v.api.PatchDrive(ctx, api.PartialDrive{DriveID: id, PathOnHost: &images[i]}); err != nil {
+			v.DetachLayers(context.Background(), owner)
+			return nil, fmt.Errorf("putting layer %s on drive %s: %w", layers[i], id, err)
+		}
+		ld := proto.LayerDrive{Serial: id, FSType: layerFSType}
+		if st, err := os.Stat(images[i]); err == nil {
+			ld.Size = st.Size()
+		}
+		out = append(out, ld)
+	}
+	return out, nil
+}
+
+// DetachLayers swaps owner's drives back to the placeholder: the layer
+// images are no longer open in the VM.
+func (v *emberVM) DetachLayers(ctx context.Context, owner string) error {
+	if v.slots == nil {
+		return nil
+	}
+	v.slotMu.Lock()
+	slots := v.slots.release(owner)
+	v.slotMu.Unlock()
+	var errs []error
+	for _, slot := range slots {
+		if err := v.api.PatchDrive(ctx, api.PartialDrive{DriveID: spareDriveID(slot), PathOnHost: &v.placeholder}); err != nil {
+			errs = append(errs, fmt.Errorf("freeing drive %s: %w", spareDriveID(slot), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
@@ -193,6 +295,11 @@ func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, pre
 	}
 	for _, d := range prep.Drives {
 		if err := v.api.PutDrive(ctx, api.Drive{DriveID: d.ID, PathOnHost: d.Path, EmberBasePath: d.Base, IsReadOnly: d.ReadOnly}); err != nil {
+			return err
+		}
+	}
+	for i := range spec.SpareDrives {
+		if err := v.api.PutDrive(ctx, api.Drive{DriveID: spareDriveID(i), PathOnHost: v.placeholder, IsReadOnly: true}); err != nil {
 			return err
 		}
 	}

@@ -61,6 +61,13 @@ func (c *Client) Start(ctx context.Context, req proto.ExecStart) (*Process, erro
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	if req.Container != "" {
+		// An older agent would drop the field and run the process in
+		// the guest's root.
+		if err := c.supportsContainers(proto.OpExecStart + " in a container"); err != nil {
+			return nil, err
+		}
+	}
 	return c.attach(ctx, proto.OpExecStart, req, req.AutoAck)
 }
 

@@ -114,6 +114,12 @@ type ExecStart struct {
 	Overwrite bool `json:"overwrite,omitempty"`
 	// AutoAck treats output as acknowledged once sent on this stream.
 	AutoAck bool `json:"auto_ack,omitempty"`
+	// Container, if set, runs the process in that container (see
+	// [OpContainerCreate]): chrooted into its root filesystem, with
+	// Cwd and User taken there. The container's first process also gets
+	// its own mount, PID and UTS namespaces. Sent only to an agent that
+	// announces [FeatureContainer].
+	Container string `json:"container,omitempty"`
 }
 
 // Validate checks the fields the agent cannot act on.
@@ -147,6 +153,11 @@ func (r *ExecStart) Validate() error {
 	}
 	if err := checkTag(r.Tag); err != nil {
 		return err
+	}
+	if r.Container != "" {
+		if err := CheckID("container", r.Container); err != nil {
+			return err
+		}
 	}
 	if r.TTY != nil && (r.TTY.Cols == 0 || r.TTY.Rows == 0) {
 		return Errorf(CodeInvalid, "tty: size %dx%d: both must be positive", r.TTY.Cols, r.TTY.Rows)
@@ -274,6 +285,8 @@ type ProcessInfo struct {
 	Cwd  string            `json:"cwd"`
 	User string            `json:"user,omitempty"`
 	TTY  bool              `json:"tty,omitempty"`
+	// Container is the container it runs in ([ExecStart.Container]).
+	Container string `json:"container,omitempty"`
 	// Exit is set once the process has exited.
 	Exit *ExitStatus `json:"exit,omitempty"`
 	// Output is the state of its buffer: Start is the oldest offset held,

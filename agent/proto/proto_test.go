@@ -193,3 +193,35 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzContainerRequests: container requests decoded from any bytes are
+// validated without panicking, and an accepted one has only names that
+// are file names and absolute mount destinations.
+func FuzzContainerRequests(f *testing.F) {
+	f.Add([]byte(`{"id":"a","layers":[{"serial":"spare0","fs_type":"erofs","size":4096}],"mounts":[{"destination":"/shared","type":"volume","source":"host-1"}]}`))
+	f.Add([]byte(`{"id":"..","layers":[]}`))
+	f.Add([]byte(`{"name":"v","kind":"file"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var c ContainerCreate
+		if DecodeJSON(data, &c) == nil && c.Validate() == nil {
+			for _, l := range c.Layers {
+				if strings.ContainsAny(l.Serial, "/\x00") || l.Serial == ".." {
+					t.Fatalf("accepted serial %q", l.Serial)
+				}
+			}
+			for _, m := range c.Mounts {
+				if !strings.HasPrefix(m.Destination, "/") || (m.Type == MountVolume && strings.Contains(m.Source, "/")) {
+					t.Fatalf("accepted mount %+v", m)
+				}
+			}
+		}
+		var v ContainerVolume
+		if DecodeJSON(data, &v) == nil && v.Validate() == nil && strings.ContainsAny(v.Name, "/\x00") {
+			t.Fatalf("accepted volume %q", v.Name)
+		}
+		var e ExecStart
+		if DecodeJSON(data, &e) == nil && e.Validate() == nil && strings.Contains(e.Container, "/") {
+			t.Fatalf("accepted container %q", e.Container)
+		}
+	})
+}

@@ -57,6 +57,15 @@
 //	    migration file (sandbox_vs_qemu_restore_ratio).
 //	ember-bench lab-sandbox [--creates N] [--cold-runs N] [--restore-runs N] [--kernel K --home H --ref R]
 //	    the in-lab half.
+//	ember-bench k8s [--runs N]
+//	    in the lab, pods started through containerd 1.6's CRI
+//	    (RunPodSandbox, CreateContainer, StartContainer until the
+//	    container's first line is in its log) on Ember's handler and on
+//	    runc by turns, busybox images from a local registry; ends with
+//	    NAME VALUE UNIT lines (pod_start_p50_ms, pod_start_runc_p50_ms,
+//	    pod_start_ratio_vs_runc).
+//	ember-bench lab-k8s [--runs N] [--kernel K]
+//	    the in-lab half.
 package main
 
 import (
@@ -83,7 +92,7 @@ const exitUsage = 2
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch|sandbox-rate|sandbox|lab-sandbox [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ember-bench boot|lab-boot|io|lab-io|api|snapshot|lab-restore|image|lab-image|density|launch|sandbox-rate|sandbox|lab-sandbox|k8s|lab-k8s [flags]")
 		os.Exit(exitUsage)
 	}
 	var err error
@@ -116,6 +125,10 @@ func main() {
 		err = labSandbox(os.Args[2:])
 	case "sandbox-rate":
 		err = sandboxRateBench(os.Args[2:])
+	case "k8s":
+		err = k8sBench(os.Args[2:])
+	case "lab-k8s":
+		err = labK8s(os.Args[2:])
 	case bench.LeaderSubcommand:
 		bench.RunLeader()
 	default:

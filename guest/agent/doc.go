@@ -74,4 +74,18 @@
 // [Entropy], [Network]) so that tests neither set the host's clock nor
 // touch its network; the real ones are [SystemClock], [SystemEntropy] and
 // [SystemNetwork].
+//
+// # Containers
+//
+// container.volume, container.create and container.remove (feature
+// "container", container.go) run a pod's containers in one guest: each
+// container's root is overlayfs over layer drives the host swapped in
+// (found by serial, their buffer cache dropped, their new capacity
+// awaited) with its upper on the VM's writable drive, mounted a second
+// time; volumes are folders (or files) there, shared by the containers
+// naming them. A process started with ExecStart.Container is chrooted
+// into its container's root; the container's first process also gets
+// new mount, PID and UTS namespaces (those the kernel has). Storage is
+// an interface so that tests bind-mount folders in place of drives; the
+// real one is [SystemStorage].
 package agent

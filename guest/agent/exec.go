@@ -3,9 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/agent/mux"
 	"github.com/embervm/ember/agent/proto"
@@ -29,7 +34,12 @@ func (s *Server) execStart(st *mux.Stream) error {
 	if err != nil {
 		return err
 	}
-	sp, err := s.resolve(req)
+	var sp *spec
+	if req.Container != "" {
+		sp, err = s.resolveInContainer(req)
+	} else {
+		sp, err = s.resolve(req)
+	}
 	if err != nil {
 		return err
 	}
@@ -76,6 +86,62 @@ func (s *Server) resolve(req *proto.ExecStart) (*spec, error) {
 		sp.dir = "/"
 	}
 	return sp, nil
+}
+
+// resolveInContainer is resolve for a process of a container: chrooted into the
+// container's root, the user, home and working directory taken there, the
+// environment the request's alone (the container's spec is complete; the
+// guest's base environment is the pod sandbox's image's). The container's
+// first process gets its own mount, PID and UTS namespaces: it is PID 1
+// of the container, and its end ends what it started. Later ones (execs)
+// share the guest's namespaces, chrooted: joining the first one's would
+// take setns(2) in a single-threaded child, which Go's fork does not do.
+func (s *Server) resolveInContainer(req *proto.ExecStart) (*spec, error) {
+	root, first, err := s.containerRoot(req.Container)
+	if err != nil {
+		return nil, err
+	}
+	id, err := ociuser.Resolve(root, req.User)
+	if err != nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "user %q in container %s: %v", req.User, req.Container, err)
+	}
+	sp := &spec{req: *req, uid: id.UID, gid: id.GID, grps: id.Groups}
+	sp.env = processEnv(nil, req.Env, id, req.TTY != nil)
+	switch {
+	case req.Cwd != "":
+		sp.dir = path.Clean("/" + req.Cwd)
+	case id.Home != "":
+		sp.dir = id.Home
+	default:
+		sp.dir = "/"
+	}
+	// The working directory must exist in the container, as runc makes
+	// it.
+	if dir, err := resolveIn(root, sp.dir); err == nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("container %s: working directory %s: %w", req.Container, sp.dir, err)
+		}
+	}
+	sp.root = root
+	if first {
+		sp.cloneflags = containerCloneflags()
+	}
+	return sp, nil
+}
+
+// containerCloneflags are the namespaces a container's first process
+// gets: a new mount namespace always (the kernel always has them), PID
+// and UTS namespaces when the kernel has them (CONFIG_PID_NS,
+// CONFIG_UTS_NS: /proc/self/ns lists them), else the VM's.
+func containerCloneflags() uintptr {
+	flags := uintptr(unix.CLONE_NEWNS)
+	if _, err := os.Stat("/proc/self/ns/pid"); err == nil {
+		flags |= unix.CLONE_NEWPID
+	}
+	if _, err := os.Stat("/proc/self/ns/uts"); err == nil {
+		flags |= unix.CLONE_NEWUTS
+	}
+	return flags
 }
 
 // processEnv is base with the request's variables over it, completed with

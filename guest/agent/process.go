@@ -125,6 +125,9 @@ type spec struct {
 	uid  uint32
 	gid  uint32
 	grps []uint32
+	// root and cloneflags: a container's process (chroot, namespaces).
+	root       string
+	cloneflags uintptr
 }
 
 // start starts a process and its output pumps.
@@ -149,7 +152,7 @@ func (t *processTable) start(sp *spec) (*process, error) {
 		exitFlag: make(chan struct{}),
 		info: proto.ProcessInfo{
 			Tag: sp.req.Tag, Args: sp.req.Args, Env: sp.req.Env, Cwd: sp.dir,
-			User: sp.req.User, TTY: sp.req.TTY != nil,
+			User: sp.req.User, TTY: sp.req.TTY != nil, Container: sp.req.Container,
 		},
 	}
 	// The process's ends of its stdio, closed here once it has them.
@@ -203,6 +206,7 @@ func (t *processTable) start(sp *spec) (*process, error) {
 			Args: sp.req.Args, Env: sp.env, Dir: sp.dir,
 			UID: sp.uid, GID: sp.gid, Groups: sp.grps,
 			Stdio: child, Ctty: p.tty != nil,
+			Root: sp.root, Cloneflags: sp.cloneflags,
 		})
 	})
 	if err != nil {

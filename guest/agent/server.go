@@ -48,6 +48,9 @@ type Config struct {
 	Clock   Clock
 	Entropy Entropy
 	Network Network
+	// Storage gives containers (proto.FeatureContainer) their file
+	// systems; nil means the guest's (SystemStorage over RunDir).
+	Storage Storage
 	// Log receives the agent's own lines (nil: discarded).
 	Log *slog.Logger
 }
@@ -80,6 +83,9 @@ type Server struct {
 	procs  *processTable
 	ops    map[string]handler
 
+	containers containerTable
+	sysStorage *SystemStorage
+
 	restoreMu  sync.Mutex // one restore at a time
 	generation atomic.Uint64
 }
@@ -109,7 +115,9 @@ func New(cfg Config) *Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := newReaper(cfg.ReapOrphans)
-	s := &Server{cfg: cfg, log: log, reaper: r, procs: newProcessTable(r)}
+	s := &Server{cfg: cfg, log: log, reaper: r, procs: newProcessTable(r),
+		containers: containerTable{m: map[string]*container{}, busy: map[string]bool{}},
+		sysStorage: &SystemStorage{RunDir: cfg.RunDir}}
 	s.ops = map[string]handler{
 		proto.OpExecStart:   s.execStart,
 		proto.OpExecAttach:  s.execAttach,
@@ -128,6 +136,10 @@ func New(cfg Config) *Server {
 		proto.OpWatch:       s.watch,
 		proto.OpHealth:      unary(s.health),
 		proto.OpRestore:     s.restore,
+
+		proto.OpContainerVolume: unary(s.containerVolume),
+		proto.OpContainerCreate: unary(s.containerCreate),
+		proto.OpContainerRemove: unary(s.containerRemove),
 	}
 	if g, err := readGeneration(cfg.RunDir); err == nil {
 		s.generation.Store(g)
@@ -139,7 +151,7 @@ func New(cfg Config) *Server {
 func features() []string {
 	return []string{
 		proto.FeatureExec, proto.FeatureExecTTY, proto.FeatureFiles, proto.FeatureFilesTar,
-		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork,
+		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureContainer,
 	}
 }
 

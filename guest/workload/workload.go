@@ -66,6 +66,13 @@ type Spec struct {
 	// Ctty makes the workload's stdin the controlling terminal of its new
 	// session (it must be a terminal).
 	Ctty bool
+	// Root, if set, is the directory the workload is chrooted into (a
+	// container's root filesystem): Args[0] is looked up there and Dir
+	// is inside it.
+	Root string
+	// Cloneflags are extra clone(2) flags: new namespaces
+	// (CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS).
+	Cloneflags uintptr
 }
 
 // StartError is a command that could not be started.
@@ -95,7 +102,7 @@ func Start(s Spec) (int, error) {
 	if len(s.Args) == 0 || s.Args[0] == "" {
 		return 0, &StartError{Path: "(empty command)", Err: fs.ErrNotExist, Code: ExitNotFound}
 	}
-	path, err := LookPath(s.Args[0], envValue(s.Env, "PATH"))
+	path, err := lookPathIn(s.Root, s.Args[0], envValue(s.Env, "PATH"))
 	if err != nil {
 		return 0, err
 	}
@@ -120,6 +127,8 @@ func Start(s Spec) (int, error) {
 			Setctty:    s.Ctty,
 			Ctty:       0, // the child's fd 0, the console or terminal
 			Credential: &syscall.Credential{Uid: s.UID, Gid: s.GID, Groups: groups},
+			Chroot:     s.Root,
+			Cloneflags: s.Cloneflags,
 		},
 	}
 	pid, err := syscall.ForkExec(path, s.Args, attr)
@@ -181,6 +190,42 @@ func LookPath(file, pathEnv string) (string, error) {
 		return "", &StartError{Path: denied, Err: fs.ErrPermission, Code: ExitNotExecutable}
 	}
 	return "", &StartError{Path: file, Err: errNotInPath, Code: ExitNotFound}
+}
+
+// lookPathIn is LookPath inside root (a chroot: PATH's directories and a
+// name with a slash are taken there); the path returned is the one the
+// chrooted process executes. Symbolic links are resolved by the kernel at
+// exec time, in the chroot; a link that points outside root is followed
+// on the host here, so only whether something exists is judged by it.
+func lookPathIn(root, file, pathEnv string) (string, error) {
+	if root == "" || root == "/" {
+		return LookPath(file, pathEnv)
+	}
+	if strings.Contains(file, "/") {
+		return file, nil
+	}
+	var dirs []string
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" {
+			dir = "."
+		}
+		if filepath.IsAbs(dir) {
+			dir = filepath.Join(root, dir)
+		}
+		dirs = append(dirs, dir)
+	}
+	p, err := LookPath(file, strings.Join(dirs, string(filepath.ListSeparator)))
+	if err != nil {
+		var se *StartError
+		if errors.As(err, &se) && strings.HasPrefix(se.Path, root+"/") {
+			se.Path = strings.TrimPrefix(se.Path, root)
+		}
+		return "", err
+	}
+	if strings.HasPrefix(p, root+"/") {
+		p = strings.TrimPrefix(p, root)
+	}
+	return p, nil
 }
 
 // Supervise runs PID 1's loop until the workload pid has exited: every
