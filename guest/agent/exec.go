@@ -225,6 +225,22 @@ func (s *Server) attach(st *mux.Stream, p *process, from int64, autoAck, noOutpu
 	for {
 		pc, err := p.out.read(ctx, cursor)
 		if errors.Is(err, errReleased) {
+			// Another client had the process released once it ended
+			// (E2B's gateway does, as envd forgets ended processes): this
+			// attachment still gets the exit, after a gap for the output
+			// it had not read.
+			select {
+			case <-p.exited:
+				es := *p.exitStatus()
+				_, es.Output = p.out.bounds()
+				if cursor < es.Output {
+					if err := st.SendMsg(proto.ExecEvent{Gap: &proto.Gap{From: cursor, To: es.Output}}); err != nil {
+						return err
+					}
+				}
+				return st.SendMsg(proto.ExecEvent{Exit: &es})
+			default:
+			}
 			return proto.Errorf(proto.CodePrecondition, "process %d was released", p.pid)
 		}
 		if err != nil {
