@@ -349,6 +349,20 @@ func TestSandboxes(t *testing.T) {
 		t.Errorf("tty exec: exit %d, %q", code, out)
 	}
 
+	// A workload that exhausts the guest's memory is ended by the guest's
+	// OOM killer: its exit says so (reason oom); the sandbox goes on.
+	{
+		cctx, cancel := context.WithTimeout(ctx, sandboxOpTimeout)
+		st, err := d.c.Exec(cctx, a.ID, sandbox.ExecRequest{Args: []string{"python3", "-c", "a = []\nwhile True: a.append(bytearray(1 << 20))"}}, io.Discard, io.Discard)
+		cancel()
+		if err != nil || !st.OOMKilled || st.Reason != "oom" || st.Signal != int(syscall.SIGKILL) {
+			t.Errorf("a workload exhausting memory: %+v, %v; want signal 9, reason oom", st, err)
+		}
+		if out, _, code := d.run(ctx, a.ID, sandbox.ExecRequest{Args: []string{"echo", "still-here"}}); code != 0 || out != "still-here\n" {
+			t.Errorf("after the OOM kill: exit %d, %q", code, out)
+		}
+	}
+
 	// Pause and resume: a paused sandbox refuses exec; a resumed one runs.
 	if _, err := d.c.Pause(ctx, b.ID); err != nil {
 		t.Fatalf("pause: %v", err)

@@ -265,6 +265,9 @@ type ExitStatus struct {
 	Signal int `json:"signal,omitempty"`
 	// CoreDumped says the kernel dumped its core.
 	CoreDumped bool `json:"core_dumped,omitempty"`
+	// OOMKilled says the guest kernel's OOM killer killed it (its
+	// "Killed process PID" line is in the kernel log).
+	OOMKilled bool `json:"oom_killed,omitempty"`
 	// Output is the total output the process produced, in bytes: the
 	// offset after the last byte.
 	Output int64 `json:"output"`

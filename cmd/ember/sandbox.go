@@ -449,6 +449,9 @@ func sandboxExec(ctx context.Context, args []string) int {
 	if err != nil {
 		return fail("ember sandbox exec", err)
 	}
+	if st.OOMKilled {
+		fmt.Fprintln(os.Stderr, "ember sandbox exec: the guest's OOM killer ended the process")
+	}
 	return exitStatus(st.Code, st.Signal)
 }
 

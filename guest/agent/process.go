@@ -254,6 +254,7 @@ func (t *processTable) await(p *process, wait <-chan unix.WaitStatus) {
 	if ws.Signaled() {
 		st.Signal = int(ws.Signal())
 		st.CoreDumped = ws.CoreDump()
+		st.OOMKilled = st.Signal == int(unix.SIGKILL) && oomKilled(kmsgPath, p.pid)
 	}
 	p.mu.Lock()
 	p.status, p.finished = st, time.Now()

@@ -124,6 +124,22 @@ type ExecEvent struct {
 type ExitStatus struct {
 	Code   int `json:"code"`
 	Signal int `json:"signal,omitempty"`
+	// OOMKilled: the guest's OOM killer ended the process (reason "oom").
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason is "exit", "signal" or "oom".
+	Reason string `json:"reason"`
+}
+
+// exitOf is the API's exit of an agent's exit status.
+func exitOf(st proto.ExitStatus) *ExitStatus {
+	e := &ExitStatus{Code: st.Code, Signal: st.Signal, OOMKilled: st.OOMKilled, Reason: "exit"}
+	switch {
+	case st.OOMKilled:
+		e.Reason = "oom"
+	case st.Signal != 0:
+		e.Reason = "signal"
+	}
+	return e
 }
 
 // Options configure a handler.
@@ -530,9 +546,9 @@ func (s *server) streamExec(w http.ResponseWriter, run func(started func(sandbox
 		return err
 	}
 	if err != nil {
-		return out.send(ExecEvent{Error: err.Error(), Exit: &ExitStatus{Code: st.Code, Signal: st.Signal}})
+		return out.send(ExecEvent{Error: err.Error(), Exit: exitOf(st)})
 	}
-	return out.send(ExecEvent{Exit: &ExitStatus{Code: st.Code, Signal: st.Signal}})
+	return out.send(ExecEvent{Exit: exitOf(st)})
 }
 
 // pathParam is the required query parameter "path".
