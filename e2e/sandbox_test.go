@@ -684,6 +684,7 @@ func checkMetrics(ctx context.Context, t *testing.T, d *emberd, template string,
 		{"emberd_exec_duration_seconds", nil, func(v float64) bool { return v >= float64(n) }, fmt.Sprintf(">= %d samples", n)},
 		{"emberd_host_memory_held_bytes", nil, func(v float64) bool { return v >= float64(n*sandboxTemplateMiB)*(1<<20) }, "the sandboxes' memory"},
 		{"emberd_sandbox_rss_bytes", nil, func(v float64) bool { return v > 0 }, "> 0"},
+		{"emberd_sandbox_network_bytes_total", map[string]string{"direction": "out"}, func(v float64) bool { return v > 0 }, "> 0 (two sandboxes fetched a page)"},
 		{"emberd_sandbox_guest_memory_bytes", nil, func(v float64) bool { return v >= float64(n*sandboxTemplateMiB)*(1<<20) }, "the guests' memory"},
 	} {
 		v, ok := value(c.name, c.labels)

@@ -14,6 +14,7 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"os"
@@ -171,6 +172,7 @@ func (mt *Metrics) Ended(sb sandbox.Sandbox) {
 type stateCollector struct {
 	m                                                    *sandbox.Manager
 	sandboxes, rss, guestMem, holding, memOver, vcpuOver *prometheus.Desc
+	netBytes                                             *prometheus.Desc
 	// budget and held: per budget, what may be held and what is.
 	budget, held map[string]*prometheus.Desc
 }
@@ -181,6 +183,7 @@ func newStateCollector(m *sandbox.Manager) *stateCollector {
 		sandboxes: prometheus.NewDesc("emberd_sandboxes", "Sandboxes by state and template (exited ones until they are forgotten).", []string{"state", "template"}, nil),
 		rss:       prometheus.NewDesc("emberd_sandbox_rss_bytes", "Host RSS of a sandbox's ember process (/proc/PID/status VmRSS): guest pages touched plus ember's own.", []string{"sandbox", "template"}, nil),
 		guestMem:  prometheus.NewDesc("emberd_sandbox_guest_memory_bytes", "Guest memory of a sandbox (its template's).", []string{"sandbox", "template"}, nil),
+		netBytes:  prometheus.NewDesc("emberd_sandbox_network_bytes_total", "Bytes a sandbox's guest sent (direction out) and received (in), metered by its nftables counters.", []string{"sandbox", "template", "direction"}, nil),
 		holding:   prometheus.NewDesc("emberd_host_sandboxes_holding", "Sandboxes holding a share of the host's budgets.", nil, nil),
 		memOver:   prometheus.NewDesc("emberd_host_memory_overcommit_ratio", "The memory budget over the host memory given to sandboxes.", nil, nil),
 		vcpuOver:  prometheus.NewDesc("emberd_host_vcpu_overcommit_ratio", "vCPUs allowed per host CPU (when the vCPU budget is not given).", nil, nil),
@@ -204,7 +207,7 @@ func newStateCollector(m *sandbox.Manager) *stateCollector {
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sandboxes, c.rss, c.guestMem, c.holding, c.memOver, c.vcpuOver} {
+	for _, d := range []*prometheus.Desc{c.sandboxes, c.rss, c.guestMem, c.netBytes, c.holding, c.memOver, c.vcpuOver} {
 		ch <- d
 	}
 	for _, b := range sandbox.BudgetNames() {
@@ -253,11 +256,24 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.rss, prometheus.GaugeValue, float64(rss), sb.ID, sb.Template)
 		ch <- prometheus.MustNewConstMetric(c.guestMem, prometheus.GaugeValue, float64(guestMiB[sb.Template])*mib, sb.ID, sb.Template)
+		if sb.Network != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), counterTimeout)
+			n, err := c.m.Network(ctx, sb.ID)
+			cancel()
+			if err == nil {
+				ch <- prometheus.MustNewConstMetric(c.netBytes, prometheus.CounterValue, float64(n.BytesOut), sb.ID, sb.Template, "out")
+				ch <- prometheus.MustNewConstMetric(c.netBytes, prometheus.CounterValue, float64(n.BytesIn), sb.ID, sb.Template, "in")
+			}
+		}
 	}
 	for k, v := range counts {
 		ch <- prometheus.MustNewConstMetric(c.sandboxes, prometheus.GaugeValue, float64(v), k.state, k.template)
 	}
 }
+
+// counterTimeout bounds reading one sandbox's network counters at a
+// scrape (a netlink round trip).
+const counterTimeout = 2 * time.Second
 
 // vmRSS returns VmRSS, in bytes, of pid if it is still the process that
 // started at start (clock ticks since boot: /proc/PID/stat field 22).
