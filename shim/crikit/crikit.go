@@ -146,6 +146,9 @@ func Start(ctx context.Context, o Options) (_ *Env, err error) {
 		}
 	}
 
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
 	cfg := filepath.Join(o.Dir, "containerd.toml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(configTemplate, o.Dir, e.Registry)), 0o644); err != nil {
 		return nil, err
