@@ -156,10 +156,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return srv.Shutdown(ctx)
 }
 
+// MaxSocketPath is the longest unix socket path: sun_path holds 108 bytes
+// with the terminating NUL (unix(7)).
+const MaxSocketPath = 107
+
 // ListenUnix listens on a unix socket at path. A socket left there by a
 // process that is gone is removed; any other existing file, or a socket a
 // live process serves, is refused.
 func ListenUnix(path string) (net.Listener, error) {
+	if len(path) > MaxSocketPath {
+		return nil, fmt.Errorf("api socket %s: the path is %d bytes, a unix socket's is at most %d (use a shorter folder, or a symlink to it)", path, len(path), MaxSocketPath)
+	}
 	st, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

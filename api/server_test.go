@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -307,4 +308,12 @@ func TestNoHooks(t *testing.T) {
 	h.boot()
 	// Firecracker answers 204 when there are no metrics to flush.
 	h.ok("PUT", "/actions", `{"action_type": "FlushMetrics"}`)
+}
+
+func TestListenUnixLongPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), strings.Repeat("d", MaxSocketPath), "api.sock")
+	_, err := ListenUnix(path)
+	if err == nil || !strings.Contains(err.Error(), "a unix socket's is at most 107") {
+		t.Fatalf("ListenUnix of a %d-byte path: %v", len(path), err)
+	}
 }

@@ -2,6 +2,8 @@ package shim
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -152,12 +154,14 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 
 // emberVM is a VM run by an ember process the shim started.
 type emberVM struct {
-	dir   string
-	cmd   *exec.Cmd
-	api   *apiclient.Client
-	agent *agentclient.Client
-	done  chan struct{}
-	cache layerCache
+	dir string
+	// sockDir is a short symlink to dir, for the sockets (see sockLink).
+	sockDir string
+	cmd     *exec.Cmd
+	api     *apiclient.Client
+	agent   *agentclient.Client
+	done    chan struct{}
+	cache   layerCache
 
 	// A pod's VM: its spare drives and the file they hold while free.
 	slotMu      sync.Mutex
@@ -258,7 +262,11 @@ func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
 		return nil, err
 	}
 	defer logf.Close()
-	sock := filepath.Join(spec.Dir, apiSocketName)
+	link, err := sockLink(spec.Dir)
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(link, apiSocketName)
 	cmd := exec.Command(l.Ember, "--api-sock", sock, "--id", spec.ID)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = console, logf
@@ -266,9 +274,10 @@ func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
 	// ^C) must not reach it; the shim ends it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: unix.SIGKILL}
 	if err := cmd.Start(); err != nil {
+		os.Remove(link)
 		return nil, fmt.Errorf("starting %s: %w", l.Ember, err)
 	}
-	v := &emberVM{dir: spec.Dir, cmd: cmd, api: apiclient.New(sock), done: make(chan struct{})}
+	v := &emberVM{dir: spec.Dir, sockDir: link, cmd: cmd, api: apiclient.New(sock), done: make(chan struct{})}
 	go func() {
 		cmd.Wait()
 		close(v.done)
@@ -281,7 +290,7 @@ func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
 }
 
 func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, prep *boot.VM) error {
-	sock := filepath.Join(v.dir, apiSocketName)
+	sock := filepath.Join(v.sockDir, apiSocketName)
 	if err := v.waitSocket(ctx, sock); err != nil {
 		return err
 	}
@@ -303,7 +312,7 @@ func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, pre
 			return err
 		}
 	}
-	vsock := filepath.Join(v.dir, vsockName)
+	vsock := filepath.Join(v.sockDir, vsockName)
 	if err := v.api.PutVsock(ctx, api.Vsock{GuestCID: guestCID, UDSPath: vsock}); err != nil {
 		return err
 	}
@@ -370,6 +379,7 @@ func (v *emberVM) Stop(ctx context.Context) error {
 	select {
 	case <-v.done:
 		os.Remove(filepath.Join(v.dir, pidName))
+		os.Remove(v.sockDir)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for ember (pid %d) to end: %w", v.cmd.Process.Pid, ctx.Err())
@@ -379,6 +389,7 @@ func (v *emberVM) Stop(ctx context.Context) error {
 // stopLeftover ends the ember whose pid file is in dir, if it still runs
 // (a shim that crashed left it): `delete` after a crash.
 func stopLeftover(dir string) {
+	defer os.Remove(sockLinkPath(dir))
 	data, err := os.ReadFile(filepath.Join(dir, pidName))
 	if err != nil {
 		return
@@ -416,4 +427,31 @@ func tailLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// sockRunDir holds the short symlinks to the VMs' folders that their unix
+// sockets are reached through: a socket's path must fit sun_path (108
+// bytes with its NUL, unix(7)), and containerd's bundle paths
+// (/run/containerd/io.containerd.runtime.v2.task/NAMESPACE/64-hex-ID/...)
+// are longer than that.
+const sockRunDir = "/run/ember-shim"
+
+// sockLinkPath is the short symlink to a VM's folder dir: sockRunDir and
+// the first 16 hex digits of dir's SHA-256.
+func sockLinkPath(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(sockRunDir, hex.EncodeToString(sum[:8]))
+}
+
+// sockLink makes (or remakes) the short symlink to dir and returns it.
+func sockLink(dir string) (string, error) {
+	if err := os.MkdirAll(sockRunDir, 0o700); err != nil {
+		return "", fmt.Errorf("socket folder: %w", err)
+	}
+	link := sockLinkPath(dir)
+	os.Remove(link)
+	if err := os.Symlink(dir, link); err != nil {
+		return "", fmt.Errorf("socket folder: %w", err)
+	}
+	return link, nil
 }
