@@ -53,27 +53,14 @@ func SandboxRate(ctx context.Context, emberd, ember string, creates, parallel in
 	if err := os.WriteFile(kernel, tiny.Sandbox(), 0o644); err != nil {
 		return r, err
 	}
-	sock := filepath.Join(dir, "emberd.sock")
 	// The sandboxes all run at the end: the vCPU budget is lifted to fit
 	// them (emberd's default, 8 per host CPU, is for sandboxes that work;
 	// the tiny guest halts).
-	cmd := exec.CommandContext(ctx, emberd, "--state-dir", filepath.Join(dir, "state"), "--socket", sock, "--ember", ember, "--level", "warn",
-		"--budget-vcpus", strconv.Itoa(creates))
-	cmd.Stderr = progress
-	if err := cmd.Start(); err != nil {
+	c, stop, err := startEmberd(ctx, emberd, dir, progress, "--ember", ember, "--budget-vcpus", strconv.Itoa(creates))
+	if err != nil {
 		return r, err
 	}
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	c := client.New(sock)
-	defer c.Close()
-	for i := 0; ; i++ {
-		if _, err := c.Templates(ctx); err == nil {
-			break
-		} else if i == 1000 {
-			return r, fmt.Errorf("emberd did not answer: %w", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	defer stop()
 	if _, err := c.BuildTemplate(ctx, sandbox.TemplateSpec{Name: "tiny", Kernel: kernel, MemoryMiB: 16, Ready: sandbox.ReadyCheck{Kind: sandbox.ReadyBootTimer}}); err != nil {
 		return r, err
 	}
@@ -135,3 +122,35 @@ func SandboxRate(ctx context.Context, emberd, ember string, creates, parallel in
 		creates, parallel, elapsed.Seconds(), r.RatePerS, r.CreateP50MS, r.CreateP99MS)
 	return r, nil
 }
+
+// startEmberd starts emberd with its state in dir (and args) and waits
+// until its API answers; stop ends it (SIGTERM: its VMs go on, as they
+// would; the benchmarks kill theirs).
+func startEmberd(ctx context.Context, emberd, dir string, progress io.Writer, args ...string) (c *client.Client, stop func(), err error) {
+	sock := filepath.Join(dir, "emberd.sock")
+	cmd := exec.CommandContext(ctx, emberd, append([]string{"--state-dir", filepath.Join(dir, "state"), "--socket", sock, "--level", "warn"}, args...)...)
+	cmd.Stderr = progress
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	c = client.New(sock)
+	stop = func() {
+		c.Close()
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	for i := 0; ; i++ {
+		if _, err := c.Templates(ctx); err == nil {
+			return c, stop, nil
+		} else if i == emberdWaitTries {
+			stop()
+			return nil, nil, fmt.Errorf("emberd did not answer: %w", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// emberdWaitTries bounds the wait for emberd's API (10 ms apart: 30 s,
+// for the lab's emulated start-up).
+const emberdWaitTries = 3000

@@ -6,11 +6,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/embervm/ember/sandbox"
@@ -92,28 +90,11 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 		return r, err
 	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "emberd.sock")
-	cmd := exec.CommandContext(ctx, o.Emberd, "--state-dir", filepath.Join(dir, "state"), "--socket", sock,
-		"--ember", o.Ember, "--image-home", o.Home, "--level", "warn", "--e2b-addr", benchE2BAddr)
-	cmd.Stderr = progress
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	c, stop, err := startEmberd(ctx, o.Emberd, dir, progress, "--ember", o.Ember, "--image-home", o.Home, "--e2b-addr", benchE2BAddr)
+	if err != nil {
 		return r, err
 	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	c := client.New(sock)
-	defer c.Close()
-	for i := 0; ; i++ {
-		if _, err := c.Templates(ctx); err == nil {
-			break
-		} else if i == 3000 {
-			return r, fmt.Errorf("emberd did not answer: %w", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	defer stop()
 	var tpl string
 	if err := attempts(ctx, progress, "template build", func() error {
 		t, err := c.BuildTemplate(ctx, sandbox.TemplateSpec{Image: o.Ref, Kernel: o.Kernel, MemoryMiB: sandboxMemMiB})
