@@ -139,10 +139,13 @@ lab: setup lab-bin
 
 # The demo imports the Debian root filesystem into an Ember home under
 # build/ and, in the lab, has emberd build a template from that image,
-# create a sandbox from it and run a command in it (scripts/demo.sh).
+# create a sandbox from it and run a command in it (scripts/demo.sh). The
+# dry run makes the image's initramfs and blank drive in the home on this
+# host first: the lab cannot write them there (as guest-debian does).
 DEMO_HOME := $(CURDIR)/build/demo-home
 demo: setup build guest lab
 	bin/ember image import --rootfs --home $(DEMO_HOME) $(GUEST_DIR)/debian-rootfs.tar demo/debian:12
+	bin/ember run --image demo/debian:12 --home $(DEMO_HOME) --dry-run >/dev/null
 	$(LAB) run --add $(DEMO_HOME) -- $(CURDIR)/scripts/demo.sh $(DEMO_HOME) demo/debian:12
 
 test: setup build guest lab

@@ -196,7 +196,7 @@ func PrepareLayers(ctx context.Context, home string, layers []string, fsType str
 	}
 	rw, err := writableDrive(home, o)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the writable drive: %w", err)
 	}
 	vm.Drives = append(vm.Drives, rw)
 
@@ -208,7 +208,7 @@ func PrepareLayers(ctx context.Context, home string, layers []string, fsType str
 	}
 	base, err := initrd.BuildInitramfs(filepath.Join(home, "initrd"), initBin)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the initramfs cache in %s: %w", filepath.Join(home, "initrd"), err)
 	}
 	vm.Initrd = filepath.Join(o.Dir, "initrd")
 	if err := initrd.AppendConfig(vm.Initrd, base, &cfg); err != nil {
