@@ -416,7 +416,15 @@ func sandboxExec(ctx context.Context, args []string) int {
 		fmt.Fprintln(os.Stderr, "ember sandbox exec: want the sandbox ID and a command")
 		return exitUsage
 	}
-	req := sandbox.ExecRequest{Args: fs.Args()[1:], Env: env, Cwd: *cwd, User: *user, Tag: *tag}
+	argv := fs.Args()[1:]
+	if argv[0] == "--" { // the flag package stops at the ID and keeps what follows
+		argv = argv[1:]
+	}
+	if len(argv) == 0 {
+		fmt.Fprintln(os.Stderr, "ember sandbox exec: want a command after the sandbox ID")
+		return exitUsage
+	}
+	req := sandbox.ExecRequest{Args: argv, Env: env, Cwd: *cwd, User: *user, Tag: *tag}
 	if *tty {
 		req.TTY = terminalSize()
 	}
