@@ -19,8 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/vishvananda/netlink"
 
 	"github.com/embervm/ember/agent/proto"
 	"github.com/embervm/ember/sandbox"
@@ -491,10 +493,34 @@ func TestSandboxes(t *testing.T) {
 			t.Errorf("kill %s: %v", sb.ID, err)
 		}
 	}
-	// Every sandbox ended: what is left is the pool (--network-pool 2).
+	// Every sandbox ended: what is left is the pool (--network-pool 2):
+	// no sandbox's chains in the nftables table, no host veth still tagged
+	// with a sandbox.
 	if n := embeNamespaces(t); n > 2 {
 		out, _ := exec.Command("ip", "netns", "list").Output()
 		t.Errorf("%d namespaces left after every sandbox ended (the pool is 2):\n%s", n, out)
+	}
+	nc, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains, err := nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("listing nftables chains: %v", err)
+	}
+	for _, c := range chains {
+		if c.Table.Name == "ember" && (strings.HasPrefix(c.Name, "out-") || strings.HasPrefix(c.Name, "in-")) {
+			t.Errorf("nftables chain %s left after every sandbox ended", c.Name)
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "embeh") && l.Attrs().Alias != "" {
+			t.Errorf("host veth %s still tagged %q after every sandbox ended", l.Attrs().Name, l.Attrs().Alias)
+		}
 	}
 }
 
