@@ -151,13 +151,9 @@ func recordNetwork(att *network.Attachment, p *network.Policy) *SandboxNetwork {
 	return n
 }
 
-// guestNetwork is the agent's re-address step for att.
-func guestNetwork(att *network.Attachment) *proto.Network {
-	n := &proto.Network{Interface: guestIface, Address: att.Guest.Address.String(), Gateway: att.Guest.Gateway.String()}
-	for _, a := range att.Guest.DNS {
-		n.DNS = append(n.DNS, a.String())
-	}
-	return n
+// guestNetwork is the agent's re-address step for a recorded network.
+func guestNetwork(n *SandboxNetwork) *proto.Network {
+	return &proto.Network{Interface: guestIface, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
 }
 
 // templateNIC is the template's eth0 on att's tap.

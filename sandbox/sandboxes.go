@@ -202,7 +202,7 @@ func (m *Manager) restoreAgent(ctx context.Context, sb Sandbox, spec SandboxSpec
 	}
 	req.Metadata = spec.Metadata
 	if n := sb.Network; n != nil {
-		req.Network = &proto.Network{Interface: guestIface, Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
+		req.Network = guestNetwork(n)
 	}
 	if _, err := ac.Restore(ctx, req); err != nil {
 		ac.Close()

@@ -254,7 +254,7 @@ func (m *Manager) templateAgent(ctx context.Context, vsock string, start []strin
 		if err != nil {
 			return err
 		}
-		req.Network = guestNetwork(att)
+		req.Network = guestNetwork(recordNetwork(att, nil))
 		if _, err := ac.Restore(ctx, req); err != nil {
 			return fmt.Errorf("addressing the template's network: %w", err)
 		}
