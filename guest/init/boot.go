@@ -134,6 +134,9 @@ func (in *initProcess) prepare() (*initconfig.Config, error) {
 	if err := writeEtc("/", cfg); err != nil {
 		return nil, err
 	}
+	if err := loopbackUp(); err != nil {
+		in.logf("%v: programs cannot use localhost", err) // a kernel without networking
+	}
 	return cfg, nil
 }
 
