@@ -136,6 +136,7 @@ func New(cfg Config) *Server {
 		proto.OpWatch:       s.watch,
 		proto.OpHealth:      unary(s.health),
 		proto.OpRestore:     s.restore,
+		proto.OpPortConnect: s.portConnect,
 
 		proto.OpContainerVolume: unary(s.containerVolume),
 		proto.OpContainerCreate: unary(s.containerCreate),
@@ -152,6 +153,7 @@ func features() []string {
 	return []string{
 		proto.FeatureExec, proto.FeatureExecTTY, proto.FeatureFiles, proto.FeatureFilesTar,
 		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureContainer,
+		proto.FeaturePort,
 	}
 }
 
