@@ -39,7 +39,9 @@ func TestE2BSDK(t *testing.T) {
 	state := scratchDir(t)
 	vms := &vmPIDs{}
 	t.Cleanup(vms.kill)
-	d := startEmberd(t, state, home, vms, "--e2b-addr", e2bAddr)
+	// Two sandboxes of one vCPU at once at most: the SDK test's third
+	// create meets admission's 429.
+	d := startEmberd(t, state, home, vms, "--e2b-addr", e2bAddr, "--budget-vcpus", "2")
 	t.Cleanup(d.kill)
 	ctx := context.Background()
 	var err2 error
@@ -65,8 +67,9 @@ func TestE2BSDK(t *testing.T) {
 		defer cancel()
 		cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", "sdk.test.mjs")
 		cmd.Dir = sdkDir
-		cmd.Env = append(os.Environ(), "E2B_API_URL=http://"+e2bAddr, "E2B_SANDBOX_URL=http://"+e2bAddr, "E2B_DOMAIN=127.0.0.1",
-			"E2B_API_KEY="+key.Key, "EMBER_TEMPLATE=debian", "EMBER_WORKDIR=/root", "EMBER_LAB=1")
+		cmd.Env = append(os.Environ(), "E2B_API_URL=http://"+e2bAddr, "E2B_SANDBOX_URL=http://"+e2bAddr,
+			"E2B_API_KEY="+key.Key, "EMBER_TEMPLATE=debian", "EMBER_WORKDIR=/root", "EMBER_LAB=1",
+			"EMBER_USER_PORT=8000", "EMBER_MAX_SANDBOXES=2")
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}

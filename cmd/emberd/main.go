@@ -73,7 +73,7 @@ func run(args []string) int {
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
 	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
 	e2bAddr := fs.String("e2b-addr", "", "also serve E2B's sandbox API and envd protocol on this TCP address (e.g. 127.0.0.1:3000; keys: ember apikey create)")
-	e2bDomain := fs.String("e2b-domain", "", "the E2B_DOMAIN `ember e2b env` prints and sandboxes report (default: the --e2b-addr host)")
+	e2bDomain := fs.String("e2b-domain", "", "the E2B_DOMAIN `ember e2b env` prints and sandboxes report: user ports are <port>-<id>.<domain> (default: localhost:<port> for a loopback --e2b-addr)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	withNet := fs.Bool("network", false, "give sandboxes of templates built with network a network of their own (namespace, tap, NAT, egress policy)")
 	netPrefix := fs.String("network-prefix", "", "first letters of every bridge, namespace and veth made (default emb)")
@@ -268,6 +268,24 @@ func networkConfig(prefix, guest, bridge, dns string, pool int) (*network.Config
 	return c, nil
 }
 
+// defaultE2BDomain is the domain sandboxes report when emberd is given
+// none: user ports are <port>-<id>.<domain> (the SDK's getHost), and on
+// this host names under "localhost" are the loopback (RFC 6761, section
+// 6.3: curl and browsers resolve them so themselves, other programs with
+// libnss-myhostname), so "localhost:<listener port>" reaches the listener
+// without any DNS. A listener on another address needs wildcard DNS
+// (--e2b-domain).
+func defaultE2BDomain(host, port string) string {
+	d := host
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		d = "localhost"
+	}
+	if port != "80" {
+		d = net.JoinHostPort(d, port)
+	}
+	return d
+}
+
 // e2bEnv is what `ember e2b env` prints for the E2B listener at addr (the
 // bound address, so port 0 gives the real port).
 func e2bEnv(addr, domain string) *api.E2BInfo {
@@ -276,7 +294,7 @@ func e2bEnv(addr, domain string) *api.E2BInfo {
 		host = "127.0.0.1" // listening on all addresses: this host's loopback reaches it
 	}
 	if domain == "" {
-		domain = host
+		domain = defaultE2BDomain(host, port)
 	}
 	url := "http://" + net.JoinHostPort(host, port)
 	return &api.E2BInfo{APIURL: url, SandboxURL: url, Domain: domain}

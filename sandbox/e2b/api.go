@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -116,6 +117,14 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusNotFound
 	case sandbox.KindOf(err) == sandbox.KindConflict:
 		status = http.StatusConflict
+	case sandbox.KindOf(err) == sandbox.KindExhausted:
+		// Admission refused the create: the SDK retries after an integer
+		// Retry-After (whole seconds, RFC 9110 section 10.2.3), then
+		// raises its RateLimitError.
+		status = http.StatusTooManyRequests
+		var se *sandbox.Error
+		errors.As(err, &se)
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(se.RetryAfter, time.Second).Seconds()))))
 	}
 	if status == http.StatusInternalServerError {
 		a.log.Error("E2B API request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -89,10 +90,10 @@ type hostEnv struct {
 
 // startHost opens a manager and serves the E2B listener; with ac, envd
 // calls reach ac.
-func startHost(t *testing.T, ac *agentclient.Client) *hostEnv {
+func startHost(t *testing.T, ac *agentclient.Client, adm sandbox.AdmissionConfig) *hostEnv {
 	t.Helper()
 	testkvm.Need(t)
-	m, err := sandbox.Open(sandbox.Config{StateDir: t.TempDir(), Ember: emberBinary(t)})
+	m, err := sandbox.Open(sandbox.Config{StateDir: t.TempDir(), Ember: emberBinary(t), Admission: adm})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,11 +121,16 @@ func startHost(t *testing.T, ac *agentclient.Client) *hostEnv {
 	if ac != nil {
 		b = standIn{m: m, ac: ac}
 	}
-	h, err := newHandler(m, Options{}, b)
+	// Sandboxes report the domain emberd's default gives a loopback
+	// listener: localhost:<port>.
+	srv := httptest.NewUnstartedServer(nil)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	h, err := newHandler(m, Options{Domain: "localhost:" + port}, b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv.Config.Handler = h
+	srv.Start()
 	t.Cleanup(srv.Close)
 	key, err := m.CreateAPIKey("test")
 	if err != nil {
@@ -175,7 +181,7 @@ func want(t *testing.T, what string, status int, data []byte, wantStatus int) {
 // with the tiny guest: keys, create, get, list with filters and pages,
 // timeout, pause, connect, kill, and E2B's error bodies.
 func TestControlPlane(t *testing.T) {
-	h := startHost(t, nil)
+	h := startHost(t, nil, sandbox.AdmissionConfig{})
 	st, _, data := h.call(t, "GET", "/v2/sandboxes", "-", "")
 	want(t, "no key", st, data, 401)
 	st, _, data = h.call(t, "GET", "/v2/sandboxes", "e2b_0000", "")

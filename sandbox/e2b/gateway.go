@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,6 +127,7 @@ type Gateway struct {
 	tokens Tokens
 	log    *slog.Logger
 	rpc    *http.ServeMux
+	ports  *httputil.ReverseProxy
 }
 
 // target is the sandbox a request is for.
@@ -151,6 +153,7 @@ func NewGateway(b Backend, tokens Tokens, log *slog.Logger) *Gateway {
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Gateway{b: b, tokens: tokens, log: log, rpc: http.NewServeMux()}
+	g.ports = g.portProxy()
 	opts := []connect.HandlerOption{connect.WithCodec(jsonCodec{})}
 	handle := func(h *connect.Handler, procedure string) { g.rpc.Handle(procedure, h) }
 	// process.Process
@@ -224,6 +227,10 @@ func envdError(w http.ResponseWriter, r *http.Request, status int, connectCode c
 // /files handler.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, port := SandboxOf(r)
+	if id != "" && port != EnvdPort {
+		g.servePort(w, r, id, port)
+		return
+	}
 	isFiles := r.URL.Path == "/files"
 	if id == "" && isFiles {
 		// A signed URL (uploadUrl/downloadUrl) carries no sandbox ID.
@@ -231,10 +238,6 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if id == "" {
 		envdError(w, r, http.StatusBadRequest, connect.CodeInvalidArgument, "no sandbox: send the E2b-Sandbox-Id header or use the host name 49983-<sandbox ID>.<domain>")
-		return
-	}
-	if port != EnvdPort {
-		envdError(w, r, http.StatusBadGateway, connect.CodeUnavailable, fmt.Sprintf("port %d of sandbox %s: this emberd proxies only envd's port %d", port, id, EnvdPort))
 		return
 	}
 	user := ""

@@ -2,12 +2,19 @@ package e2b
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/embervm/ember/sandbox"
 )
+
+// sdkMaxSandboxes is how many sandboxes of one vCPU admission lets run.
+const sdkMaxSandboxes = 2
 
 // sdkDir holds the Node test and the lockfile that pins E2B's SDK.
 const sdkDir = "sdktest"
@@ -37,15 +44,26 @@ func TestSDK(t *testing.T) {
 		}
 	}
 	ac := startAgent(t)
-	h := startHost(t, ac)
+	// Two sandboxes at once at most (the tests never need more), so that
+	// the third create meets admission's 429.
+	h := startHost(t, ac, sandbox.AdmissionConfig{VCPUs: sdkMaxSandboxes})
+	// A free port on this host for the test's HTTP server: the stand-in
+	// agent's "sandbox" is this host.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	userPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
 	work := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "--test", "--test-concurrency=1", "sdk.test.mjs")
 	cmd.Dir = sdkDir
 	cmd.Env = append(os.Environ(),
-		"E2B_API_URL="+h.url, "E2B_SANDBOX_URL="+h.url, "E2B_API_KEY="+h.key, "E2B_DOMAIN=127.0.0.1",
-		"EMBER_TEMPLATE=tiny", "EMBER_WORKDIR="+work)
+		"E2B_API_URL="+h.url, "E2B_SANDBOX_URL="+h.url, "E2B_API_KEY="+h.key,
+		"EMBER_TEMPLATE=tiny", "EMBER_WORKDIR="+work, "EMBER_USER_PORT="+strconv.Itoa(userPort),
+		"EMBER_MAX_SANDBOXES="+strconv.Itoa(sdkMaxSandboxes))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("node --test sdk.test.mjs: %v\n%s", err, out)

@@ -4,10 +4,38 @@
 // folder the stand-in agent may write: it runs on the test's host).
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { Sandbox, CommandExitError, AuthenticationError } from 'e2b'
+import http from 'node:http'
+import dns from 'node:dns'
+import { Sandbox, CommandExitError, AuthenticationError, RateLimitError } from 'e2b'
 
 const template = process.env.EMBER_TEMPLATE
 const work = process.env.EMBER_WORKDIR
+// The port of the test's HTTP server in the sandbox, and how many
+// sandboxes emberd's admission lets run at once.
+const userPort = Number(process.env.EMBER_USER_PORT || 8000)
+const maxSandboxes = Number(process.env.EMBER_MAX_SANDBOXES || 2)
+
+// localhostLookup resolves names under "localhost" to the loopback, as
+// RFC 6761 (6.3) asks and curl and browsers do; Node asks the system's
+// resolver, which does so only with libnss-myhostname.
+function localhostLookup(name, opts, cb) {
+  if (name === 'localhost' || name.endsWith('.localhost')) {
+    return opts.all ? cb(null, [{ address: '127.0.0.1', family: 4 }]) : cb(null, '127.0.0.1', 4)
+  }
+  return dns.lookup(name, opts, cb)
+}
+
+// get fetches url and resolves to { status, body }.
+function get(url) {
+  return new Promise((resolve, reject) => {
+    http.get(url, { lookup: localhostLookup, agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    }).on('error', reject)
+  })
+}
 
 // waitFor polls cond until it holds (bounded: 20 s).
 async function waitFor(what, cond) {
@@ -132,5 +160,45 @@ test('pause then connect keeps files and a running process', { skip: process.env
     assert.equal(await same.commands.kill(bg.pid), true)
   } finally {
     await sbx.kill()
+  }
+})
+
+test('an HTTP server in the sandbox answers through getHost', async () => {
+  const sbx = await Sandbox.create(template)
+  try {
+    await sbx.files.write(`${work}/www/index.html`, 'served from the sandbox')
+    // Bound to the sandbox's loopback only: emberd reaches it through the
+    // agent, not the network.
+    const srv = await sbx.commands.run(`cd ${work}/www && exec python3 -m http.server ${userPort} --bind 127.0.0.1`, { background: true })
+    const host = sbx.getHost(userPort)
+    assert.ok(host.startsWith(`${userPort}-${sbx.sandboxId}.`), `getHost gave ${host}`)
+    let res
+    await waitFor('the server in the sandbox', async () => {
+      res = await get(`http://${host}/index.html`)
+      return res.status !== 502
+    })
+    assert.equal(res.status, 200)
+    assert.equal(res.body, 'served from the sandbox')
+    assert.equal(await sbx.commands.kill(srv.pid), true)
+    await waitFor('the port to close', async () => (await get(`http://${host}/`)).status === 502)
+  } finally {
+    await sbx.kill()
+  }
+})
+
+test('with admission full, create raises the rate-limit error; a retry fits once a sandbox ends', async () => {
+  const held = []
+  try {
+    for (let i = 0; i < maxSandboxes; i++) held.push(await Sandbox.create(template))
+    await assert.rejects(Sandbox.create(template, { retries: 0 }), RateLimitError)
+    // The SDK waits Retry-After and retries: a sandbox ending meanwhile
+    // makes room.
+    const waiting = Sandbox.create(template)
+    await new Promise((r) => setTimeout(r, 300))
+    assert.equal(await held.shift().kill(), true)
+    held.push(await waiting)
+    assert.equal(await held.at(-1).isRunning(), true)
+  } finally {
+    for (const s of held) await s.kill()
   }
 })
