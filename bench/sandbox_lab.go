@@ -30,9 +30,11 @@ type LabSandboxResult struct {
 	// QEMURestoreMS and EmberRestoreMS are LabRestore's medians (the
 	// minimal kernel's guest restored from a migration file or a snapshot).
 	QEMURestoreMS, EmberRestoreMS float64
-	// E2BCreateToExecP50MS is the same create and echo through E2B's JS
-	// SDK against emberd's E2B listener (0: not measured).
-	E2BCreateToExecP50MS float64
+	// E2BCreateToExecP50MS is a create and `commands.run('echo ready')`
+	// through E2B's JS SDK against emberd's E2B listener (0: not
+	// measured); LoginBashP50MS the same work through Ember's Go client:
+	// the command E2B's SDK runs, `/bin/bash -l -c 'echo ready'`.
+	E2BCreateToExecP50MS, LoginBashP50MS float64
 }
 
 // Lines prints the figures as NAME VALUE UNIT.
@@ -47,7 +49,8 @@ func (r LabSandboxResult) Lines(w io.Writer) {
 	Line(w, "sandbox_vs_qemu_restore_ratio", r.CreateToExecP50MS/r.QEMURestoreMS, "ratio")
 	if r.E2BCreateToExecP50MS > 0 {
 		Line(w, "e2b_sdk_create_to_exec_p50_ms", r.E2BCreateToExecP50MS, "ms")
-		Line(w, "e2b_sdk_vs_ember_client_ratio", r.E2BCreateToExecP50MS/r.CreateToExecP50MS, "ratio")
+		Line(w, "sandbox_create_to_login_bash_p50_ms", r.LoginBashP50MS, "ms")
+		Line(w, "e2b_sdk_vs_ember_client_ratio", r.E2BCreateToExecP50MS/r.LoginBashP50MS, "ratio")
 	}
 }
 
@@ -112,7 +115,7 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 		var sb sandbox.Sandbox
 		if err := attempts(ctx, progress, fmt.Sprintf("sandbox %d", i), func() error {
 			var err error
-			d, sb, err = createToExec(ctx, c, tpl)
+			d, sb, err = createToExec(ctx, c, tpl, echoArgs)
 			return err
 		}); err != nil {
 			return r, err
@@ -128,6 +131,20 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 		if r.E2BCreateToExecP50MS, err = e2bCreates(ctx, c, o, tpl, progress); err != nil {
 			return r, err
 		}
+		var bash []float64
+		for i := range o.Creates {
+			var d time.Duration
+			if err := attempts(ctx, progress, fmt.Sprintf("sandbox %d (login bash)", i), func() error {
+				var err error
+				d, _, err = createToExec(ctx, c, tpl, loginBashArgs)
+				return err
+			}); err != nil {
+				return r, err
+			}
+			bash = append(bash, ms(d))
+			fmt.Fprintf(progress, "sandbox %d: create to login bash's echo %.1f ms\n", i, ms(d))
+		}
+		r.LoginBashP50MS = Median(bash)
 	}
 
 	var colds []float64
@@ -155,10 +172,17 @@ func LabSandbox(ctx context.Context, o LabSandboxOptions, progress io.Writer) (r
 	return r, nil
 }
 
-// createToExec creates a sandbox from tpl, runs echo in it, and returns
-// the time from the create request until echo's first output byte; the
+// The commands createToExec runs: echo itself, and what E2B's SDK runs
+// for commands.run('echo ready') (a login bash: src/sandbox/commands).
+var (
+	echoArgs      = []string{"/bin/echo", "ready"}
+	loginBashArgs = []string{"/bin/bash", "-l", "-c", "echo ready"}
+)
+
+// createToExec creates a sandbox from tpl, runs args in it, and returns
+// the time from the create request until the first output byte; the
 // sandbox is killed.
-func createToExec(ctx context.Context, c *client.Client, tpl string) (time.Duration, sandbox.Sandbox, error) {
+func createToExec(ctx context.Context, c *client.Client, tpl string, args []string) (time.Duration, sandbox.Sandbox, error) {
 	ctx, cancel := context.WithTimeout(ctx, sandboxOpTimeout)
 	defer cancel()
 	t0 := time.Now()
@@ -168,12 +192,12 @@ func createToExec(ctx context.Context, c *client.Client, tpl string) (time.Durat
 	}
 	defer c.Kill(context.Background(), sb.ID)
 	first := &firstByte{}
-	st, err := c.Exec(ctx, sb.ID, sandbox.ExecRequest{Args: []string{"/bin/echo", "ready"}}, first, io.Discard)
+	st, err := c.Exec(ctx, sb.ID, sandbox.ExecRequest{Args: args}, first, io.Discard)
 	if err != nil {
 		return 0, sb, err
 	}
 	if st.Code != 0 || first.at.IsZero() {
-		return 0, sb, fmt.Errorf("echo: exit %d, output: %v", st.Code, !first.at.IsZero())
+		return 0, sb, fmt.Errorf("%q: exit %d, output: %v", args, st.Code, !first.at.IsZero())
 	}
 	return first.at.Sub(t0), sb, nil
 }
@@ -211,7 +235,7 @@ func e2bCreates(ctx context.Context, c *client.Client, o LabSandboxOptions, tpl 
 		cmd := exec.CommandContext(cctx, "node", "bench.mjs")
 		cmd.Dir = o.SDKDir
 		cmd.Env = append(os.Environ(), "E2B_API_URL=http://"+benchE2BAddr, "E2B_SANDBOX_URL=http://"+benchE2BAddr,
-			"E2B_DOMAIN=127.0.0.1", "E2B_API_KEY="+key.Key, "EMBER_TEMPLATE="+tpl, "EMBER_CREATES="+strconv.Itoa(o.Creates))
+			"E2B_API_KEY="+key.Key, "EMBER_TEMPLATE="+tpl, "EMBER_CREATES="+strconv.Itoa(o.Creates))
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("node bench.mjs: %w\n%s", err, out)
