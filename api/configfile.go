@@ -111,8 +111,13 @@ func (s *Server) ApplyConfigFile(data []byte) error {
 }
 
 func (s *Server) applyConfigFile(f *FullVmConfiguration) error {
-	if f.BootSource == nil && f.EmberImage == nil {
-		return fmt.Errorf("missing field %q", keyBootSource)
+	if f.EmberImage == nil {
+		switch {
+		case f.BootSource == nil:
+			return fmt.Errorf("missing field %q", keyBootSource)
+		case f.Drives == nil:
+			return fmt.Errorf("missing field %q", keyDrives)
+		}
 	}
 	if s.b.State() != vmm.StateNotStarted {
 		return errPostBoot

@@ -249,15 +249,16 @@ type MsrModifier struct {
 
 // FullVmConfiguration is the answer to GET /vm/config and the schema of the
 // --config-file. "boot-source" and "drives" are required in a config file,
-// as in Firecracker ("boot-source" may be left out beside "ember-image"). "cpu-config" is, in a config file, the path of a CPU
-// template file (Firecracker's form) or the template itself; GET /vm/config
+// as in Firecracker, unless "ember-image" is given. "cpu-config" is, in a
+// config file, the path of a CPU template file (Firecracker's form) or the
+// template itself; GET /vm/config
 // gives the template itself. The pmem and memory hot-plug sections are not
 // supported yet: they must be absent, null or empty.
 type FullVmConfiguration struct {
 	Balloon *Balloon `json:"balloon"`
-	Drives  []Drive  `json:"drives" api:"required"`
-	// BootSource is required unless EmberImage is given (checked by
-	// ApplyConfigFile, with the decoder's words).
+	// Drives and BootSource are required unless EmberImage is given
+	// (ApplyConfigFile checks, in the decoder's words).
+	Drives            []Drive               `json:"drives"`
 	BootSource        *BootSource           `json:"boot-source"`
 	CPUConfig         *CPUConfigSource      `json:"cpu-config"`
 	Logger            *Logger               `json:"logger"`
@@ -271,8 +272,8 @@ type FullVmConfiguration struct {
 	MemoryHotplug     json.RawMessage       `json:"memory-hotplug"`
 	// EmberImage, an Ember extension of the config file, boots an image
 	// of Ember's store (see image.go): its drives are added after
-	// "drives", its initrd is the boot source's, and "boot-source" may
-	// then be left out (the image's kernel is used). GET /vm/config never
+	// "drives", its initrd is the boot source's, and "boot-source" and
+	// "drives" may then be left out (the image's kernel is used). GET /vm/config never
 	// has it: it shows the drives and initrd the image became.
 	EmberImage *EmberImage `json:"ember-image,omitempty"`
 }
