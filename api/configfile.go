@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/embervm/ember/vmm"
 )
@@ -26,6 +27,8 @@ const (
 	keyEntropy       = "entropy"
 	keyPmem          = "pmem"
 	keyMemHotplug    = "memory-hotplug"
+	// keyEmberImage ("ember-image", image.go) is Ember's; its changes
+	// follow the drives'.
 )
 
 // ToFullConfig is GET /vm/config's answer for configuration c (the logger
@@ -108,8 +111,13 @@ func (s *Server) ApplyConfigFile(data []byte) error {
 }
 
 func (s *Server) applyConfigFile(f *FullVmConfiguration) error {
-	if f.BootSource == nil {
-		return fmt.Errorf("missing field %q", keyBootSource)
+	if f.EmberImage == nil {
+		switch {
+		case f.BootSource == nil:
+			return fmt.Errorf("missing field %q", keyBootSource)
+		case f.Drives == nil:
+			return fmt.Errorf("missing field %q", keyDrives)
+		}
 	}
 	if s.b.State() != vmm.StateNotStarted {
 		return errPostBoot
@@ -123,10 +131,70 @@ func (s *Server) applyConfigFile(f *FullVmConfiguration) error {
 			return fmt.Errorf("%q: %w", u.key, notSupported("%s is not implemented by Ember yet", u.key))
 		}
 	}
+	if f.EmberImage != nil {
+		if err := s.checkConfigFileImage(f); err != nil {
+			return err
+		}
+	}
 	changes, err := configFileChanges(f)
 	if err != nil {
 		return err
 	}
+	if f.EmberImage == nil {
+		if err := s.applyConfigChanges(f, changes); err != nil {
+			return err
+		}
+		s.setBootArgsSet(f.BootSource != nil && f.BootSource.BootArgs != nil)
+		return nil
+	}
+	return s.applyConfigFileImage(f, changes)
+}
+
+// applyConfigFileImage prepares the file's "ember-image", last, once the
+// rest is known to be valid, fills in its change and applies the file. The
+// image's files are removed if the file cannot be applied.
+func (s *Server) applyConfigFileImage(f *FullVmConfiguration, changes []keyedChange) (err error) {
+	if err := s.beginImage(); err != nil {
+		return fmt.Errorf("%q: %w", keyEmberImage, err)
+	}
+	var applied *PreparedImage
+	defer func() { s.endImage(applied) }()
+	p, discard, err := s.prepareImage(*f.EmberImage)
+	if err != nil {
+		return fmt.Errorf("%q: %w", keyEmberImage, err)
+	}
+	defer func() {
+		if err != nil {
+			discard()
+		}
+	}()
+	if f.BootSource == nil && p.Kernel == "" {
+		return fmt.Errorf("%q: no guest kernel: give %q, or install ember-vmlinux beside ember-image, or set $EMBER_KERNEL", keyEmberImage, keyBootSource)
+	}
+	keepBootArgs := f.BootSource != nil && f.BootSource.BootArgs != nil
+	ch, err := imageChange(p, keepBootArgs)
+	if err != nil {
+		return fmt.Errorf("%q: %w", keyEmberImage, err)
+	}
+	i := slices.IndexFunc(changes, func(c keyedChange) bool { return c.key == quote(keyEmberImage) })
+	changes[i].apply = ch
+	if err := s.applyConfigChanges(f, changes); err != nil {
+		return err
+	}
+	s.setBootArgsSet(keepBootArgs)
+	applied = &p
+	return nil
+}
+
+func (s *Server) setBootArgsSet(set bool) {
+	s.mu.Lock()
+	s.bootArgsSet = set
+	s.mu.Unlock()
+}
+
+// applyConfigChanges configures the logger and metrics, then applies the
+// VMM's changes all or nothing.
+func (s *Server) applyConfigChanges(f *FullVmConfiguration, changes []keyedChange) error {
 	if f.Logger != nil {
 		if err := s.configureLogger(*f.Logger); err != nil {
 			return fmt.Errorf("%q: %w", keyLogger, err)
@@ -145,6 +213,24 @@ func (s *Server) applyConfigFile(f *FullVmConfiguration) error {
 		}
 		return nil
 	})
+}
+
+// checkConfigFileImage checks an "ember-image" against the rest of the
+// file before anything is prepared: the image brings the initrd and the
+// root filesystem, and its drives' IDs.
+func (s *Server) checkConfigFileImage(f *FullVmConfiguration) error {
+	if err := s.checkImageBlock(*f.EmberImage); err != nil {
+		return fmt.Errorf("%q: %w", keyEmberImage, err)
+	}
+	if f.BootSource != nil && f.BootSource.InitrdPath != nil {
+		return fmt.Errorf("%q: %w (%q gives one)", keyBootSource, errImageInitrd, keyEmberImage)
+	}
+	for i, d := range f.Drives {
+		if err := imageDriveConflict(d.DriveID, d.IsRootDevice); err != nil {
+			return fmt.Errorf("%q[%d]: %w (beside %q)", keyDrives, i, err, keyEmberImage)
+		}
+	}
+	return nil
 }
 
 // keyedChange is a change from one config-file key.
@@ -176,15 +262,22 @@ func configFileChanges(f *FullVmConfiguration) ([]keyedChange, error) {
 			return nil, err
 		}
 	}
-	ch, err := bootSourceChange(*f.BootSource)
-	if err := add(quote(keyBootSource), ch, err); err != nil {
-		return nil, err
+	if f.BootSource != nil {
+		ch, err := bootSourceChange(*f.BootSource)
+		if err := add(quote(keyBootSource), ch, err); err != nil {
+			return nil, err
+		}
 	}
 	for i, d := range f.Drives {
 		ch, err := driveChange(d)
 		if err := add(fmt.Sprintf("%q[%d]", keyDrives, i), ch, err); err != nil {
 			return nil, err
 		}
+	}
+	if f.EmberImage != nil {
+		// The image's drives follow the user's; the change is filled in
+		// once the image is prepared (applyConfigFileImage).
+		out = append(out, keyedChange{key: quote(keyEmberImage)})
 	}
 	for i, n := range f.NetworkInterfaces {
 		ch, err := netChange(n)

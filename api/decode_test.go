@@ -71,6 +71,13 @@ func requestDecoders() map[string]func([]byte) error {
 			}
 			return err
 		},
+		"ember-image": func(b []byte) error {
+			m, err := decodeModel[EmberImage](b)
+			if err == nil {
+				err = m.Validate()
+			}
+			return err
+		},
 		"cpu-config": func(b []byte) error {
 			c, err := decodeModel[CpuConfig](b)
 			if err == nil {
@@ -98,6 +105,8 @@ func FuzzDecode(f *testing.F) {
 		`{"cpuid_modifiers": [{"leaf": "0x1", "subleaf": 0, "flags": 0, "modifiers": [{"register": "eax", "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx01"}]}], "msr_modifiers": [{"addr": "0b1", "bitmap": "0b1"}]}`,
 		`{"boot-source": {"kernel_image_path": "/k"}, "drives": [], "cpu-config": "/t.json", "pmem": []}`,
 		`{"boot-source": {"kernel_image_path": "/k"}, "drives": [], "cpu-config": {"kvm_capabilities": ["!1"]}}`,
+		`{"ref": "busybox:1", "args": ["sh", "-c", "echo"], "env": ["A=1"], "user": "app", "working_dir": "/w", "hostname": "h", "disk": "/d", "disk_mib": 64}`,
+		`{"drives": [], "ember-image": {"ref": "x", "env": ["=1"]}}`,
 		`null`, `[]`, `{"a":`, `"\u0000"`, `{"size": 1e400}`, `{} {}`,
 	} {
 		f.Add([]byte(seed))

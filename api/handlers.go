@@ -143,7 +143,33 @@ func (s *Server) putBootSource(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nil, s.apply(func() (change, error) { return bootSourceChange(b) })
+	image := s.hasImage()
+	if image && b.InitrdPath != nil {
+		return nil, errImageInitrd
+	}
+	err = s.apply(func() (change, error) {
+		ch, err := bootSourceChange(b)
+		if err != nil || !image {
+			return ch, err
+		}
+		// The image's initrd stays, and its command line unless
+		// boot_args are given.
+		return func(c *vmm.Config) error {
+			initrd, cmdline := c.InitrdPath, c.Cmdline
+			if err := ch(c); err != nil {
+				return err
+			}
+			c.InitrdPath = initrd
+			if b.BootArgs == nil {
+				c.Cmdline = cmdline
+			}
+			return nil
+		}, nil
+	})
+	if err == nil {
+		s.setBootArgsSet(b.BootArgs != nil)
+	}
+	return nil, err
 }
 
 // pathID checks the {id} of the path (before the body is read, as
@@ -166,6 +192,11 @@ func (s *Server) putDrive(c *call) (any, error) {
 	}
 	if d.DriveID != id {
 		return nil, errors.New(msgIDMismatch)
+	}
+	if s.hasImage() {
+		if err := imageDriveConflict(d.DriveID, d.IsRootDevice); err != nil {
+			return nil, err
+		}
 	}
 	return nil, s.apply(func() (change, error) { return driveChange(d) })
 }

@@ -249,14 +249,17 @@ type MsrModifier struct {
 
 // FullVmConfiguration is the answer to GET /vm/config and the schema of the
 // --config-file. "boot-source" and "drives" are required in a config file,
-// as in Firecracker. "cpu-config" is, in a config file, the path of a CPU
-// template file (Firecracker's form) or the template itself; GET /vm/config
+// as in Firecracker, unless "ember-image" is given. "cpu-config" is, in a
+// config file, the path of a CPU template file (Firecracker's form) or the
+// template itself; GET /vm/config
 // gives the template itself. The pmem and memory hot-plug sections are not
 // supported yet: they must be absent, null or empty.
 type FullVmConfiguration struct {
-	Balloon           *Balloon              `json:"balloon"`
-	Drives            []Drive               `json:"drives" api:"required"`
-	BootSource        *BootSource           `json:"boot-source" api:"required"`
+	Balloon *Balloon `json:"balloon"`
+	// Drives and BootSource are required unless EmberImage is given
+	// (ApplyConfigFile checks, in the decoder's words).
+	Drives            []Drive               `json:"drives"`
+	BootSource        *BootSource           `json:"boot-source"`
 	CPUConfig         *CPUConfigSource      `json:"cpu-config"`
 	Logger            *Logger               `json:"logger"`
 	MachineConfig     *MachineConfiguration `json:"machine-config"`
@@ -267,6 +270,12 @@ type FullVmConfiguration struct {
 	Entropy           *EntropyDevice        `json:"entropy"`
 	Pmem              json.RawMessage       `json:"pmem"`
 	MemoryHotplug     json.RawMessage       `json:"memory-hotplug"`
+	// EmberImage, an Ember extension of the config file, boots an image
+	// of Ember's store (see image.go): its drives are added after
+	// "drives", its initrd is the boot source's, and "boot-source" and
+	// "drives" may then be left out (the image's kernel is used). GET /vm/config never
+	// has it: it shows the drives and initrd the image became.
+	EmberImage *EmberImage `json:"ember-image,omitempty"`
 }
 
 // Error is the body of every error answer.

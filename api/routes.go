@@ -45,6 +45,9 @@ func (s *Server) routes() {
 	s.handle("PATCH /mmds", s.patchMMDS)
 	s.handle("PUT /mmds/config", s.putMMDSConfig)
 
+	// Ember's extensions.
+	s.handle("PUT "+routeEmberImage, s.putEmberImage)
+
 	s.handle("PUT /logger", s.putLogger)
 	s.handle("PUT /metrics", s.putMetrics)
 

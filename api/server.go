@@ -72,6 +72,13 @@ type Options struct {
 	// route ("/drives/{id}"), or its path if no route matched.
 	CountRequest func(method, path string)
 
+	// PrepareImage turns an Ember image block (PUT /ember/image, a config
+	// file's "ember-image") into the files to boot it with, and returns a
+	// function that removes what it made, which the server calls if the
+	// answer cannot be applied. It runs before boot, at most once. Nil:
+	// the image block is refused as not supported.
+	PrepareImage func(EmberImage) (PreparedImage, func(), error)
+
 	// MMDS is the process's MMDS data store, which PUT, PATCH and GET
 	// /mmds edit and read at any time; the VMM must be given the same one
 	// (vmm.Config.MMDSStore). Nil: a store of the default limit, which
@@ -89,7 +96,13 @@ type Server struct {
 	mu      sync.Mutex
 	logger  *Logger  // as configured, nil before
 	metrics *Metrics // as configured, nil before
-	httpSrv *http.Server
+	// image is the ember image block's files once applied; imageBusy
+	// says one is being prepared. bootArgsSet says the boot source's
+	// boot_args were given (they win over the image's).
+	image       *PreparedImage
+	imageBusy   bool
+	bootArgsSet bool
+	httpSrv     *http.Server
 }
 
 // New returns a server for b.

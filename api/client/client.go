@@ -207,6 +207,12 @@ func (c *Client) PutBootSource(ctx context.Context, b api.BootSource) error {
 	return c.do(ctx, http.MethodPut, "/boot-source", b, nil)
 }
 
+// PutEmberImage is PUT /ember/image, an Ember extension: boot image b of
+// Ember's store (its drives and initrd; before boot, once).
+func (c *Client) PutEmberImage(ctx context.Context, b api.EmberImage) error {
+	return c.do(ctx, http.MethodPut, "/ember/image", b, nil)
+}
+
 // PutDrive is PUT /drives/{drive_id}.
 func (c *Client) PutDrive(ctx context.Context, d api.Drive) error {
 	return c.do(ctx, http.MethodPut, idPath("/drives", d.DriveID), d, nil)

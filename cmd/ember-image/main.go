@@ -5,6 +5,10 @@
 // MiB instead of 6.0 for `ember version`).
 //
 //	ember image import|pull|ls|inspect|rm|prune [--home DIR] ...
+//	ember-image prepare --json --dir DIR [--home DIR] < BLOCK
+//
+// prepare serves ember's image block (PUT /ember/image, a config file's
+// "ember-image"): ember runs it rather than linking the store.
 //
 // Exit status: 0 on success, 1 when the command fails, 2 for bad usage.
 package main
@@ -45,6 +49,7 @@ const imageUsage = `usage:
   ember image inspect [--home DIR] NAME|ID      print an image's record (layers, config) as JSON
   ember image rm [--home DIR] NAME|ID...        remove names or images, and what nothing else uses
   ember image prune [--home DIR]                remove what no image uses (after a failed import)
+  ember-image prepare --json --dir DIR [--home DIR] < BLOCK   make an image VM's files for ember's API
 The store lives in DIR/images; DIR defaults to $EMBER_HOME, else /var/lib/ember.
 `
 
@@ -62,8 +67,11 @@ func runImage(args []string) int {
 		return exitOK
 	}
 	cmd, args := args[0], args[1:]
-	if cmd == "run" {
+	switch cmd {
+	case "run":
 		return runVM(args)
+	case "prepare":
+		return prepare(args)
 	}
 	fs := flag.NewFlagSet("ember image "+cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)

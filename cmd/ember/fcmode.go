@@ -176,6 +176,11 @@ func runFirecracker(args []string, start time.Time) int {
 		}
 	}
 
+	// An ember image block's files (PUT /ember/image, the config file's
+	// "ember-image") go when the process ends, after the VM.
+	images := &imageBlocks{log: log}
+	defer images.cleanup()
+
 	ctl := vmm.NewController(vmm.Config{
 		VCPUs: vmm.DefaultVCPUs, MemMiB: vmm.DefaultMemMiB, Cmdline: vmm.DefaultCmdline,
 		MMDSStore: store, InstanceID: f.id,
@@ -202,8 +207,34 @@ func runFirecracker(args []string, start time.Time) int {
 	go mets.Run(ctx)
 	defer mets.Flush()
 
+	srv := api.New(ctl, api.Options{
+		ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
+		ConfigureLogger: func(c api.Logger) error {
+			return logs.Configure(logger.Config{Path: deref(c.LogPath, ""), Level: deref(c.Level, "Info"),
+				ShowLevel: deref(c.ShowLevel, false), ShowOrigin: deref(c.ShowLogOrigin, false), Module: deref(c.Module, "")})
+		},
+		ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
+		FlushMetrics:     mets.Flush,
+		CountRequest:     requestCounter(mets.Registry()),
+		MMDS:             store,
+		PrepareImage:     images.prepare,
+	})
+	// The config file is applied before the seccomp filter, which
+	// forbids starting a program: its "ember-image" runs ember-image. It
+	// is trusted as the command line is; its VM is built after.
+	if f.configFile != "" {
+		data, err := readConfigFile(f.configFile)
+		if err == nil {
+			err = srv.ApplyConfigFile(data)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ember: --config-file %s: %v\n", f.configFile, err)
+			return exitBadConfig
+		}
+	}
+
 	// Seccomp from here on, before the API's first request and the
-	// config file's VM: a violation logs one line, stores
+	// config file's VM is built: a violation logs one line, stores
 	// seccomp.num_faults, flushes the metrics and exits 148.
 	if conf != nil {
 		err := conf.Start(func(v seccomp.Violation) {
@@ -216,27 +247,9 @@ func runFirecracker(args []string, start time.Time) int {
 			return exitFailure
 		}
 	}
-
-	srv := api.New(ctl, api.Options{
-		ID: f.id, Version: version, MaxPayload: f.maxPayload, Logger: log.With(logger.ThreadKey, "fc_api"),
-		ConfigureLogger: func(c api.Logger) error {
-			return logs.Configure(logger.Config{Path: deref(c.LogPath, ""), Level: deref(c.Level, "Info"),
-				ShowLevel: deref(c.ShowLevel, false), ShowOrigin: deref(c.ShowLogOrigin, false), Module: deref(c.Module, "")})
-		},
-		ConfigureMetrics: func(c api.Metrics) error { return mets.Configure(c.MetricsPath) },
-		FlushMetrics:     mets.Flush,
-		CountRequest:     requestCounter(mets.Registry()),
-		MMDS:             store,
-	})
+	images.confined.Store(conf != nil)
 	if f.configFile != "" {
-		data, err := readConfigFile(f.configFile)
-		if err == nil {
-			err = srv.ApplyConfigFile(data)
-		}
-		if err == nil {
-			err = ctl.Start()
-		}
-		if err != nil {
+		if err := ctl.Start(); err != nil {
 			fmt.Fprintf(os.Stderr, "ember: --config-file %s: %v\n", f.configFile, err)
 			return exitBadConfig
 		}
@@ -269,6 +282,7 @@ func runFirecracker(args []string, start time.Time) int {
 		if !f.noAPI {
 			os.Remove(f.apiSock)
 		}
+		images.cleanup()
 		os.Exit(exitFailure)
 	})
 	fate := ctl.Fate()

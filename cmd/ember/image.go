@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -19,21 +17,12 @@ const imageTool = "ember-image"
 // runImage replaces this process with `ember-image ARGS...`; it returns
 // only when that cannot be done.
 func runImage(args []string) int {
-	path := ""
-	if exe, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(exe), imageTool); isExecutable(p) {
-			path = p
-		}
+	path, err := findImageTool()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ember image: %v\n", err)
+		return exitFailure
 	}
-	if path == "" {
-		p, err := exec.LookPath(imageTool)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "ember image: %s is not installed beside ember nor on PATH (it is built with ember: go build ./cmd/...)\n", imageTool)
-			return exitFailure
-		}
-		path = p
-	}
-	err := unix.Exec(path, append([]string{imageTool}, args...), os.Environ())
+	err = unix.Exec(path, append([]string{imageTool}, args...), os.Environ())
 	fmt.Fprintf(os.Stderr, "ember image: running %s: %v\n", path, err)
 	return exitFailure
 }

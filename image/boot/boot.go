@@ -23,10 +23,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/embervm/ember/api/imageblock"
 	"github.com/embervm/ember/disk"
 	"github.com/embervm/ember/guest/initconfig"
 	"github.com/embervm/ember/image"
@@ -44,8 +44,9 @@ const (
 	// (vmm.MaxVirtioDevices): this leaves room for the writable drive, a
 	// network interface, vsock, a balloon and an entropy device.
 	MaxLayerDrives = 14
-	// WritableID is the writable drive's ID (and serial in the guest).
-	WritableID = "rw"
+	// WritableID is the writable drive's ID (and serial in the guest),
+	// as the API's image block names it.
+	WritableID = imageblock.WritableID
 	// Cmdline is the guest kernel's command line: Ember's default
 	// (vmm.DefaultCmdline) and quiet, so that the console carries the
 	// workload's output only. (The platform does not import the VMM; a
@@ -57,7 +58,7 @@ const (
 )
 
 // LayerID is the drive ID of layer i (0 is the lowest).
-func LayerID(i int) string { return "layer" + strconv.Itoa(i) }
+func LayerID(i int) string { return imageblock.LayerID(i) }
 
 // Options describe one image VM.
 type Options struct {
