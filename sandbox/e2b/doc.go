@@ -83,9 +83,26 @@
 // entries with a clear error. Processes run as the agent's default user
 // (the image's) unless the SDK names one; the SDK names none from 0.4.0 on.
 //
-// Not here yet: user ports (<port>-<id>.<domain> proxied into the
-// sandbox: answered 502), admission (429 with Retry-After), TLS and
-// HTTP/2, and the guest metrics.
+// # User ports
+//
+// A request whose host is <port>-<id>.<domain> (the SDK's getHost(port))
+// for any port but envd's is proxied, HTTP and WebSocket (any Upgrade), to
+// that TCP port on the sandbox's loopback through its agent (agent op
+// port.connect, over vsock): the sandbox needs no network interface, and a
+// server bound to 127.0.0.1 only is reached too. As in E2B's default, user
+// ports need no token. emberd's default domain for a loopback listener is
+// localhost:<listener port>, and names under localhost are the loopback
+// (RFC 6761), so http://8000-<id>.localhost:3000/ works on this host with
+// no DNS for curl and browsers (other programs: libnss-myhostname, or a
+// lookup of their own). A port nobody listens on answers 502.
+//
+// # Admission
+//
+// A create that admission refuses (sandbox.KindExhausted) answers 429 with
+// an integer Retry-After, which the SDK waits and retries (three times by
+// default) before raising its RateLimitError.
+//
+// Not here yet: TLS and HTTP/2, and the guest metrics.
 package e2b
 
 import (
