@@ -3,9 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	pemlib "encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -569,6 +577,91 @@ func TestTCPWithoutToken(t *testing.T) {
 	}
 }
 
+// TestE2BTLS: --e2b-tls-cert and --e2b-tls-key serve the E2B listener
+// over TLS with HTTP/2 and `ember e2b env` prints https URLs; a missing
+// half, a listener-less pair and an unreadable certificate are refused at
+// start with the flag named.
+func TestE2BTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeTestCert(t, cert, key)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--e2b-addr", "127.0.0.1:0", "--e2b-tls-cert", cert}, "--e2b-tls-cert and --e2b-tls-key go together"},
+		{[]string{"--e2b-tls-cert", cert, "--e2b-tls-key", key}, "need --e2b-addr"},
+		{[]string{"--e2b-addr", "127.0.0.1:0", "--e2b-tls-cert", filepath.Join(dir, "none.pem"), "--e2b-tls-key", key}, "none.pem"},
+		{[]string{"--e2b-addr", "127.0.0.1:0", "--e2b-tls-cert", key, "--e2b-tls-key", cert}, "--e2b-tls-cert"},
+	} {
+		out, err := exec.Command(filepath.Join(bins, "emberd"), append([]string{"--state-dir", t.TempDir(), "--socket", filepath.Join(t.TempDir(), "s")}, c.args...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) || strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
+			t.Errorf("emberd %q: %v: %s (want one line naming %q)", c.args, err, out, c.want)
+		}
+	}
+
+	state := t.TempDir()
+	d := startDaemon(t, state, "--e2b-addr", "127.0.0.1:0", "--e2b-tls-cert", cert, "--e2b-tls-key", key)
+	cleanupVMs(t, state, &d)
+	cmd := exec.Command(filepath.Join(bins, "ember"), "e2b", "env")
+	cmd.Env = append(os.Environ(), "EMBERD_SOCKET="+d.sock)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ember e2b env: %v: %s", err, out)
+	}
+	var apiURL string
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "export E2B_API_URL="); ok {
+			apiURL = v
+		}
+	}
+	if !strings.HasPrefix(apiURL, "https://127.0.0.1:") {
+		t.Fatalf("ember e2b env printed %q", out)
+	}
+	pool := x509.NewCertPool()
+	pem, _ := os.ReadFile(cert)
+	pool.AppendCertsFromPEM(pem)
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+	resp, err := c.Get(apiURL + "/v2/sandboxes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Proto != "HTTP/2.0" {
+		t.Errorf("GET /v2/sandboxes without a key over TLS: %s %s, want 401 over HTTP/2.0", resp.Proto, resp.Status)
+	}
+}
+
+// writeTestCert writes a self-signed certificate for 127.0.0.1 and its key.
+func writeTestCert(t *testing.T, certFile, keyFile string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "emberd test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tpl, tpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pemlib.EncodeToMemory(&pemlib.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pemlib.EncodeToMemory(&pemlib.Block{Type: "EC PRIVATE KEY", Bytes: kd}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCLI: ember template and ember sandbox drive emberd.
 func TestCLI(t *testing.T) {
 	testkvm.Need(t)
@@ -665,7 +758,7 @@ func TestE2BListener(t *testing.T) {
 		env[k] = v
 	}
 	apiURL, key := env["E2B_API_URL"], env["E2B_API_KEY"]
-	if !strings.HasPrefix(apiURL, "http://127.0.0.1:") || env["E2B_SANDBOX_URL"] != apiURL || env["E2B_DOMAIN"] != "127.0.0.1" || !strings.HasPrefix(key, "e2b_") {
+	if !strings.HasPrefix(apiURL, "http://127.0.0.1:") || env["E2B_SANDBOX_URL"] != apiURL || env["E2B_DOMAIN"] != "localhost:"+apiURL[len("http://127.0.0.1:"):] || !strings.HasPrefix(key, "e2b_") {
 		t.Fatalf("ember e2b env printed %q", out)
 	}
 	out, code = ember("apikey", "ls")

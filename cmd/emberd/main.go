@@ -3,7 +3,8 @@
 // API on a unix socket (package sandbox/api; the manager is package
 // sandbox). Flags and wiring only.
 //
-//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN] [--e2b-addr ADDR [--e2b-domain DOMAIN]]
+//	emberd [--state-dir DIR] [--socket PATH] [--tcp ADDR --token TOKEN]
+//	       [--e2b-addr ADDR [--e2b-domain DOMAIN] [--e2b-tls-cert FILE --e2b-tls-key FILE]]
 //	       [--ember PATH] [--image-home DIR] [--level LEVEL] [--log-format json|text]
 //	       [--network [--network-prefix P] [--network-guest-cidr CIDR] [--network-bridge-cidr CIDR]
 //	        [--network-pool N] [--network-dns IP,...]]
@@ -31,6 +32,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -73,6 +75,8 @@ func run(args []string) int {
 	ember := fs.String("ember", "", "the ember binary (default: ember beside emberd, else on PATH)")
 	imageHome := fs.String("image-home", "", "Ember's home with the image store, for templates from images (default $EMBER_HOME or /var/lib/ember)")
 	e2bAddr := fs.String("e2b-addr", "", "also serve E2B's sandbox API and envd protocol on this TCP address (e.g. 127.0.0.1:3000; keys: ember apikey create)")
+	e2bCert := fs.String("e2b-tls-cert", "", "serve --e2b-addr over TLS (and HTTP/2) with this PEM certificate (needs --e2b-tls-key)")
+	e2bKey := fs.String("e2b-tls-key", "", "the PEM private key of --e2b-tls-cert")
 	e2bDomain := fs.String("e2b-domain", "", "the E2B_DOMAIN `ember e2b env` prints and sandboxes report: user ports are <port>-<id>.<domain> (default: localhost:<port> for a loopback --e2b-addr)")
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	withNet := fs.Bool("network", false, "give sandboxes of templates built with network a network of their own (namespace, tap, NAT, egress policy)")
@@ -162,7 +166,19 @@ func run(args []string) int {
 			return 1
 		}
 		e2bListener = el
-		e2bInfo = e2bEnv(el.Addr().String(), *e2bDomain)
+		e2bInfo = e2bEnv(el.Addr().String(), *e2bDomain, *e2bCert != "")
+		if *e2bCert != "" || *e2bKey != "" {
+			tl, err := e2bTLS(el, *e2bCert, *e2bKey)
+			if err != nil {
+				el.Close()
+				fmt.Fprintf(os.Stderr, "emberd: %v\n", err)
+				return 1
+			}
+			e2bListener = tl
+		}
+	} else if *e2bCert != "" || *e2bKey != "" {
+		fmt.Fprintln(os.Stderr, "emberd: --e2b-tls-cert and --e2b-tls-key need --e2b-addr")
+		return 1
 	}
 	servers := []*http.Server{{Handler: api.New(m, api.Options{Log: log, Metrics: mt.Handler(), E2B: e2bInfo})}}
 	listeners := []net.Listener{ul}
@@ -286,9 +302,26 @@ func defaultE2BDomain(host, port string) string {
 	return d
 }
 
+// e2bTLS wraps the E2B listener in TLS with cert and key, offering HTTP/2
+// by ALPN (RFC 7301), then HTTP/1.1: E2B's SDK speaks HTTP/2 only over TLS.
+func e2bTLS(l net.Listener, cert, key string) (net.Listener, error) {
+	if cert == "" || key == "" {
+		return nil, errors.New("--e2b-tls-cert and --e2b-tls-key go together")
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("--e2b-tls-cert %s, --e2b-tls-key %s: %w", cert, key, err)
+	}
+	return tls.NewListener(l, &tls.Config{
+		Certificates: []tls.Certificate{pair},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	}), nil
+}
+
 // e2bEnv is what `ember e2b env` prints for the E2B listener at addr (the
-// bound address, so port 0 gives the real port).
-func e2bEnv(addr, domain string) *api.E2BInfo {
+// bound address, so port 0 gives the real port), https with TLS.
+func e2bEnv(addr, domain string, secure bool) *api.E2BInfo {
 	host, port, _ := net.SplitHostPort(addr)
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1" // listening on all addresses: this host's loopback reaches it
@@ -296,6 +329,10 @@ func e2bEnv(addr, domain string) *api.E2BInfo {
 	if domain == "" {
 		domain = defaultE2BDomain(host, port)
 	}
-	url := "http://" + net.JoinHostPort(host, port)
+	scheme := "http://"
+	if secure {
+		scheme = "https://"
+	}
+	url := scheme + net.JoinHostPort(host, port)
 	return &api.E2BInfo{APIURL: url, SandboxURL: url, Domain: domain}
 }

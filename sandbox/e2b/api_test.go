@@ -3,6 +3,7 @@ package e2b
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -86,14 +87,47 @@ type hostEnv struct {
 	m   *sandbox.Manager
 	url string
 	key string
+	// caPEM is the listener's certificate with TLS (hostOptions.tls).
+	caPEM []byte
+	// protos counts the requests served by protocol ("HTTP/1.1", "HTTP/2.0").
+	protos *protoCount
+}
+
+// hostOptions tune startHost.
+type hostOptions struct {
+	adm sandbox.AdmissionConfig
+	// tls serves the listener over TLS with HTTP/2, as emberd's
+	// --e2b-tls-cert does.
+	tls bool
+}
+
+// protoCount counts requests by protocol.
+type protoCount struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (p *protoCount) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.n[r.Proto]++
+		p.mu.Unlock()
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (p *protoCount) get(proto string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n[proto]
 }
 
 // startHost opens a manager and serves the E2B listener; with ac, envd
 // calls reach ac.
-func startHost(t *testing.T, ac *agentclient.Client, adm sandbox.AdmissionConfig) *hostEnv {
+func startHost(t *testing.T, ac *agentclient.Client, o hostOptions) *hostEnv {
 	t.Helper()
 	testkvm.Need(t)
-	m, err := sandbox.Open(sandbox.Config{StateDir: t.TempDir(), Ember: emberBinary(t), Admission: adm})
+	m, err := sandbox.Open(sandbox.Config{StateDir: t.TempDir(), Ember: emberBinary(t), Admission: o.adm})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,14 +163,22 @@ func startHost(t *testing.T, ac *agentclient.Client, adm sandbox.AdmissionConfig
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Config.Handler = h
-	srv.Start()
+	protos := &protoCount{n: map[string]int{}}
+	srv.Config.Handler = protos.wrap(h)
+	var caPEM []byte
+	if o.tls {
+		srv.EnableHTTP2 = true
+		srv.StartTLS()
+		caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
 	key, err := m.CreateAPIKey("test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &hostEnv{m: m, url: srv.URL, key: key.Key}
+	return &hostEnv{m: m, url: srv.URL, key: key.Key, caPEM: caPEM, protos: protos}
 }
 
 // call sends an API request with the key (unless key is "-") and
@@ -181,7 +223,7 @@ func want(t *testing.T, what string, status int, data []byte, wantStatus int) {
 // with the tiny guest: keys, create, get, list with filters and pages,
 // timeout, pause, connect, kill, and E2B's error bodies.
 func TestControlPlane(t *testing.T) {
-	h := startHost(t, nil, sandbox.AdmissionConfig{})
+	h := startHost(t, nil, hostOptions{})
 	st, _, data := h.call(t, "GET", "/v2/sandboxes", "-", "")
 	want(t, "no key", st, data, 401)
 	st, _, data = h.call(t, "GET", "/v2/sandboxes", "e2b_0000", "")
