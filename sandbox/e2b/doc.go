@@ -4,7 +4,7 @@
 //
 //	E2B_API_URL=http://127.0.0.1:3000 E2B_SANDBOX_URL=http://127.0.0.1:3000 E2B_API_KEY=e2b_...
 //
-// One listener (emberd --e2b-addr, plain HTTP/1.1, off by default) serves
+// One listener (emberd --e2b-addr, plain HTTP/1.1 or TLS, off by default) serves
 // both halves; a request that names a sandbox (the E2b-Sandbox-Id header
 // the SDK sends to envd, or a host name <port>-<id>.<domain>) goes to the
 // envd gateway, any other to the control plane. Facts of the protocol:
@@ -102,7 +102,13 @@
 // an integer Retry-After, which the SDK waits and retries (three times by
 // default) before raising its RateLimitError.
 //
-// Not here yet: TLS and HTTP/2, and the guest metrics.
+// # TLS
+//
+// emberd --e2b-tls-cert and --e2b-tls-key put the listener behind TLS,
+// offering HTTP/2 then HTTP/1.1 by ALPN; the SDK speaks HTTP/2 only over
+// TLS, and connect-go serves the same handlers on both.
+//
+// Not here yet: the guest metrics (GET /sandboxes/{id}/metrics is empty).
 package e2b
 
 import (
