@@ -178,3 +178,26 @@ func NoHeavy(t testing.TB, dir string) {
 		t.Errorf("%s links %s, which it must not (imported through %s)", root, c[len(c)-1], strings.Join(c, " -> "))
 	}
 }
+
+// standard reports whether path is the standard library's: its first
+// element has no dot (the go command's own rule for std paths).
+func standard(path string) bool {
+	first, _, _ := strings.Cut(path, "/")
+	return !strings.Contains(first, ".")
+}
+
+// Leaf fails t if the package in dir links anything but the standard
+// library and the packages allowed (the leaves it builds on), naming each
+// one with the imports that bring it in.
+func Leaf(t testing.TB, dir string, allowed ...string) {
+	t.Helper()
+	root, graph, err := Graph(dir, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := func(p string) bool { return p != root && !standard(p) && !slices.Contains(allowed, p) }
+	for _, c := range Forbidden(graph, root, outside) {
+		t.Errorf("%s links %s, but a leaf package links only the standard library and %v (imported through %s)",
+			root, c[len(c)-1], allowed, strings.Join(c, " -> "))
+	}
+}

@@ -3,7 +3,15 @@ package egress
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/embervm/ember/internal/depcheck"
 )
+
+// TestLeaf: the client and the ember CLI link this package; it links only
+// the standard library.
+func TestLeaf(t *testing.T) {
+	depcheck.Leaf(t, ".")
+}
 
 func TestParseRule(t *testing.T) {
 	good := map[string]Rule{
