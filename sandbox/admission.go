@@ -15,20 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Budgets (Error.Budget).
-const (
-	BudgetMemory    = "memory"
-	BudgetVCPUs     = "vcpus"
-	BudgetProcesses = "processes"
-	BudgetFiles     = "files"
-	BudgetTaps      = "taps"
-)
-
-// BudgetNames lists the budgets in the order a create checks them.
-func BudgetNames() []string {
-	return []string{BudgetMemory, BudgetVCPUs, BudgetProcesses, BudgetFiles, BudgetTaps}
-}
-
 // What each sandbox holds besides its template's memory and vCPUs. The
 // figures were measured with the tiny guest (guest/tiny.Sandbox) on the
 // development host and rounded up.
@@ -81,37 +67,8 @@ const (
 	threadsMaxPath = "/proc/sys/kernel/threads-max"
 )
 
-// Resources are amounts of the host's budgets.
-type Resources struct {
-	// MemoryMiB is guest memory plus VMOverheadMiB per sandbox.
-	MemoryMiB int64 `json:"memory_mib"`
-	VCPUs     int64 `json:"vcpus"`
-	// Processes counts tasks (threads): vCPUs plus VMOverheadTasks per
-	// sandbox.
-	Processes int64 `json:"processes"`
-	// Files counts emberd's descriptors: FilesPerSandbox per sandbox.
-	Files int64 `json:"files"`
-	Taps  int64 `json:"taps"`
-}
-
-// Get returns the amount of budget name (BudgetMemory, ...).
-func (r Resources) Get(name string) int64 {
-	switch name {
-	case BudgetMemory:
-		return r.MemoryMiB
-	case BudgetVCPUs:
-		return r.VCPUs
-	case BudgetProcesses:
-		return r.Processes
-	case BudgetFiles:
-		return r.Files
-	case BudgetTaps:
-		return r.Taps
-	}
-	return 0
-}
-
-func (r Resources) add(o Resources, sign int64) Resources {
+// addResources is r plus sign times o.
+func addResources(r, o Resources, sign int64) Resources {
 	return Resources{
 		MemoryMiB: r.MemoryMiB + sign*o.MemoryMiB,
 		VCPUs:     r.VCPUs + sign*o.VCPUs,
@@ -175,33 +132,6 @@ type AdmissionConfig struct {
 	// RetryAfter is what a refused create is told when no running
 	// sandbox's timeout comes sooner (default DefaultRetryAfter).
 	RetryAfter time.Duration
-}
-
-// HostBudgets is the host's budgets and how they were reached.
-type HostBudgets struct {
-	Budgets Resources `json:"budgets"`
-	// HostMemoryMiB is MemTotal; MemoryMiB what sandboxes get of it
-	// before MemoryOvercommit.
-	HostMemoryMiB    int64   `json:"host_memory_mib"`
-	MemoryReserveMiB int64   `json:"memory_reserve_mib"`
-	MemoryMiB        int64   `json:"memory_mib"`
-	MemoryOvercommit float64 `json:"memory_overcommit"`
-	HostCPUs         int     `json:"host_cpus"`
-	VCPUOvercommit   float64 `json:"vcpu_overcommit"`
-	// Overhead is what every sandbox holds besides its template's memory
-	// and vCPUs.
-	Overhead   Resources `json:"overhead"`
-	RetryAfter float64   `json:"retry_after_s"`
-}
-
-// Host is the answer of GET /host: the budgets, what the sandboxes hold
-// and what is left.
-type Host struct {
-	HostBudgets
-	Used Resources `json:"used"`
-	Free Resources `json:"free"`
-	// Sandboxes is how many sandboxes hold a part of the budgets.
-	Sandboxes int `json:"sandboxes"`
 }
 
 // ResolveBudgets fills c's zero fields from the host.
@@ -358,7 +288,7 @@ func (a *admission) reserve(id string, need Resources) (budget string, held int6
 		}
 	}
 	a.holds[id] = need
-	a.used = a.used.add(need, 1)
+	a.used = addResources(a.used, need, 1)
 	return "", 0, true
 }
 
@@ -371,7 +301,7 @@ func (a *admission) hold(id string, need Resources) {
 		return
 	}
 	a.holds[id] = need
-	a.used = a.used.add(need, 1)
+	a.used = addResources(a.used, need, 1)
 }
 
 // release gives back what id holds (nothing if it holds nothing).
@@ -380,7 +310,7 @@ func (a *admission) release(id string) {
 	defer a.mu.Unlock()
 	if r, ok := a.holds[id]; ok {
 		delete(a.holds, id)
-		a.used = a.used.add(r, -1)
+		a.used = addResources(a.used, r, -1)
 	}
 }
 
@@ -394,7 +324,7 @@ func (a *admission) state() (Resources, int) {
 // Host returns the budgets and what the sandboxes hold.
 func (m *Manager) Host() Host {
 	used, n := m.adm.state()
-	return Host{HostBudgets: m.budgets, Used: used, Free: m.budgets.Budgets.add(used, -1), Sandboxes: n}
+	return Host{HostBudgets: m.budgets, Used: used, Free: addResources(m.budgets.Budgets, used, -1), Sandboxes: n}
 }
 
 // admit reserves what a sandbox of t needs under id, or returns the

@@ -17,41 +17,17 @@ import (
 // (package sandbox/e2b): `ember apikey create|ls|rm`. Only a key's
 // SHA-256 is stored; the key itself is shown once, when it is made.
 const (
-	// APIKeyPrefix starts every key, as E2B's keys start with "e2b_"
-	// (the SDK does not check the form; tools that look for the prefix
-	// find it).
-	APIKeyPrefix = "e2b_"
 	// apiKeyBytes is a key's randomness: 20 bytes, 40 hex digits, as
 	// E2B's keys have.
 	apiKeyBytes = 20
 	// apiKeyShown is how much of a key `ember apikey ls` shows (its
 	// prefix and the first hex digits), enough to tell keys apart.
 	apiKeyShown = len(APIKeyPrefix) + 6
-	// MaxAPIKeyName bounds a key's name.
-	MaxAPIKeyName = 128
 	// secretBytes is the size of a secret made by Manager.Secret.
 	secretBytes = 32
 )
 
 var bucketAPIKeys = []byte("apikeys")
-
-// APIKey is a stored API key: never the key itself.
-type APIKey struct {
-	ID   string `json:"id"`
-	Name string `json:"name,omitempty"`
-	// Shown is the key's first characters, to recognise it.
-	Shown string `json:"shown"`
-	// SHA256 is the key's SHA-256, in hex.
-	SHA256    string    `json:"sha256"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-// NewAPIKey is the answer to a key's creation: the only time the key is
-// seen.
-type NewAPIKey struct {
-	APIKey
-	Key string `json:"key"`
-}
 
 // ErrBadAPIKey is a key that emberd does not know.
 var ErrBadAPIKey = errors.New("unknown API key")

@@ -323,12 +323,6 @@ func (m *Manager) changeState(ctx context.Context, id, from, to string) (Sandbox
 	return sb, m.db.put(bucketSandboxes, id, sb)
 }
 
-// Log sources.
-const (
-	LogConsole = "console"
-	LogVMM     = "vmm"
-)
-
 // LogPath returns the file of a sandbox's console ("console") or ember
 // log ("vmm").
 func (m *Manager) LogPath(id, source string) (string, error) {
@@ -379,30 +373,6 @@ func (m *Manager) agent(ctx context.Context, id string) (*agentclient.Client, er
 	l.agent = ac
 	m.mu.Unlock()
 	return ac, nil
-}
-
-// ExecRequest is an exec in a sandbox.
-type ExecRequest struct {
-	Args []string          `json:"args"`
-	Env  map[string]string `json:"env,omitempty"`
-	Cwd  string            `json:"cwd,omitempty"`
-	User string            `json:"user,omitempty"`
-	// Stdin, if set, is the process's whole standard input (then EOF).
-	Stdin []byte `json:"stdin,omitempty"`
-	// Tag names the process for a later attach (default: "exec-" and
-	// random digits); it must be unique among the sandbox's processes.
-	Tag string `json:"tag,omitempty"`
-	// TTY, if set, runs the process on a new terminal of this size (its
-	// output all comes as stdout).
-	TTY *proto.TTYSize `json:"tty,omitempty"`
-}
-
-// ExecStarted is the first thing an exec or attach reports: the process
-// and the output offset its stream starts at.
-type ExecStarted struct {
-	PID  int    `json:"pid"`
-	Tag  string `json:"tag"`
-	From int64  `json:"from"`
 }
 
 // execRetain is how much output emberd leaves unacknowledged in the agent
@@ -563,8 +533,8 @@ func (m *Manager) Download(ctx context.Context, id, path string) (io.ReadCloser,
 // after d more of running: a running one d from now, a paused one d after
 // it resumes. d must be positive and at most 30 days.
 func (m *Manager) SetTimeout(ctx context.Context, id string, d time.Duration) (Sandbox, error) {
-	if d <= 0 || d > maxTimeout {
-		return Sandbox{}, invalid("timeout", "%v: want more than 0 and at most %v", d, maxTimeout)
+	if d <= 0 || d > MaxTimeout {
+		return Sandbox{}, invalid("timeout", "%v: want more than 0 and at most %v", d, MaxTimeout)
 	}
 	l, err := m.liveSandbox(id)
 	if err != nil {

@@ -18,9 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/embervm/ember/agent/proto"
-	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/client"
-	"github.com/embervm/ember/sandbox/network"
+	"github.com/embervm/ember/sandbox/network/egress"
+	"github.com/embervm/ember/sandbox/wire"
 )
 
 // emberd's address for the sandbox and template commands.
@@ -152,14 +152,14 @@ func sandboxCreate(ctx context.Context, args []string) int {
 		fmt.Fprintf(os.Stderr, "ember sandbox create: --timeout %v: want 0 or at least 1s\n", *timeout)
 		return exitUsage
 	}
-	spec := sandbox.SandboxSpec{Template: fs.Arg(0), TimeoutS: int(timeout.Seconds()), Env: env, Metadata: meta}
+	spec := wire.SandboxSpec{Template: fs.Arg(0), TimeoutS: int(timeout.Seconds()), Env: env, Metadata: meta}
 	if *egress != "" {
 		p, err := parsePolicy(*egress)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "ember sandbox create: --egress: %v\n", err)
 			return exitUsage
 		}
-		spec.Network = &sandbox.NetworkSpec{Policy: &p}
+		spec.Network = &wire.NetworkSpec{Policy: &p}
 	}
 	c := mk()
 	defer c.Close()
@@ -179,16 +179,16 @@ func sandboxCreate(ctx context.Context, args []string) int {
 }
 
 // parsePolicy parses --egress: allow-all, deny-all, or a comma-separated
-// allowlist of network.ParseRule's rules.
-func parsePolicy(s string) (network.Policy, error) {
-	var p network.Policy
+// allowlist of egress.ParseRule's rules.
+func parsePolicy(s string) (egress.Policy, error) {
+	var p egress.Policy
 	switch s {
-	case string(network.AllowAll), string(network.DenyAll):
-		p.Mode = network.Mode(s)
+	case string(egress.AllowAll), string(egress.DenyAll):
+		p.Mode = egress.Mode(s)
 	default:
-		p.Mode = network.Allowlist
+		p.Mode = egress.Allowlist
 		for _, r := range strings.Split(s, ",") {
-			rule, err := network.ParseRule(strings.TrimSpace(r))
+			rule, err := egress.ParseRule(strings.TrimSpace(r))
 			if err != nil {
 				return p, err
 			}
@@ -320,9 +320,9 @@ func sandboxLogs(ctx context.Context, args []string) int {
 		printCrash(os.Stdout, cr)
 		return exitOK
 	}
-	source := sandbox.LogConsole
+	source := wire.LogConsole
 	if *vmmLog {
-		source = sandbox.LogVMM
+		source = wire.LogVMM
 	}
 	c := mk()
 	defer c.Close()
@@ -333,7 +333,7 @@ func sandboxLogs(ctx context.Context, args []string) int {
 }
 
 // printCrash prints a crash record for a person.
-func printCrash(w io.Writer, cr sandbox.Crash) {
+func printCrash(w io.Writer, cr wire.Crash) {
 	fmt.Fprintf(w, "sandbox:  %s (template %s, ember pid %d)\n", cr.Sandbox, cr.Template, cr.PID)
 	fmt.Fprintf(w, "reason:   %s\n", cr.Reason)
 	if cr.Message != "" {
@@ -424,7 +424,7 @@ func sandboxExec(ctx context.Context, args []string) int {
 		fmt.Fprintln(os.Stderr, "ember sandbox exec: want a command after the sandbox ID")
 		return exitUsage
 	}
-	req := sandbox.ExecRequest{Args: argv, Env: env, Cwd: *cwd, User: *user, Tag: *tag}
+	req := wire.ExecRequest{Args: argv, Env: env, Cwd: *cwd, User: *user, Tag: *tag}
 	if *tty {
 		req.TTY = terminalSize()
 	}
@@ -443,7 +443,7 @@ func sandboxExec(ctx context.Context, args []string) int {
 	var got int64
 	stdout, stderr := countingWriter{os.Stdout, &got}, countingWriter{os.Stderr, &got}
 	procTag := ""
-	started := func(e sandbox.ExecStarted) {
+	started := func(e wire.ExecStarted) {
 		procTag = e.Tag
 		if *tag == "" {
 			fmt.Fprintf(os.Stderr, "ember sandbox exec: process %s\n", e.Tag)
@@ -633,7 +633,7 @@ func runTemplateCmd(args []string) int {
 func templateBuild(ctx context.Context, args []string) int {
 	fs := flag.NewFlagSet("ember template build", flag.ContinueOnError)
 	mk := emberdFlags(fs)
-	var spec sandbox.TemplateSpec
+	var spec wire.TemplateSpec
 	fs.StringVar(&spec.Name, "name", "", "the template's name (default: generated)")
 	fs.StringVar(&spec.Image, "image", "", "an image of Ember's store, booted with the agent (needs --ready agent)")
 	fs.StringVar(&spec.Kernel, "kernel", "", "guest kernel or tiny guest (absolute path)")
@@ -642,8 +642,8 @@ func templateBuild(ctx context.Context, args []string) int {
 	fs.StringVar(&spec.Rootfs, "rootfs", "", "raw root filesystem, the read-only base of every sandbox's overlay")
 	fs.BoolVar(&spec.Network, "network", false, "give the guest a network interface (each sandbox its own network; needs emberd --network and --ready agent)")
 	fs.IntVar(&spec.VCPUs, "vcpus", 1, "vCPUs")
-	fs.IntVar(&spec.MemoryMiB, "mem-mib", sandbox.DefaultMemoryMiB, "memory in MiB")
-	ready := fs.String("ready", sandbox.ReadyAgent, "readiness: agent, boot-timer, or console:TEXT[:RESTORED_TEXT]")
+	fs.IntVar(&spec.MemoryMiB, "mem-mib", wire.DefaultMemoryMiB, "memory in MiB")
+	ready := fs.String("ready", wire.ReadyAgent, "readiness: agent, boot-timer, or console:TEXT[:RESTORED_TEXT]")
 	timeout := fs.Duration("ready-timeout", 0, "bound of the readiness wait (default emberd's)")
 	var start []string
 	fs.Var(listFlag{&start}, "start", "start command, one argument per flag (needs --ready agent)")
@@ -657,7 +657,7 @@ func templateBuild(ctx context.Context, args []string) int {
 	}
 	kind, rest, _ := strings.Cut(*ready, ":")
 	spec.Ready.Kind = kind
-	if kind == sandbox.ReadyConsole {
+	if kind == wire.ReadyConsole {
 		spec.Ready.Console, spec.Ready.RestoredConsole, _ = strings.Cut(rest, ":")
 	}
 	spec.Ready.TimeoutMS = int(timeout.Milliseconds())

@@ -99,37 +99,6 @@ func Routes() []Route {
 	}
 }
 
-// ErrorBody is every error's body.
-type ErrorBody struct {
-	Error string `json:"error"`
-	// Budget names the exhausted budget of a 429 (sandbox.BudgetMemory,
-	// ...); RetryAfterS repeats its Retry-After header.
-	Budget      string `json:"budget,omitempty"`
-	RetryAfterS int    `json:"retry_after_s,omitempty"`
-}
-
-// ExecEvent is one line of an exec's answer.
-type ExecEvent struct {
-	// Started comes first: the process's pid and tag (to attach to it
-	// again) and the output offset the stream starts at. The offset of
-	// later output is that plus the bytes of stdout and stderr before it.
-	Started *sandbox.ExecStarted `json:"started,omitempty"`
-	Stdout  []byte               `json:"stdout,omitempty"`
-	Stderr  []byte               `json:"stderr,omitempty"`
-	Exit    *ExitStatus          `json:"exit,omitempty"`
-	Error   string               `json:"error,omitempty"`
-}
-
-// ExitStatus is a process's end.
-type ExitStatus struct {
-	Code   int `json:"code"`
-	Signal int `json:"signal,omitempty"`
-	// OOMKilled: the guest's OOM killer ended the process (reason "oom").
-	OOMKilled bool `json:"oom_killed,omitempty"`
-	// Reason is "exit", "signal" or "oom".
-	Reason string `json:"reason"`
-}
-
 // exitOf is the API's exit of an agent's exit status.
 func exitOf(st proto.ExitStatus) *ExitStatus {
 	e := &ExitStatus{Code: st.Code, Signal: st.Signal, OOMKilled: st.OOMKilled, Reason: "exit"}
@@ -153,16 +122,6 @@ type Options struct {
 	// E2B, if set, is where emberd serves its E2B-compatible API (GET
 	// /e2b answers it; without it, 404).
 	E2B *E2BInfo
-}
-
-// E2BInfo is the answer of GET /e2b: the values of E2B's SDK variables
-// that point it at this emberd (`ember e2b env` prints them).
-type E2BInfo struct {
-	// APIURL is E2B_API_URL, SandboxURL E2B_SANDBOX_URL (the same
-	// listener serves both), Domain E2B_DOMAIN.
-	APIURL     string `json:"api_url"`
-	SandboxURL string `json:"sandbox_url"`
-	Domain     string `json:"domain"`
 }
 
 type server struct {
@@ -628,11 +587,6 @@ func (s *server) metrics(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.prom.ServeHTTP(w, r)
 	return nil
-}
-
-// APIKeyRequest is the body of POST /apikeys.
-type APIKeyRequest struct {
-	Name string `json:"name,omitempty"`
 }
 
 func (s *server) createAPIKey(w http.ResponseWriter, r *http.Request) error {

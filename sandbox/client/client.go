@@ -17,9 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/embervm/ember/sandbox"
-	"github.com/embervm/ember/sandbox/api"
-	"github.com/embervm/ember/sandbox/network"
+	"github.com/embervm/ember/sandbox/network/egress"
+	"github.com/embervm/ember/sandbox/wire"
 )
 
 const (
@@ -47,7 +46,7 @@ type Client struct {
 type APIError struct {
 	Status  int
 	Message string
-	// Budget is the exhausted budget of a 429 (sandbox.BudgetMemory, ...)
+	// Budget is the exhausted budget of a 429 (wire.BudgetMemory, ...)
 	// and RetryAfter its Retry-After header (0 if absent or unreadable).
 	Budget     string
 	RetryAfter time.Duration
@@ -151,7 +150,7 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
 			e.RetryAfter = d
 		}
-		var eb api.ErrorBody
+		var eb wire.ErrorBody
 		if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
 			e.Message, e.Budget = eb.Error, eb.Budget
 		} else {
@@ -184,22 +183,22 @@ func idPath(prefix, id string, rest ...string) string {
 }
 
 // BuildTemplate is POST /templates.
-func (c *Client) BuildTemplate(ctx context.Context, spec sandbox.TemplateSpec) (sandbox.Template, error) {
-	var t sandbox.Template
+func (c *Client) BuildTemplate(ctx context.Context, spec wire.TemplateSpec) (wire.Template, error) {
+	var t wire.Template
 	err := c.do(ctx, http.MethodPost, "/templates", spec, &t)
 	return t, err
 }
 
 // Templates is GET /templates.
-func (c *Client) Templates(ctx context.Context) ([]sandbox.Template, error) {
-	var ts []sandbox.Template
+func (c *Client) Templates(ctx context.Context) ([]wire.Template, error) {
+	var ts []wire.Template
 	err := c.do(ctx, http.MethodGet, "/templates", nil, &ts)
 	return ts, err
 }
 
 // Template is GET /templates/{id}.
-func (c *Client) Template(ctx context.Context, id string) (sandbox.Template, error) {
-	var t sandbox.Template
+func (c *Client) Template(ctx context.Context, id string) (wire.Template, error) {
+	var t wire.Template
 	err := c.do(ctx, http.MethodGet, idPath("/templates", id), nil, &t)
 	return t, err
 }
@@ -210,44 +209,44 @@ func (c *Client) DeleteTemplate(ctx context.Context, id string) error {
 }
 
 // Create is POST /sandboxes.
-func (c *Client) Create(ctx context.Context, spec sandbox.SandboxSpec) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) Create(ctx context.Context, spec wire.SandboxSpec) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodPost, "/sandboxes", spec, &sb)
 	return sb, err
 }
 
 // Sandboxes is GET /sandboxes.
-func (c *Client) Sandboxes(ctx context.Context) ([]sandbox.Sandbox, error) {
-	var sbs []sandbox.Sandbox
+func (c *Client) Sandboxes(ctx context.Context) ([]wire.Sandbox, error) {
+	var sbs []wire.Sandbox
 	err := c.do(ctx, http.MethodGet, "/sandboxes", nil, &sbs)
 	return sbs, err
 }
 
 // Sandbox is GET /sandboxes/{id}.
-func (c *Client) Sandbox(ctx context.Context, id string) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) Sandbox(ctx context.Context, id string) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id), nil, &sb)
 	return sb, err
 }
 
 // Kill is DELETE /sandboxes/{id}: the killed sandbox, or (zero, nil) when
 // an ended sandbox was forgotten.
-func (c *Client) Kill(ctx context.Context, id string) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) Kill(ctx context.Context, id string) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodDelete, idPath("/sandboxes", id), nil, &sb)
 	return sb, err
 }
 
 // Pause is POST /sandboxes/{id}/pause.
-func (c *Client) Pause(ctx context.Context, id string) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) Pause(ctx context.Context, id string) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodPost, idPath("/sandboxes", id, "/pause"), nil, &sb)
 	return sb, err
 }
 
 // Resume is POST /sandboxes/{id}/resume.
-func (c *Client) Resume(ctx context.Context, id string) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) Resume(ctx context.Context, id string) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodPost, idPath("/sandboxes", id, "/resume"), nil, &sb)
 	return sb, err
 }
@@ -269,17 +268,17 @@ func (c *Client) Logs(ctx context.Context, id, source string, w io.Writer) error
 
 // Exec is POST /sandboxes/{id}/exec: the output is written to stdout and
 // stderr as it comes; the result is the process's exit status.
-func (c *Client) Exec(ctx context.Context, id string, req sandbox.ExecRequest, stdout, stderr io.Writer) (api.ExitStatus, error) {
+func (c *Client) Exec(ctx context.Context, id string, req wire.ExecRequest, stdout, stderr io.Writer) (wire.ExitStatus, error) {
 	return c.ExecWith(ctx, id, req, nil, stdout, stderr)
 }
 
 // ExecWith is Exec that tells started (if not nil) the process's tag and
 // pid before any output: with the tag and the bytes of output it had, a
 // client whose stream broke gets the rest with Attach.
-func (c *Client) ExecWith(ctx context.Context, id string, req sandbox.ExecRequest, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
+func (c *Client) ExecWith(ctx context.Context, id string, req wire.ExecRequest, started func(wire.ExecStarted), stdout, stderr io.Writer) (wire.ExitStatus, error) {
 	resp, err := c.request(ctx, http.MethodPost, idPath("/sandboxes", id, "/exec"), req)
 	if err != nil {
-		return api.ExitStatus{}, err
+		return wire.ExitStatus{}, err
 	}
 	defer resp.Body.Close()
 	return readEvents(resp.Body, started, stdout, stderr)
@@ -288,40 +287,40 @@ func (c *Client) ExecWith(ctx context.Context, id string, req sandbox.ExecReques
 // Attach is GET /sandboxes/{id}/exec/{tag}?from=FROM: a process's output
 // from the offset from (the bytes of stdout and stderr the client had),
 // then as it comes, and its exit status.
-func (c *Client) Attach(ctx context.Context, id, tag string, from int64, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
+func (c *Client) Attach(ctx context.Context, id, tag string, from int64, started func(wire.ExecStarted), stdout, stderr io.Writer) (wire.ExitStatus, error) {
 	path := idPath("/sandboxes", id, "/exec/"+url.PathEscape(tag)+"?from="+strconv.FormatInt(from, 10))
 	resp, err := c.request(ctx, http.MethodGet, path, nil)
 	if err != nil {
-		return api.ExitStatus{}, err
+		return wire.ExitStatus{}, err
 	}
 	defer resp.Body.Close()
 	return readEvents(resp.Body, started, stdout, stderr)
 }
 
 // readEvents passes an exec answer's events on until the exit.
-func readEvents(body io.Reader, started func(sandbox.ExecStarted), stdout, stderr io.Writer) (api.ExitStatus, error) {
+func readEvents(body io.Reader, started func(wire.ExecStarted), stdout, stderr io.Writer) (wire.ExitStatus, error) {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), maxEventLine)
 	for sc.Scan() {
-		var ev api.ExecEvent
+		var ev wire.ExecEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return api.ExitStatus{}, fmt.Errorf("exec: a bad event line: %w", err)
+			return wire.ExitStatus{}, fmt.Errorf("exec: a bad event line: %w", err)
 		}
 		if ev.Started != nil && started != nil {
 			started(*ev.Started)
 		}
 		if len(ev.Stdout) > 0 {
 			if _, err := stdout.Write(ev.Stdout); err != nil {
-				return api.ExitStatus{}, err
+				return wire.ExitStatus{}, err
 			}
 		}
 		if len(ev.Stderr) > 0 {
 			if _, err := stderr.Write(ev.Stderr); err != nil {
-				return api.ExitStatus{}, err
+				return wire.ExitStatus{}, err
 			}
 		}
 		if ev.Error != "" {
-			var st api.ExitStatus
+			var st wire.ExitStatus
 			if ev.Exit != nil {
 				st = *ev.Exit
 			}
@@ -332,22 +331,22 @@ func readEvents(body io.Reader, started func(sandbox.ExecStarted), stdout, stder
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return api.ExitStatus{}, fmt.Errorf("exec: %w", err)
+		return wire.ExitStatus{}, fmt.Errorf("exec: %w", err)
 	}
-	return api.ExitStatus{}, errors.New("exec: the answer ended before the process's exit")
+	return wire.ExitStatus{}, errors.New("exec: the answer ended before the process's exit")
 }
 
 // Network is GET /sandboxes/{id}/network: the sandbox's addresses,
 // policy and bytes metered.
-func (c *Client) Network(ctx context.Context, id string) (sandbox.NetworkState, error) {
-	var st sandbox.NetworkState
+func (c *Client) Network(ctx context.Context, id string) (wire.NetworkState, error) {
+	var st wire.NetworkState
 	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id, "/network"), nil, &st)
 	return st, err
 }
 
 // SetPolicy is PUT /sandboxes/{id}/network/policy.
-func (c *Client) SetPolicy(ctx context.Context, id string, p network.Policy) (sandbox.Sandbox, error) {
-	var sb sandbox.Sandbox
+func (c *Client) SetPolicy(ctx context.Context, id string, p egress.Policy) (wire.Sandbox, error) {
+	var sb wire.Sandbox
 	err := c.do(ctx, http.MethodPut, idPath("/sandboxes", id, "/network/policy"), p, &sb)
 	return sb, err
 }
@@ -370,15 +369,15 @@ func (c *Client) Download(ctx context.Context, id, path string, w io.Writer) err
 
 // Crash is GET /sandboxes/{id}/crash: the crash record of a sandbox that
 // ended abnormally (404 when it has none).
-func (c *Client) Crash(ctx context.Context, id string) (sandbox.Crash, error) {
-	var cr sandbox.Crash
+func (c *Client) Crash(ctx context.Context, id string) (wire.Crash, error) {
+	var cr wire.Crash
 	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id, "/crash"), nil, &cr)
 	return cr, err
 }
 
 // Host is GET /host: the host's budgets and what the sandboxes hold.
-func (c *Client) Host(ctx context.Context) (sandbox.Host, error) {
-	var h sandbox.Host
+func (c *Client) Host(ctx context.Context) (wire.Host, error) {
+	var h wire.Host
 	err := c.do(ctx, http.MethodGet, "/host", nil, &h)
 	return h, err
 }
@@ -396,15 +395,15 @@ func (c *Client) Metrics(ctx context.Context, w io.Writer) error {
 
 // CreateAPIKey is POST /apikeys: the answer holds the key, which emberd
 // does not keep.
-func (c *Client) CreateAPIKey(ctx context.Context, name string) (sandbox.NewAPIKey, error) {
-	var k sandbox.NewAPIKey
-	err := c.do(ctx, http.MethodPost, "/apikeys", api.APIKeyRequest{Name: name}, &k)
+func (c *Client) CreateAPIKey(ctx context.Context, name string) (wire.NewAPIKey, error) {
+	var k wire.NewAPIKey
+	err := c.do(ctx, http.MethodPost, "/apikeys", wire.APIKeyRequest{Name: name}, &k)
 	return k, err
 }
 
 // APIKeys is GET /apikeys.
-func (c *Client) APIKeys(ctx context.Context) ([]sandbox.APIKey, error) {
-	var ks []sandbox.APIKey
+func (c *Client) APIKeys(ctx context.Context) ([]wire.APIKey, error) {
+	var ks []wire.APIKey
 	err := c.do(ctx, http.MethodGet, "/apikeys", nil, &ks)
 	return ks, err
 }
@@ -415,8 +414,8 @@ func (c *Client) DeleteAPIKey(ctx context.Context, id string) error {
 }
 
 // E2B is GET /e2b: where emberd serves its E2B-compatible API.
-func (c *Client) E2B(ctx context.Context) (api.E2BInfo, error) {
-	var info api.E2BInfo
+func (c *Client) E2B(ctx context.Context) (wire.E2BInfo, error) {
+	var info wire.E2BInfo
 	err := c.do(ctx, http.MethodGet, "/e2b", nil, &info)
 	return info, err
 }

@@ -1,4 +1,4 @@
-package sandbox
+package wire
 
 import (
 	"os"
@@ -10,8 +10,8 @@ import (
 // nameRE is a template name: it becomes a folder name.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
-// maxTimeout bounds a sandbox's timeout: 30 days.
-const maxTimeout = 30 * 24 * time.Hour
+// MaxTimeout bounds a sandbox's timeout: 30 days.
+const MaxTimeout = 30 * 24 * time.Hour
 
 // Validate checks a template request; the error names the field.
 func (s *TemplateSpec) Validate() error {
@@ -99,8 +99,8 @@ func (s *SandboxSpec) Validate() error {
 	if s.Template == "" {
 		return invalid("template", "missing: the template to restore")
 	}
-	if s.TimeoutS < 0 || time.Duration(s.TimeoutS)*time.Second > maxTimeout {
-		return invalid("timeout_s", "%d: want 0 (none) to %d", s.TimeoutS, int(maxTimeout/time.Second))
+	if s.TimeoutS < 0 || time.Duration(s.TimeoutS)*time.Second > MaxTimeout {
+		return invalid("timeout_s", "%d: want 0 (none) to %d", s.TimeoutS, int(MaxTimeout/time.Second))
 	}
 	if err := checkMap("env", s.Env, true); err != nil {
 		return err
