@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -18,8 +19,10 @@ import (
 )
 
 var (
-	le       = binary.LittleEndian
-	crcTable = crc64.MakeTable(crc64.ECMA)
+	le = binary.LittleEndian
+	// crcTable is made at the first snapshot or restore, not at every
+	// ember start (it costs 34 KB and a loop at package init).
+	crcTable = sync.OnceValue(func() *crc64.Table { return crc64.MakeTable(crc64.ECMA) })
 )
 
 const (
@@ -140,7 +143,7 @@ func Encode(s *State) ([]byte, error) {
 		return nil, fmt.Errorf("encode snapshot: %w: %d bytes, limit %d", ErrTooLarge, total, MaxStateFileSize)
 	}
 	le.PutUint64(b[16:], uint64(total))
-	return le.AppendUint64(b, crc64.Checksum(b, crcTable)), nil
+	return le.AppendUint64(b, crc64.Checksum(b, crcTable())), nil
 }
 
 func appendSection(b []byte, kind uint8, name string, data []byte) ([]byte, error) {
@@ -379,7 +382,7 @@ func Decode(b []byte) (*State, error) {
 		return nil, fmt.Errorf("%w: %d bytes after the declared end (%d)", ErrCorrupt, uint64(len(b))-length, length)
 	}
 	body := b[:len(b)-crcSize]
-	if want, got := le.Uint64(b[len(body):]), crc64.Checksum(body, crcTable); want != got {
+	if want, got := le.Uint64(b[len(body):]), crc64.Checksum(body, crcTable()); want != got {
 		return nil, fmt.Errorf("%w: stored %016x, computed %016x", ErrCRCMismatch, want, got)
 	}
 	for _, r := range b[10:16] {

@@ -196,7 +196,7 @@ func refresh(b []byte) []byte {
 	}
 	binary.LittleEndian.PutUint64(b[16:], uint64(len(b)))
 	body := b[:len(b)-crcSize]
-	binary.LittleEndian.PutUint64(b[len(body):], crc64.Checksum(body, crcTable))
+	binary.LittleEndian.PutUint64(b[len(body):], crc64.Checksum(body, crcTable()))
 	return b
 }
 
