@@ -469,3 +469,11 @@ func (w *Watcher) Close() error {
 	w.st.End(nil)
 	return nil
 }
+
+// Metrics samples the guest's CPU, memory and root filesystem use.
+func (c *Client) Metrics(ctx context.Context) (proto.Metrics, error) {
+	if !c.hello.Supports(proto.FeatureMetrics) {
+		return proto.Metrics{}, proto.Errorf(proto.CodeUnsupported, "the guest's agent (%s) does not sample metrics: rebuild the template with this Ember", c.hello.Agent)
+	}
+	return call[proto.Metrics](ctx, c, proto.OpMetrics, proto.Empty{})
+}

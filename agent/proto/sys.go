@@ -182,3 +182,27 @@ func (r *RestoreReply) Err() error {
 	}
 	return nil
 }
+
+// OpMetrics (unary): {} → [Metrics], the guest's use of its CPUs, memory
+// and root filesystem now.
+const OpMetrics = "sys.metrics"
+
+// FeatureMetrics says the agent serves [OpMetrics].
+const FeatureMetrics = "metrics"
+
+// Metrics is one sample of the guest's resources.
+type Metrics struct {
+	Time time.Time `json:"time"`
+	// CPUs is the online CPU count; CPUUsedPct their busy share (0-100)
+	// since the previous sample, or over a short window when there was
+	// none recently (from /proc/stat).
+	CPUs       int     `json:"cpus"`
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	// MemUsed is MemTotal less MemAvailable (/proc/meminfo), in bytes.
+	MemUsed  uint64 `json:"mem_used"`
+	MemTotal uint64 `json:"mem_total"`
+	// DiskUsed and DiskTotal are the root filesystem's, in bytes
+	// (statfs: blocks less free blocks, and blocks).
+	DiskUsed  uint64 `json:"disk_used"`
+	DiskTotal uint64 `json:"disk_total"`
+}

@@ -86,6 +86,8 @@ type Server struct {
 	containers containerTable
 	sysStorage *SystemStorage
 
+	cpu cpuMeter // the previous CPU sample of sys.metrics
+
 	restoreMu  sync.Mutex // one restore at a time
 	generation atomic.Uint64
 }
@@ -137,6 +139,7 @@ func New(cfg Config) *Server {
 		proto.OpHealth:      unary(s.health),
 		proto.OpRestore:     s.restore,
 		proto.OpPortConnect: s.portConnect,
+		proto.OpMetrics:     unary(s.metrics),
 
 		proto.OpContainerVolume: unary(s.containerVolume),
 		proto.OpContainerCreate: unary(s.containerCreate),
@@ -153,7 +156,7 @@ func features() []string {
 	return []string{
 		proto.FeatureExec, proto.FeatureExecTTY, proto.FeatureFiles, proto.FeatureFilesTar,
 		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureContainer,
-		proto.FeaturePort,
+		proto.FeaturePort, proto.FeatureMetrics,
 	}
 }
 

@@ -48,15 +48,17 @@ var never = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // api is the control plane: E2B's sandbox routes over a sandbox.Manager.
 type api struct {
-	m      *sandbox.Manager
+	m *sandbox.Manager
+	// b reaches the sandboxes' agents (for metrics): the gateway's.
+	b      Backend
 	tokens Tokens
 	domain string
 	log    *slog.Logger
 	mux    *http.ServeMux
 }
 
-func newAPI(m *sandbox.Manager, tokens Tokens, domain string, log *slog.Logger) *api {
-	a := &api{m: m, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
+func newAPI(m *sandbox.Manager, b Backend, tokens Tokens, domain string, log *slog.Logger) *api {
+	a := &api{m: m, b: b, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
 	routes := []struct {
 		pattern string
 		h       func(w http.ResponseWriter, r *http.Request) error
@@ -663,13 +665,62 @@ func (a *api) connect(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// metrics is GET /sandboxes/{id}/metrics: Ember keeps no samples of a
-// guest's CPU, memory or disk yet, so the list is empty (the SDK returns
-// it as is).
+// sandboxMetric is E2B's SandboxMetric.
+type sandboxMetric struct {
+	Timestamp     string  `json:"timestamp"`
+	TimestampUnix int64   `json:"timestampUnix"`
+	CPUCount      int     `json:"cpuCount"`
+	CPUUsedPct    float64 `json:"cpuUsedPct"`
+	MemUsed       uint64  `json:"memUsed"`
+	MemTotal      uint64  `json:"memTotal"`
+	DiskUsed      uint64  `json:"diskUsed"`
+	DiskTotal     uint64  `json:"diskTotal"`
+}
+
+// metrics is GET /sandboxes/{id}/metrics?start&end (unix seconds): Ember
+// keeps no history of a guest's use, so the answer is one sample taken
+// now by the sandbox's agent (CPU share since the previous sample), or
+// none when now is outside [start, end] or the sandbox is paused.
 func (a *api) metrics(w http.ResponseWriter, r *http.Request) error {
-	if _, err := a.liveSandbox(r.PathValue("id")); err != nil {
+	id := r.PathValue("id")
+	sb, err := a.liveSandbox(id)
+	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, []struct{}{})
+	now := time.Now().Unix()
+	for _, q := range []struct {
+		name   string
+		before bool
+	}{{"start", false}, {"end", true}} {
+		v := r.URL.Query().Get(q.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return badRequest("%s: %q is not a unix time in seconds", q.name, v)
+		}
+		if (q.before && now > n) || (!q.before && now < n) {
+			writeJSON(w, http.StatusOK, []sandboxMetric{})
+			return nil
+		}
+	}
+	if sb.State != sandbox.StateRunning {
+		writeJSON(w, http.StatusOK, []sandboxMetric{})
+		return nil
+	}
+	ac, _, err := a.b.Agent(r.Context(), id)
+	if err != nil {
+		return a.ended(id, err)
+	}
+	m, err := ac.Metrics(r.Context())
+	if err != nil {
+		return fmt.Errorf("sandbox %s: sampling its metrics: %w", id, err)
+	}
+	writeJSON(w, http.StatusOK, []sandboxMetric{{
+		Timestamp: m.Time.UTC().Format(time.RFC3339Nano), TimestampUnix: m.Time.Unix(),
+		CPUCount: m.CPUs, CPUUsedPct: m.CPUUsedPct, MemUsed: m.MemUsed, MemTotal: m.MemTotal,
+		DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal,
+	}})
 	return nil
 }

@@ -29,7 +29,7 @@
 //	                                                   left or the timeout given), or a running one's timeout
 //	                                                   extended if the new end is later (200)
 //	POST /sandboxes/{id}/resume (older SDKs)           Manager.Resume (409 if running)
-//	GET /sandboxes/{id}/metrics                        an empty list: Ember keeps no guest samples yet
+//	GET /sandboxes/{id}/metrics                        one sample taken now by the agent (see Metrics)
 //
 // Every request needs an X-API-KEY that emberd made (`ember apikey
 // create`; only its SHA-256 is stored, in emberd's bbolt database). Errors
@@ -108,7 +108,12 @@
 // offering HTTP/2 then HTTP/1.1 by ALPN; the SDK speaks HTTP/2 only over
 // TLS, and connect-go serves the same handlers on both.
 //
-// Not here yet: the guest metrics (GET /sandboxes/{id}/metrics is empty).
+// # Metrics
+//
+// GET /sandboxes/{id}/metrics (the SDK's getMetrics) answers one sample
+// taken by the sandbox's agent when asked (agent op sys.metrics: CPU
+// share since the previous sample, memory from /proc/meminfo, the root
+// filesystem from statfs): Ember keeps no history of a guest's use.
 package e2b
 
 import (
@@ -151,7 +156,7 @@ func newHandler(m *sandbox.Manager, o Options, b Backend) (http.Handler, error) 
 		return nil, err
 	}
 	gw := NewGateway(b, tokens, o.Log)
-	cp := newAPI(m, tokens, o.Domain, o.Log)
+	cp := newAPI(m, b, tokens, o.Domain, o.Log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if IsEnvdRequest(r) || isSignedFiles(r) {
 			gw.ServeHTTP(w, r)

@@ -60,6 +60,15 @@ test('lifecycle: create, list by metadata, getInfo, setTimeout, kill', async () 
     const left = info.endAt.getTime() - Date.now()
     assert.ok(left > 100_000 && left <= 120_000, `endAt is ${left} ms away, want about 120 s`)
     assert.equal(await sbx.isRunning(), true)
+
+    // getMetrics: one sample, now, from the sandbox's agent.
+    const [m, ...more] = await sbx.getMetrics()
+    assert.equal(more.length, 0)
+    assert.ok(m.cpuCount >= 1 && m.cpuUsedPct >= 0 && m.cpuUsedPct <= 100, JSON.stringify(m))
+    assert.ok(m.memTotal > 0 && m.memUsed > 0 && m.memUsed <= m.memTotal, JSON.stringify(m))
+    assert.ok(m.diskTotal > 0 && m.diskUsed <= m.diskTotal, JSON.stringify(m))
+    assert.ok(Math.abs(m.timestamp.getTime() - Date.now()) < 60_000, `timestamp ${m.timestamp}`)
+    assert.deepEqual(await sbx.getMetrics({ end: new Date(Date.now() - 3_600_000) }), [], 'an hour ago: no sample')
   } finally {
     assert.equal(await sbx.kill(), true)
     assert.equal(await other.kill(), true)
