@@ -11,9 +11,10 @@
 // initrd is two archives in one file, which Linux unpacks one after the
 // other into the same rootfs:
 //
-//   - [BuildInitramfs]: a gzip-compressed archive holding /init, the static
+//   - [BuildInitramfs]: an uncompressed archive holding /init, the static
 //     ember-init binary, built once per binary and kept in a cache
-//     directory under the hash of its content;
+//     directory under the hash of its content (uncompressed: a guest's
+//     kernel would inflate it at every boot, at the guest's pace);
 //   - [AppendConfig]: that archive copied for one VM, zero-padded to a
 //     4-byte boundary (the kernel looks for the next cpio header only at
 //     such an offset), then an uncompressed archive holding

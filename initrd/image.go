@@ -30,7 +30,7 @@ const (
 	configMode = 0o600
 	// initramfsFormat is hashed into the cache key: bump it when the
 	// archive's layout changes.
-	initramfsFormat = "ember-image-initramfs-1"
+	initramfsFormat = "ember-image-initramfs-2"
 	// cacheKeyLen is the number of hex digits of the content hash in a
 	// cached file's name.
 	cacheKeyLen = 16
@@ -67,8 +67,10 @@ func checkRegular(p string) error {
 	return nil
 }
 
-// BuildInitramfs returns the path of the gzip-compressed initramfs holding
-// initBinary as /init (and the /ember directory the config goes to). It is
+// BuildInitramfs returns the path of the initramfs holding initBinary as
+// /init (and the /ember directory the config goes to), uncompressed: the
+// guest kernel then copies it where it would have inflated it (at every
+// boot, at a guest's pace) and the host page cache shares one copy. It is
 // built under cacheDir the first time, named for the hash of the binary, and
 // reused after; a new binary gets a new file. Concurrent builders are safe:
 // each writes a temporary file and renames it into place.
@@ -81,12 +83,12 @@ func BuildInitramfs(cacheDir, initBinary string) (string, error) {
 	io.WriteString(h, initramfsFormat+"\n")
 	h.Write(bin)
 	key := hex.EncodeToString(h.Sum(nil))[:cacheKeyLen]
-	out := filepath.Join(cacheDir, "initramfs-"+key+".cpio.gz")
+	out := filepath.Join(cacheDir, "initramfs-"+key+".cpio")
 	if _, err := os.Stat(out); err == nil {
 		return out, nil
 	}
 	var buf bytes.Buffer
-	err = Write(&buf, []Entry{
+	err = WriteUncompressed(&buf, []Entry{
 		{Name: initPath, Mode: ModeExec, Data: bin},
 		{Name: strings.TrimPrefix(filepath.Dir(initconfig.Path), "/"), Dir: true, Mode: ModeDir},
 	})
