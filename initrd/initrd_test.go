@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/embervm/ember/guest/initconfig"
 	"github.com/u-root/u-root/pkg/cpio"
@@ -114,8 +115,22 @@ func TestBuildInitramfsIsCached(t *testing.T) {
 		t.Fatalf("new binary: %s, %v", p3, err)
 	}
 	entries, _ := os.ReadDir(cache)
-	if len(entries) != 2 {
-		t.Errorf("cache holds %d entries, want 2 (no temporary files left)", len(entries))
+	if len(entries) != 4 {
+		t.Errorf("cache holds %d entries, want 4: two archives and their index links (no temporary files left)", len(entries))
+	}
+	// The binary rewritten in place (a rebuild): its time changes, so it
+	// is hashed again and gets its own archive, never the old one.
+	if err := os.WriteFile(bin, []byte("\x7fELF a rebuilt init"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Minute)
+	os.Chtimes(bin, later, later)
+	p4, err := BuildInitramfs(cache, bin)
+	if err != nil || p4 == p1 {
+		t.Fatalf("rebuilt binary: %s, %v (want a new archive)", p4, err)
+	}
+	if p5, err := BuildInitramfs(cache, bin); err != nil || p5 != p4 {
+		t.Fatalf("rebuilt binary again: %s, %v, want %s", p5, err, p4)
 	}
 	if _, err := BuildInitramfs(cache, "/nonexistent/ember-init"); err == nil || !strings.Contains(err.Error(), "/nonexistent/ember-init") {
 		t.Errorf("missing binary: %v", err)
