@@ -53,10 +53,14 @@ func (in *initProcess) logf(format string, args ...any) {
 	fmt.Fprintf(in.out, "ember-init: "+format+"\n", args...)
 }
 
-// debugf prints a line only when the config asks for a trace.
+// debugf prints a line only when the config asks for a trace, with the
+// time since the kernel started (CLOCK_BOOTTIME, as the kernel's own
+// printk times), so a slow step shows.
 func (in *initProcess) debugf(format string, args ...any) {
 	if in.debug {
-		in.logf(format, args...)
+		var ts unix.Timespec
+		_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+		in.logf("[%d.%06d] "+format, append([]any{ts.Sec, ts.Nsec / 1000}, args...)...)
 	}
 }
 
