@@ -50,29 +50,27 @@ func TestUserPorts(t *testing.T) {
 	u, _ := url.Parse(g.url)
 	host := strconv.Itoa(port) + "-" + testID + ".localhost:" + u.Port()
 
-	// Plain HTTP, by the host name alone (no E2B headers, no token).
-	req, _ := http.NewRequest("GET", g.url+"/hello?x=1", nil)
-	req.Host = host
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || string(body) != "host="+host+" path=/hello token=" {
-		t.Errorf("GET through the port: %d %q", resp.StatusCode, body)
-	}
-	// Many requests reuse kept connections and all answer.
-	for i := range 20 {
-		req, _ := http.NewRequest("GET", g.url+"/n/"+strconv.Itoa(i), nil)
-		req.Host = host
+	// get sends GET path to the gateway for host name h.
+	get := func(h, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", g.url+path, nil)
+		req.Host = h
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if !strings.Contains(string(body), "path=/n/"+strconv.Itoa(i)) {
+		return resp.StatusCode, string(body)
+	}
+
+	// Plain HTTP, by the host name alone (no E2B headers, no token).
+	if code, body := get(host, "/hello?x=1"); code != 200 || body != "host="+host+" path=/hello token=" {
+		t.Errorf("GET through the port: %d %q", code, body)
+	}
+	// Many requests reuse kept connections and all answer.
+	for i := range 20 {
+		if _, body := get(host, "/n/"+strconv.Itoa(i)); !strings.Contains(body, "path=/n/"+strconv.Itoa(i)) {
 			t.Fatalf("request %d: %q", i, body)
 		}
 	}
@@ -85,7 +83,7 @@ func TestUserPorts(t *testing.T) {
 	defer conn.Close()
 	io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+host+"\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	br := bufio.NewReader(conn)
-	resp, err = http.ReadResponse(br, nil)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,17 +103,8 @@ func TestUserPorts(t *testing.T) {
 	deadPort := dead.Addr().(*net.TCPAddr).Port
 	dead.Close()
 	for _, h := range []string{strconv.Itoa(deadPort) + "-" + testID + ".localhost", "8000-sb-nope.localhost"} {
-		req, _ := http.NewRequest("GET", g.url+"/", nil)
-		req.Host = h
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+		if code, body := get(h, "/"); code != http.StatusBadGateway || !strings.Contains(body, "port ") {
+			t.Errorf("%s: %d %s", h, code, body)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "port ") {
-			t.Errorf("%s: %d %s", h, resp.StatusCode, body)
-		}
-		t.Logf("%s: %d %s", h, resp.StatusCode, body)
 	}
 }
