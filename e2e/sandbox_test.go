@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -349,6 +351,57 @@ func TestSandboxes(t *testing.T) {
 	out, _, code := d.run(ctx, a.ID, sandbox.ExecRequest{Args: shArgs("tty; stty size; test -t 0 && echo is-a-tty"), TTY: &proto.TTYSize{Cols: 100, Rows: 30}})
 	if code != 0 || !regexp.MustCompile(`/dev/pts/\d+\r?\n30 100\r?\nis-a-tty`).MatchString(out) {
 		t.Errorf("tty exec: exit %d, %q", code, out)
+	}
+
+	// A server on the sandbox's loopback is reached through emberd's API
+	// (POST /sandboxes/{id}/ports/{port}, through the agent: no network
+	// needed) and through `ember sandbox port-forward`; a closed port is a
+	// 502.
+	if _, _, code := d.run(ctx, a.ID, sandbox.ExecRequest{Args: shArgs("cd /etc && setsid python3 -m http.server 8000 --bind 127.0.0.1 </dev/null >/dev/null 2>&1 &")}); code != 0 {
+		t.Errorf("starting an HTTP server: exit %d", code)
+	} else {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			conn, err := d.c.DialPort(ctx, a.ID, 8000)
+			if err == nil {
+				io.WriteString(conn, "GET /os-release HTTP/1.0\r\n\r\n")
+				b, err := io.ReadAll(conn)
+				conn.Close()
+				if err != nil || !strings.HasPrefix(string(b), "HTTP/1.0 200") || !strings.Contains(string(b), "Debian") {
+					t.Errorf("GET /os-release through the port: %v\n%s", err, b)
+				}
+				break
+			}
+			if client.StatusOf(err) != http.StatusBadGateway || time.Now().After(deadline) {
+				t.Fatalf("connecting to port 8000: %v", err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		pf := exec.Command(emberBinary(t), "sandbox", "port-forward", "--socket", d.sock, a.ID, "0:8000")
+		out, _ := pf.StdoutPipe()
+		if err := pf.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		f := strings.Fields(line) // "forwarding 127.0.0.1:PORT to port 8000 of sandbox ID"
+		if len(f) < 2 {
+			t.Errorf("ember sandbox port-forward printed %q", line)
+		} else if resp, err := http.Get("http://" + f[1] + "/os-release"); err != nil {
+			t.Errorf("GET through ember sandbox port-forward: %v", err)
+		} else {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(b), "Debian") {
+				t.Errorf("GET through ember sandbox port-forward: %s %q", resp.Status, b)
+			}
+		}
+		pf.Process.Signal(syscall.SIGTERM)
+		if err := pf.Wait(); err != nil {
+			t.Errorf("ember sandbox port-forward after SIGTERM: %v", err)
+		}
+	}
+	if _, err := d.c.DialPort(ctx, a.ID, 8001); client.StatusOf(err) != http.StatusBadGateway {
+		t.Errorf("a closed port: %v, want 502", err)
 	}
 
 	// A workload that exhausts the guest's memory is ended by the guest's

@@ -85,7 +85,7 @@ func fail(cmd string, err error) int {
 
 // runSandboxCmd is `ember sandbox ...`.
 func runSandboxCmd(args []string) int {
-	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|policy|host ..."
+	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|port-forward|policy|host ..."
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "usage:", usage)
 		return exitUsage
@@ -123,6 +123,8 @@ func runSandboxCmd(args []string) int {
 		return sandboxAttach(ctx, args[1:])
 	case "cp":
 		return sandboxCopy(ctx, args[1:])
+	case "port-forward":
+		return sandboxPortForward(ctx, args[1:])
 	case "policy":
 		return sandboxPolicy(ctx, args[1:])
 	case "host":

@@ -90,6 +90,7 @@ func Routes() []Route {
 		{"GET", "/sandboxes/{id}/network", (*server).getNetwork},
 		{"PUT", "/sandboxes/{id}/network/policy", (*server).putPolicy},
 		{"GET", "/sandboxes/{id}/crash", (*server).crash},
+		{"POST", "/sandboxes/{id}/ports/{port}", (*server).connectPort},
 		{"GET", "/host", (*server).host},
 		{"GET", "/metrics", (*server).metrics},
 		{"POST", "/apikeys", (*server).createAPIKey},

@@ -139,9 +139,14 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	return c.send(req)
+}
+
+// send sends req; an answer of 300 or more is an *APIError.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: %w", req.Method, req.URL.Path, err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -159,6 +164,33 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 		return nil, e
 	}
 	return resp, nil
+}
+
+// DialPort connects to TCP port on sandbox id's loopback (POST
+// /sandboxes/{id}/ports/{port}, upgraded to wire.PortUpgrade): the
+// connection carries that port's bytes both ways. Keep ctx alive as long
+// as the connection; Close it when done.
+func (c *Client) DialPort(ctx context.Context, id string, port int) (io.ReadWriteCloser, error) {
+	path := idPath("/sandboxes", id, "/ports/", strconv.Itoa(port))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", wire.PortUpgrade)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if resp.StatusCode != http.StatusSwitchingProtocols || !ok {
+		resp.Body.Close()
+		return nil, fmt.Errorf("POST %s: answered %s, want 101 Switching Protocols", path, resp.Status)
+	}
+	return rwc, nil
 }
 
 // do sends a request and decodes the answer into out (if not nil).
