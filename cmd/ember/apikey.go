@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"text/tabwriter"
 	"time"
+
+	"github.com/embervm/ember/sandbox/client"
+	"github.com/embervm/ember/sandbox/wire"
 )
 
 // runAPIKeyCmd is `ember apikey create|ls|rm`: the keys of emberd's
@@ -43,28 +45,10 @@ func runAPIKeyCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "API key %s made; emberd keeps only its hash: this is the only time it is shown\n", k.ID)
 		return exitOK
 	case "ls", "list":
-		fs := flag.NewFlagSet("ember apikey ls", flag.ContinueOnError)
-		mk := emberdFlags(fs)
-		asJSON := fs.Bool("json", false, "print the keys as JSON")
-		if code, ok := parseSub(fs, args[1:], "ember apikey ls [--json]"); !ok {
-			return code
-		}
-		c := mk()
-		defer c.Close()
-		ks, err := c.APIKeys(ctx)
-		if err != nil {
-			return fail("ember apikey ls", err)
-		}
-		if *asJSON {
-			return printJSON(ks)
-		}
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tKEY\tCREATED")
-		for _, k := range ks {
-			fmt.Fprintf(tw, "%s\t%s\t%s...\t%s\n", k.ID, k.Name, k.Shown, k.CreatedAt.Local().Format(time.DateTime))
-		}
-		tw.Flush()
-		return exitOK
+		return listCmd(args[1:], "ember apikey ls", "keys", func(c *client.Client) ([]wire.APIKey, error) { return c.APIKeys(ctx) },
+			"ID\tNAME\tKEY\tCREATED", func(k wire.APIKey) string {
+				return fmt.Sprintf("%s\t%s\t%s...\t%s", k.ID, k.Name, k.Shown, k.CreatedAt.Local().Format(time.DateTime))
+			})
 	case "rm", "delete":
 		fs := flag.NewFlagSet("ember apikey rm", flag.ContinueOnError)
 		mk := emberdFlags(fs)

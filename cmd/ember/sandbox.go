@@ -235,32 +235,41 @@ func printJSON(v any) int {
 }
 
 func sandboxList(ctx context.Context, args []string) int {
-	fs := flag.NewFlagSet("ember sandbox ls", flag.ContinueOnError)
+	return listCmd(args, "ember sandbox ls", "sandboxes", func(c *client.Client) ([]wire.Sandbox, error) { return c.Sandboxes(ctx) },
+		"ID\tTEMPLATE\tSTATE\tPID\tCREATED\tEXIT", func(sb wire.Sandbox) string {
+			exit := ""
+			if sb.Exit != nil {
+				exit = sb.Exit.Reason
+				if sb.Exit.Message != "" {
+					exit += ": " + sb.Exit.Message
+				}
+			}
+			return fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s", sb.ID, sb.Template, sb.State, sb.PID, sb.CreatedAt.Local().Format(time.DateTime), exit)
+		})
+}
+
+// listCmd is `ember NOUN ls [--json]`: the items fetch returns, as a
+// table (header, then one row per item) or as JSON.
+func listCmd[T any](args []string, name, what string, fetch func(*client.Client) ([]T, error), header string, row func(T) string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	mk := emberdFlags(fs)
-	asJSON := fs.Bool("json", false, "print the sandboxes as JSON")
-	if code, ok := parseSub(fs, args, "ember sandbox ls [--json]"); !ok {
+	asJSON := fs.Bool("json", false, "print the "+what+" as JSON")
+	if code, ok := parseSub(fs, args, name+" [--json]"); !ok {
 		return code
 	}
 	c := mk()
 	defer c.Close()
-	sbs, err := c.Sandboxes(ctx)
+	items, err := fetch(c)
 	if err != nil {
-		return fail("ember sandbox ls", err)
+		return fail(name, err)
 	}
 	if *asJSON {
-		return printJSON(sbs)
+		return printJSON(items)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTEMPLATE\tSTATE\tPID\tCREATED\tEXIT")
-	for _, sb := range sbs {
-		exit := ""
-		if sb.Exit != nil {
-			exit = sb.Exit.Reason
-			if sb.Exit.Message != "" {
-				exit += ": " + sb.Exit.Message
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", sb.ID, sb.Template, sb.State, sb.PID, sb.CreatedAt.Local().Format(time.DateTime), exit)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, row(it))
 	}
 	tw.Flush()
 	return exitOK
@@ -601,28 +610,10 @@ func runTemplateCmd(args []string) int {
 	case "build":
 		return templateBuild(ctx, args[1:])
 	case "ls", "list":
-		fs := flag.NewFlagSet("ember template ls", flag.ContinueOnError)
-		mk := emberdFlags(fs)
-		asJSON := fs.Bool("json", false, "print the templates as JSON")
-		if code, ok := parseSub(fs, args[1:], "ember template ls [--json]"); !ok {
-			return code
-		}
-		c := mk()
-		defer c.Close()
-		ts, err := c.Templates(ctx)
-		if err != nil {
-			return fail("ember template ls", err)
-		}
-		if *asJSON {
-			return printJSON(ts)
-		}
-		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSTATE\tVCPUS\tMEMORY_MIB\tREADY\tBUILD_MS")
-		for _, t := range ts {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%.1f\n", t.ID, t.State, t.Spec.VCPUs, t.Spec.MemoryMiB, t.Spec.Ready.Kind, t.BuildMS)
-		}
-		tw.Flush()
-		return exitOK
+		return listCmd(args[1:], "ember template ls", "templates", func(c *client.Client) ([]wire.Template, error) { return c.Templates(ctx) },
+			"ID\tSTATE\tVCPUS\tMEMORY_MIB\tREADY\tBUILD_MS", func(t wire.Template) string {
+				return fmt.Sprintf("%s\t%s\t%d\t%d\t%s\t%.1f", t.ID, t.State, t.Spec.VCPUs, t.Spec.MemoryMiB, t.Spec.Ready.Kind, t.BuildMS)
+			})
 	case "rm":
 		return sandboxEach(ctx, "ember template rm", args[1:], func(c *client.Client, id string) error {
 			return c.DeleteTemplate(ctx, id)
