@@ -106,6 +106,9 @@ func emberWith(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	return emberArgv(t, timeout, prefix, append([]string{"run"}, args...)...)
 }
 
+// guestGuardPageOops is the guest kernel's report of a lab fault.
+const guestGuardPageOops = "stack guard page was hit"
+
 // emberArgv runs ember with argv (after the binary's name), retrying lab faults.
 func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...string) result {
 	t.Helper()
@@ -113,12 +116,19 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 		r, hung := emberOnce(t, timeout, prefix, args...)
 		died := hung == "" && r.code != 0 &&
 			(strings.Contains(r.stderr, "triple fault") || strings.Contains(r.stderr, "internal error"))
-		if hung == "" && !died {
+		// The guest kernel's "stack guard page was hit" at its entry
+		// trampoline: the nested SVM's state switch faulting, the same
+		// signature the lab's own kernel shows (lab.labCrashPattern).
+		oops := hung == "" && strings.Contains(r.stdout, guestGuardPageOops)
+		if hung == "" && !died && !oops {
 			return r
 		}
 		what := hung
-		if died {
+		switch {
+		case died:
 			what = "died of a triple fault or internal error"
+		case oops:
+			what = "ran a guest whose kernel hit a stack guard page (the lab's signature)"
 		}
 		if attempt == bootAttempts {
 			t.Fatalf("ember %s, %d times\nstdout:\n%s\nstderr:\n%s", what, attempt, tailString(r.stdout), r.stderr)
