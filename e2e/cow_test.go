@@ -18,7 +18,7 @@ import (
 // the data's hash, then waits to be killed.
 const cowScript = "head -c 11 /dev/vda; echo; dd if=/dev/urandom of=/tmp/r bs=1M count=10 2>/dev/null; " +
 	"dd if=/tmp/r of=/dev/vda bs=1M seek=100 conv=fsync 2>/dev/null; sync; " +
-	"echo ember-guest: synced sha=$(sha256sum </tmp/r | cut -c1-64); sleep 3600"
+	"echo ember-guest: synced sha=$(sha256sum </tmp/r | cut -c1-64); echo ember-guest: kill-now; sleep 3600"
 
 // TestCOWDrive: a guest writes 10 MiB through a copy-on-write overlay over
 // a 1 GiB base; the overlay takes at most 12 MiB on disk; Ember is killed
@@ -34,7 +34,9 @@ func TestCOWDrive(t *testing.T) {
 	kernel, initrd := guestFile(t, "minimal-bzImage"), guestFile(t, "initramfs.cpio.gz")
 	args := cmdline(`ember_mode=cmd ember_cmd="` + cowScript + `"`)
 
-	v := bootAPI(t, nil, "ember-guest: synced", func(ctx context.Context, c *client.Client) error {
+	// Waiting for the line after the sha's: the console is slow in the
+	// lab, and the sha's own line may still be coming when its start is.
+	v := bootAPI(t, nil, "ember-guest: kill-now", func(ctx context.Context, c *client.Client) error {
 		os.Remove(ovl) // a fresh overlay for each attempt
 		if out, err := exec.Command(emberBinary(t), "disk", "create", "--base", base, ovl).CombinedOutput(); err != nil {
 			t.Fatalf("ember disk create: %v\n%s", err, out)
