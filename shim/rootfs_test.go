@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/containerd/api/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func TestRootfsLayers(t *testing.T) {
@@ -93,6 +94,12 @@ func tree(t *testing.T, dir string) {
 		os.Chtimes(filepath.Join(dir, p), when, when)
 	}
 	os.Lchown(filepath.Join(dir, "link"), 0, 0)
+	// The link's own time too (Chtimes follows links): two trees made a
+	// clock tick apart must not differ by it.
+	ts := unix.NsecToTimespec(when.UnixNano())
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(dir, "link"), []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestLayerKey(t *testing.T) {
