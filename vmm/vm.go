@@ -178,6 +178,12 @@ func New(cfg Config) (_ *VM, err error) {
 		}
 	}()
 
+	// The phases' times, logged at debug level: where a slow start goes.
+	var phases []any
+	mark := func(name string, t0 time.Time) {
+		phases = append(phases, name+"_ms", float64(time.Since(t0).Microseconds())/1000)
+	}
+	t := time.Now()
 	if v.mem, err = memory.New(uint64(cfg.MemMiB) << 20); err != nil {
 		return nil, err
 	}
@@ -195,9 +201,13 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.checkCapabilities(); err != nil {
 		return nil, err
 	}
+	mark("memory_kvm", t)
+	t = time.Now()
 	if err := v.loadKernel(); err != nil {
 		return nil, err
 	}
+	mark("kernel", t)
+	t = time.Now()
 	if err := v.setupDevices(); err != nil {
 		return nil, err
 	}
@@ -210,12 +220,19 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.bindInterrupts(); err != nil {
 		return nil, err
 	}
+	mark("devices", t)
+	t = time.Now()
 	if err := v.loadBootData(); err != nil {
 		return nil, err
 	}
+	mark("boot_data", t)
+	t = time.Now()
 	if err := v.createVCPUs(); err != nil {
 		return nil, err
 	}
+	mark("vcpus", t)
+	mark("since_process_start", v.cfg.StartTime)
+	v.log.Debug("VM built", phases...)
 	return v, nil
 }
 
@@ -542,6 +559,7 @@ func (v *VM) Run() Fate {
 	if v.bootTimer != nil {
 		v.bootTimer.MarkGuestStart()
 	}
+	v.log.Debug("vCPUs starting", "since_process_start_ms", float64(time.Since(v.cfg.StartTime).Microseconds())/1000)
 	v.loops.Add(len(v.cpus))
 	for _, c := range v.cpus {
 		go func() {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
@@ -57,6 +58,7 @@ func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 // directory, runs ember as a child with them, and removes the directory
 // when ember ends.
 func runVM(args []string) int {
+	start := time.Now()
 	fs := flag.NewFlagSet("ember run --image", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	ref := fs.String("image", "", "")
@@ -105,7 +107,11 @@ func runVM(args []string) int {
 		}
 	}
 
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	store, err := image.Open(*home, log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ember run: %v\n", err)
@@ -141,6 +147,10 @@ func runVM(args []string) int {
 	}
 	if *noSeccomp {
 		argv = append(argv, "--no-seccomp")
+	}
+	if *debug {
+		argv = append(argv, "--level", "debug")
+		log.Debug("prepared", "image", *ref, "prepare_ms", float64(time.Since(start).Microseconds())/1000)
 	}
 	if *dryRun {
 		fmt.Println(strings.Join(append([]string{emberPath}, argv...), " "))
