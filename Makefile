@@ -6,7 +6,7 @@
 # Binaries go to bin/ (gitignored).
 #
 #   make setup       install the Debian packages needed (apt-get update once)
-#   make build       go build -o bin/ ./cmd/..., and bin/ember-init (guest/init)
+#   make build       go build -o bin/ ./cmd/..., and bin/ember-init, bin/ember-init-run (guest/init)
 #   make guest       build/guest/{minimal-vmlinux,minimal-bzImage,cloud-bzImage,
 #                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
 #   make lab         fetch/build the lab VM's kernel and initramfs
@@ -83,9 +83,14 @@ build: ember-init
 
 # The PID 1 of image VMs, which ember finds beside itself (or at
 # $EMBER_INIT) and puts in their initramfs. Static like the rest, and
-# stripped (-s -w): it is copied into every image VM's initrd.
+# stripped (-s -w): it is copied into every image VM's initrd. Two builds
+# of it: ember-init serves the sandbox agent too (templates, pods);
+# ember-init-run (tag ember_runonly) only runs a workload, for
+# `ember run --image`, and is a third smaller: its guest unpacks it at
+# every boot.
 ember-init:
 	CGO_ENABLED=0 $(GO) build -ldflags="-s -w" -o bin/ember-init ./guest/init
+	CGO_ENABLED=0 $(GO) build -tags ember_runonly -ldflags="-s -w" -o bin/ember-init-run ./guest/init
 
 # ember-lab alone, for targets that must not depend on the rest compiling.
 lab-bin:
@@ -105,12 +110,14 @@ guest-initramfs: setup lab-bin
 # A Debian 12 root filesystem (mmdebstrap, cached by its package list), which
 # the image and sandbox tests import as an OCI image.
 # It is also imported into the Ember home build/guest/debian-home (with the
-# blank disk and init initramfs a run shares, made by a dry run) so that the
+# blank disk and the initramfs of both inits a run shares, made by dry runs:
+# the second, of the full ember-init, is the one templates use) so that the
 # tests read it from there instead of importing it under the lab's emulation.
 guest-debian: setup build guest-minimal
 	scripts/debian-rootfs.sh $(GUEST_DIR)/debian-rootfs.tar
 	bin/ember image import --rootfs --home $(GUEST_DIR)/debian-home $(GUEST_DIR)/debian-rootfs.tar e2e/debian:12 >/dev/null
 	bin/ember run --image e2e/debian:12 --home $(GUEST_DIR)/debian-home --dry-run >/dev/null
+	EMBER_INIT=$(CURDIR)/bin/ember-init bin/ember run --image e2e/debian:12 --home $(GUEST_DIR)/debian-home --dry-run >/dev/null
 
 # The static test program the e2e tests put on a drive for the guest.
 guest-probe:
@@ -140,12 +147,13 @@ lab: setup lab-bin
 # The demo imports the Debian root filesystem into an Ember home under
 # build/ and, in the lab, has emberd build a template from that image,
 # create a sandbox from it and run a command in it (scripts/demo.sh). The
-# dry run makes the image's initramfs and blank drive in the home on this
+# dry runs make the image's initramfs (both inits') and blank drive in the home on this
 # host first: the lab cannot write them there (as guest-debian does).
 DEMO_HOME := $(CURDIR)/build/demo-home
 demo: setup build guest lab
 	bin/ember image import --rootfs --home $(DEMO_HOME) $(GUEST_DIR)/debian-rootfs.tar demo/debian:12
 	bin/ember run --image demo/debian:12 --home $(DEMO_HOME) --dry-run >/dev/null
+	EMBER_INIT=$(CURDIR)/bin/ember-init bin/ember run --image demo/debian:12 --home $(DEMO_HOME) --dry-run >/dev/null
 	$(LAB) run --add $(DEMO_HOME) -- $(CURDIR)/scripts/demo.sh $(DEMO_HOME) demo/debian:12
 
 test: setup build guest lab

@@ -15,10 +15,13 @@ import (
 	"github.com/embervm/ember/guest/initconfig"
 )
 
-// The init binary: its name, and the variable that overrides where it is.
+// The init binary: its name, the name of its run-only build (no sandbox
+// agent: smaller, for VMs that run one workload), and the variable that
+// overrides where either is.
 const (
-	InitName = "ember-init"
-	InitEnv  = "EMBER_INIT"
+	InitName    = "ember-init"
+	RunInitName = "ember-init-run"
+	InitEnv     = "EMBER_INIT"
 )
 
 // Layout of the image initramfs.
@@ -54,6 +57,22 @@ func FindInit() (string, error) {
 		return "", fmt.Errorf("%w (it is built beside ember by make build; $%s names another)", err, InitEnv)
 	}
 	return p, nil
+}
+
+// FindRunInit returns the init for a VM that runs a workload and serves
+// no agent: $EMBER_INIT if set, else ember-init-run beside the running
+// executable, else what FindInit finds (the full build runs workloads
+// too).
+func FindRunInit() (string, error) {
+	if os.Getenv(InitEnv) == "" {
+		if exe, err := os.Executable(); err == nil {
+			p := filepath.Join(filepath.Dir(exe), RunInitName)
+			if checkRegular(p) == nil {
+				return p, nil
+			}
+		}
+	}
+	return FindInit()
 }
 
 func checkRegular(p string) error {

@@ -270,6 +270,26 @@ func TestFindInit(t *testing.T) {
 	}
 }
 
+// TestFindRunInit: $EMBER_INIT names the init for run-only VMs too; with
+// no ember-init-run beside the executable, the full ember-init serves.
+func TestFindRunInit(t *testing.T) {
+	bin := fakeInit(t, "init")
+	t.Setenv(InitEnv, bin)
+	if p, err := FindRunInit(); err != nil || p != bin {
+		t.Errorf("FindRunInit with $%s=%s: %s, %v", InitEnv, bin, p, err)
+	}
+	t.Setenv(InitEnv, "")
+	exe, _ := os.Executable()
+	if _, err := os.Stat(filepath.Join(filepath.Dir(exe), RunInitName)); err == nil {
+		t.Skip("an ember-init-run lies beside the test binary")
+	}
+	p, err := FindRunInit()
+	q, ferr := FindInit()
+	if p != q || (err == nil) != (ferr == nil) {
+		t.Errorf("FindRunInit without ember-init-run: %q, %v; FindInit: %q, %v", p, err, q, ferr)
+	}
+}
+
 // FuzzList: no input makes the initrd reader panic or loop.
 func FuzzList(f *testing.F) {
 	var gz bytes.Buffer

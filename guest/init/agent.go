@@ -1,11 +1,11 @@
+//go:build !ember_runonly
+
 package main
 
 import (
 	"context"
 	"log/slog"
 	"os/signal"
-	"slices"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -46,15 +46,4 @@ func (in *initProcess) runAgent(cfg *initconfig.Config) int {
 	}
 	in.debugf("sandbox agent: stopped by a signal")
 	return 0
-}
-
-// agentEnv is the base environment of the agent's processes: the image's,
-// with HOSTNAME. PATH, HOME and TERM depend on each process (its user,
-// its terminal), and the agent completes them.
-func agentEnv(cfg *initconfig.Config) []string {
-	env := slices.Clone(cfg.Env)
-	if cfg.Hostname != "" && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "HOSTNAME=") }) {
-		env = append(env, "HOSTNAME="+cfg.Hostname)
-	}
-	return env
 }

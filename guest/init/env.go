@@ -41,3 +41,14 @@ func workloadEnv(cfg *initconfig.Config, id ociuser.Identity) []string {
 	}
 	return env
 }
+
+// agentEnv is the base environment of the agent's processes: the image's,
+// with HOSTNAME. PATH, HOME and TERM depend on each process (its user,
+// its terminal), and the agent completes them.
+func agentEnv(cfg *initconfig.Config) []string {
+	env := slices.Clone(cfg.Env)
+	if cfg.Hostname != "" && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "HOSTNAME=") }) {
+		env = append(env, "HOSTNAME="+cfg.Hostname)
+	}
+	return env
+}

@@ -86,7 +86,8 @@ type Options struct {
 	// DiskMiB is the writable filesystem's size (default DefaultDiskMiB);
 	// it matters only when the overlay is created.
 	DiskMiB int
-	// Init is the ember-init binary (default initrd.FindInit()).
+	// Init is the ember-init binary (default initrd.FindInit() with Agent,
+	// else initrd.FindRunInit()).
 	Init string
 	// Debug makes ember-init say each step on the console.
 	Debug bool
@@ -203,7 +204,11 @@ func PrepareLayers(ctx context.Context, home string, layers []string, fsType str
 
 	initBin := o.Init
 	if initBin == "" {
-		if initBin, err = initrd.FindInit(); err != nil {
+		find := initrd.FindRunInit
+		if o.Agent {
+			find = initrd.FindInit
+		}
+		if initBin, err = find(); err != nil {
 			return nil, err
 		}
 	}
