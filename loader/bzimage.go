@@ -158,6 +158,8 @@ func loadBzImage(mem *memory.Guest, r io.ReaderAt, size int64, head []byte) (*Ke
 	if err != nil {
 		return nil, fmt.Errorf("kernel image: %w", err)
 	}
+	// Where the image lies and where it decompresses itself to.
+	mem.AdviseHugeRange(k.Start, k.End-k.Start)
 	if err := readFull(r, dst, int64(off)); err != nil {
 		return nil, fmt.Errorf("read protected-mode kernel: %w", err)
 	}

@@ -277,6 +277,7 @@ func loadELF(mem *memory.Guest, r io.ReaderAt, size int64, head []byte) (*Kernel
 		k.Start = min(k.Start, s.paddr)
 		k.End = max(k.End, s.paddr+s.memsz)
 	}
+	mem.AdviseHugeRange(k.Start, k.End-k.Start)
 	for _, s := range img.loads {
 		dst, err := mem.Slice(s.paddr, s.memsz)
 		if err != nil {

@@ -461,6 +461,7 @@ func (v *VM) loadInitrd() (addr, size uint64, err error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("initrd %s: %w", v.cfg.InitrdPath, err)
 	}
+	v.mem.AdviseHugeRange(addr, size)
 	if _, err := io.ReadFull(f, dst); err != nil {
 		return 0, 0, fmt.Errorf("read initrd %s: %w", v.cfg.InitrdPath, err)
 	}
