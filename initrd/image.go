@@ -33,7 +33,7 @@ const (
 	configMode = 0o600
 	// initramfsFormat is hashed into the cache key: bump it when the
 	// archive's layout changes.
-	initramfsFormat = "ember-image-initramfs-2"
+	initramfsFormat = "ember-image-initramfs-3"
 	// cacheKeyLen is the number of hex digits of the content hash in a
 	// cached file's name.
 	cacheKeyLen = 16
@@ -87,9 +87,13 @@ func checkRegular(p string) error {
 }
 
 // BuildInitramfs returns the path of the initramfs holding initBinary as
-// /init (and the /ember directory the config goes to), uncompressed: the
-// guest kernel then copies it where it would have inflated it (at every
-// boot, at a guest's pace) and the host page cache shares one copy. It is
+// /init (and the /ember directory the config goes to), zstd-compressed
+// (WriteZstd). Every byte of it is copied into each VM's memory and read
+// there once by the guest kernel, so a smaller archive is a faster boot
+// wherever a guest's first touch of a page is dear (nested virtualization:
+// in the lab, the boot to the workload took a median 0.6 s less than with
+// the plain 2.5 MB archive, 9 paired boots), and zstd's decompression is
+// fast (gzip's inflate, tried before, made the guest slower). It is
 // built under cacheDir the first time, named for the hash of the binary, and
 // reused after; a new binary gets a new file. Concurrent builders are safe:
 // each writes a temporary file and renames it into place.
@@ -118,7 +122,7 @@ func BuildInitramfs(cacheDir, initBinary string) (string, error) {
 	io.WriteString(h, initramfsFormat+"\n")
 	h.Write(bin)
 	key := hex.EncodeToString(h.Sum(nil))[:cacheKeyLen]
-	out := filepath.Join(cacheDir, "initramfs-"+key+".cpio")
+	out := filepath.Join(cacheDir, "initramfs-"+key+".cpio.zst")
 	if _, err := os.Stat(out); err == nil {
 		if idxErr == nil {
 			linkAtomic(filepath.Base(out), idx)
@@ -126,7 +130,7 @@ func BuildInitramfs(cacheDir, initBinary string) (string, error) {
 		return out, nil
 	}
 	var buf bytes.Buffer
-	err = WriteUncompressed(&buf, []Entry{
+	err = WriteZstd(&buf, []Entry{
 		{Name: initPath, Mode: ModeExec, Data: bin},
 		{Name: strings.TrimPrefix(filepath.Dir(initconfig.Path), "/"), Dir: true, Mode: ModeDir},
 	})

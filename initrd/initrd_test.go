@@ -290,6 +290,42 @@ func TestFindRunInit(t *testing.T) {
 	}
 }
 
+// TestListZstd: a zstd archive followed by a plain one reads as the
+// kernel reads it; a cut or lying frame is an error, not a panic or a
+// huge allocation.
+func TestListZstd(t *testing.T) {
+	var zs bytes.Buffer
+	if err := WriteZstd(&zs, []Entry{{Name: "init", Mode: ModeExec, Data: bytes.Repeat([]byte("ember"), 1000)}}); err != nil {
+		t.Fatal(err)
+	}
+	cfgArchive, err := ConfigArchive(testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad := make([]byte, (newcAlign-zs.Len()%newcAlign)%newcAlign)
+	files, err := List(bytes.NewReader(append(append(zs.Bytes(), pad...), cfgArchive...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, f.Name)
+	}
+	if len(files) < 3 || files[0].Name != "init" || len(files[0].Data) != 5000 || names[len(names)-1] != "ember/config.json" {
+		t.Errorf("records %q", names)
+	}
+	for _, cut := range []int{3, 8, zs.Len() - 2} {
+		if _, err := List(bytes.NewReader(zs.Bytes()[:cut])); err == nil {
+			t.Errorf("a zstd frame cut to %d bytes was read", cut)
+		}
+	}
+	// A frame header claiming 2 GiB of content.
+	lying := []byte{0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0, 0, 0, 0x80, 0, 0, 0}
+	if _, err := List(bytes.NewReader(lying)); err == nil || !strings.Contains(err.Error(), "content size") {
+		t.Errorf("a frame claiming 2 GiB: %v", err)
+	}
+}
+
 // FuzzList: no input makes the initrd reader panic or loop.
 func FuzzList(f *testing.F) {
 	var gz bytes.Buffer
@@ -298,6 +334,9 @@ func FuzzList(f *testing.F) {
 	f.Add(gz.Bytes())
 	f.Add(cfgArchive)
 	f.Add(append(append(gz.Bytes(), 0, 0, 0), cfgArchive...))
+	var zs bytes.Buffer
+	WriteZstd(&zs, []Entry{{Name: "init", Data: []byte("x")}})
+	f.Add(append(append(zs.Bytes(), 0, 0, 0), cfgArchive...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		List(bytes.NewReader(data))
 	})
