@@ -40,10 +40,12 @@ func (in *initProcess) runAgent(cfg *initconfig.Config) int {
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
 	in.debugf("sandbox agent: listening on vsock port %d", proto.Port)
+	in.flushTrace()
 	if err := srv.Serve(ctx, l); err != nil {
 		in.logf("sandbox agent: %v", err)
 		return exitInitFailure
 	}
 	in.debugf("sandbox agent: stopped by a signal")
+	in.flushTrace()
 	return 0
 }

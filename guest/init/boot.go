@@ -45,23 +45,37 @@ func main() {
 type initProcess struct {
 	out   io.Writer // the console, for the init's own lines
 	debug bool
+	trace []string        // debug lines not yet printed (see debugf)
 	reg   *statusRegister // nil if the register could not be mapped
 }
 
-// logf prints one line of the init on the console.
+// logf prints one line of the init on the console, after the trace lines
+// waiting.
 func (in *initProcess) logf(format string, args ...any) {
+	in.flushTrace()
 	fmt.Fprintf(in.out, "ember-init: "+format+"\n", args...)
 }
 
-// debugf prints a line only when the config asks for a trace, with the
+// debugf records a line only when the config asks for a trace, with the
 // time since the kernel started (CLOCK_BOOTTIME, as the kernel's own
-// printk times), so a slow step shows.
+// printk times), so a slow step shows. The lines are printed together
+// when the workload or the agent starts, or before any other line:
+// printing each at once would time the console (a serial port, slow
+// under emulation) rather than the steps.
 func (in *initProcess) debugf(format string, args ...any) {
 	if in.debug {
 		var ts unix.Timespec
 		_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-		in.logf("[%d.%06d] "+format, append([]any{ts.Sec, ts.Nsec / 1000}, args...)...)
+		in.trace = append(in.trace, fmt.Sprintf("[%d.%06d] "+format, append([]any{ts.Sec, ts.Nsec / 1000}, args...)...))
 	}
+}
+
+// flushTrace prints the trace lines recorded so far.
+func (in *initProcess) flushTrace() {
+	for _, l := range in.trace {
+		fmt.Fprintf(in.out, "ember-init: %s\n", l)
+	}
+	in.trace = in.trace[:0]
 }
 
 // boot does everything up to the workload's end and returns the status to
@@ -190,6 +204,7 @@ func (in *initProcess) runWorkload(cfg *initconfig.Config) int {
 
 	env := workloadEnv(cfg, id)
 	in.debugf("running %q as %d:%d (groups %v) in %s", cfg.Args, id.UID, id.GID, id.Groups, dir)
+	in.flushTrace()
 	pid, err := workload.Start(workload.Spec{
 		Args: cfg.Args, Env: env, Dir: dir,
 		UID: id.UID, GID: id.GID, Groups: id.Groups,
@@ -226,6 +241,7 @@ func (in *initProcess) shutdown(status int) {
 		in.reg.write(status)
 	}
 	in.debugf("exit status %d; resetting", status)
+	in.flushTrace()
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	// Not reached unless the reboot failed. PID 1 exiting panics the
 	// kernel, which resets after panic=N seconds.
