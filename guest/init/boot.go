@@ -37,16 +37,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ember-init: not PID 1: this is the init of an Ember image VM and runs only as one")
 		os.Exit(exitInitFailure)
 	}
-	in := &initProcess{out: os.Stderr}
+	in := &initProcess{out: os.Stderr, started: bootTime()}
 	in.shutdown(in.boot())
 }
 
 // initProcess is PID 1's state.
 type initProcess struct {
-	out   io.Writer // the console, for the init's own lines
-	debug bool
-	trace []string        // debug lines not yet printed (see debugf)
-	reg   *statusRegister // nil if the register could not be mapped
+	out     io.Writer // the console, for the init's own lines
+	debug   bool
+	started string          // CLOCK_BOOTTIME when main began, for the trace
+	trace   []string        // debug lines not yet printed (see debugf)
+	reg     *statusRegister // nil if the register could not be mapped
 }
 
 // logf prints one line of the init on the console, after the trace lines
@@ -64,10 +65,16 @@ func (in *initProcess) logf(format string, args ...any) {
 // under emulation) rather than the steps.
 func (in *initProcess) debugf(format string, args ...any) {
 	if in.debug {
-		var ts unix.Timespec
-		_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-		in.trace = append(in.trace, fmt.Sprintf("[%d.%06d] "+format, append([]any{ts.Sec, ts.Nsec / 1000}, args...)...))
+		in.trace = append(in.trace, "["+bootTime()+"] "+fmt.Sprintf(format, args...))
 	}
+}
+
+// bootTime is CLOCK_BOOTTIME as the kernel prints its times: seconds and
+// microseconds.
+func bootTime() string {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return fmt.Sprintf("%d.%06d", ts.Sec, ts.Nsec/1000)
 }
 
 // flushTrace prints the trace lines recorded so far.
@@ -125,7 +132,7 @@ func (in *initProcess) prepare() (*initconfig.Config, error) {
 		return nil, err
 	}
 	in.debug = cfg.Debug
-	in.debugf("config: mode %s, %d layers, args %q", cfg.Mode, len(cfg.Layers), cfg.Args)
+	in.debugf("config: mode %s, %d layers, args %q (init started at %s)", cfg.Mode, len(cfg.Layers), cfg.Args, in.started)
 
 	drives, err := findDrives(sysBlock, devDir, wantedDrives(cfg), driveWait)
 	if err != nil {
@@ -152,9 +159,11 @@ func (in *initProcess) prepare() (*initconfig.Config, error) {
 	if err := writeEtc("/", cfg); err != nil {
 		return nil, err
 	}
+	in.debugf("/etc written")
 	if err := loopbackUp(); err != nil {
 		in.logf("%v: programs cannot use localhost", err) // a kernel without networking
 	}
+	in.debugf("loopback up")
 	return cfg, nil
 }
 
@@ -181,6 +190,7 @@ func (in *initProcess) runWorkload(cfg *initconfig.Config) int {
 		in.logf("%v", err)
 		return exitInitFailure
 	}
+	in.debugf("user %q resolved", cfg.User)
 	dir := cfg.WorkingDir
 	if dir == "" {
 		dir = "/"

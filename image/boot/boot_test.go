@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 
@@ -103,6 +104,18 @@ func TestPrepare(t *testing.T) {
 	}
 	if got == nil || !slices.Equal(got.Args, c.Args) {
 		t.Fatalf("initrd config %+v (files %d)", got, len(files))
+	}
+
+	// The blank base holds the overlay's directories, owned by root, so
+	// that no guest makes them at boot.
+	out, err := exec.Command("debugfs", "-R", "ls -l /", vm.Drives[2].Base).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs: %v: %s", err, out)
+	}
+	for _, d := range []string{overlayUpper, overlayWork} {
+		if !regexp.MustCompile(`40755 \(2\)\s+0\s+0\s+.* ` + d + `\n`).Match(out) {
+			t.Errorf("blank base: no root-owned directory %s in\n%s", d, out)
+		}
 	}
 
 	// A second VM: its own overlay, the same blank base; args replace Cmd.
