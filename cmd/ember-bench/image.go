@@ -47,7 +47,7 @@ func parseImageFlags(name string, args []string) (imageFlags, error) {
 		fs.IntVar(&f.runs, "runs", 5, "boots of each, image and flat drive")
 	} else {
 		fs.IntVar(&f.runs, "runs", 5, "imports of the Debian tarball")
-		fs.IntVar(&f.labRuns, "lab-runs", 11, "boots of each in the lab, image and flat drive, alternately (0: no lab half; single boots vary by ±20% in the lab, so a median needs many)")
+		fs.IntVar(&f.labRuns, "lab-runs", 21, "boots of each in the lab, image and flat drive, alternately (0: no lab half; single boots vary by ±20% in the lab, so a median needs many)")
 		fs.IntVar(&f.rounds, "rounds", 31, "samples per copy-on-write ratio")
 		fs.StringVar(&f.tarball, "tarball", guestFile("debian-rootfs.tar"), "the Debian root filesystem tarball (make guest)")
 	}

@@ -15,7 +15,7 @@ func TestParseImageFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.runs != 5 || f.labRuns != 11 || f.rounds != 31 || f.ref != debianRef ||
+	if f.runs != 5 || f.labRuns != 21 || f.rounds != 31 || f.ref != debianRef ||
 		!strings.HasSuffix(f.tarball, "debian-rootfs.tar") || !strings.HasSuffix(f.home, "debian-home") ||
 		!strings.HasSuffix(f.flat, "debian-flat.ext4") || !strings.HasSuffix(f.kernel, "ember-vmlinux") {
 		t.Errorf("defaults: %+v", f)
