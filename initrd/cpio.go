@@ -274,18 +274,20 @@ func zstdFrame(b []byte) ([]byte, int, error) {
 	if !h.HasFCS || h.FrameContentSize > maxListSize {
 		return nil, 0, fmt.Errorf("content size %d (known: %v): want a known size of at most %d bytes", h.FrameContentSize, h.HasFCS, maxListSize)
 	}
+	// The frame's length: its blocks are walked so that it is decoded
+	// alone, as DecodeAll takes every frame in its input.
+	n, err := frameLength(b, h)
+	if err != nil {
+		return nil, 0, err
+	}
 	zr, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxListSize))
 	if err != nil {
 		return nil, 0, err
 	}
 	defer zr.Close()
-	// The frame's length: its blocks are walked by decoding it alone, as
-	// DecodeAll takes every frame in its input.
-	n, err := frameLength(b, h)
-	if err != nil {
-		return nil, 0, err
-	}
-	raw, err := zr.DecodeAll(b[:n], make([]byte, 0, h.FrameContentSize))
+	// No buffer sized from the header's claim: a frame of a few bytes
+	// could otherwise take 1 GiB before it fails to decode.
+	raw, err := zr.DecodeAll(b[:n], nil)
 	if err != nil {
 		return nil, 0, err
 	}
