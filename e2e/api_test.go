@@ -113,7 +113,7 @@ func (v *apiVM) waitFor(s string, timeout time.Duration) bool {
 func (v *apiVM) labFaulted() string {
 	select {
 	case <-v.exited:
-		if e := v.err.String(); strings.Contains(e, "triple fault") || strings.Contains(e, "internal error") {
+		if labDeath(v.err.String()) {
 			return "died of a triple fault or internal error"
 		}
 		return ""

@@ -114,8 +114,7 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		r, hung := emberOnce(t, timeout, prefix, args...)
-		died := hung == "" && r.code != 0 &&
-			(strings.Contains(r.stderr, "triple fault") || strings.Contains(r.stderr, "internal error"))
+		died := hung == "" && r.code != 0 && labDeath(r.stderr)
 		// The guest kernel's "stack guard page was hit" at its entry
 		// trampoline: the nested SVM's state switch faulting, the same
 		// signature the lab's own kernel shows (lab.labCrashPattern).
@@ -140,6 +139,12 @@ func emberArgv(t *testing.T, timeout time.Duration, prefix []string, args ...str
 		}
 		t.Logf("ember %s (a lab fault?); trying again. Last output:\n%s\nstderr:\n%s", what, tailString(r.stdout), r.stderr)
 	}
+}
+
+// labDeath reports whether an error or log says a guest died of a triple
+// fault or a KVM internal error, the lab's faults (see bootTimeout).
+func labDeath(s string) bool {
+	return strings.Contains(s, "triple fault") || strings.Contains(s, "internal error")
 }
 
 // emberOnce runs ember once; hung says why it was stopped ("" if it ended
