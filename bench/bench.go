@@ -15,14 +15,15 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/embervm/ember/bench/rusage"
 )
 
 // Sample is one measured run.
 type Sample struct {
 	Wall    time.Duration
-	PeakRSS int64 // bytes (getrusage ru_maxrss of the child)
+	PeakRSS int64 // bytes (the child's ru_maxrss, taken by RunToExitRSS's measurer)
 }
 
 // Median returns the median of xs (the mean of the middle two for an even count).
@@ -38,8 +39,8 @@ func Median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// RunToExit runs argv to completion and measures exec-to-exit wall time and
-// peak RSS. okCodes lists the exit codes that count as success.
+// RunToExit runs argv to completion and measures exec-to-exit wall time
+// (not peak RSS: see RunToExitRSS). okCodes lists the exit codes that count as success.
 func RunToExit(ctx context.Context, argv []string, okCodes ...int) (Sample, []byte, error) {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var out bytes.Buffer
@@ -47,18 +48,56 @@ func RunToExit(ctx context.Context, argv []string, okCodes ...int) (Sample, []by
 	t0 := time.Now()
 	err := cmd.Run()
 	wall := time.Since(t0)
-	code := cmd.ProcessState.ExitCode()
-	if err != nil && !slices.Contains(okCodes, code) {
-		return Sample{}, out.Bytes(), fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, out.Bytes())
+	if err := checkExit(argv, cmd, err, okCodes, out.Bytes()); err != nil {
+		return Sample{}, out.Bytes(), err
+	}
+	return Sample{Wall: wall}, out.Bytes(), nil
+}
+
+// RunToExitRSS is RunToExit with the child's peak RSS, measured through
+// measurer (bin/ember-rusage: see package rusage for why). It fails if
+// that peak is not above the measurer's own (the figure would be the
+// measurer's).
+func RunToExitRSS(ctx context.Context, measurer string, argv []string, okCodes ...int) (Sample, []byte, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return Sample{}, nil, err
+	}
+	defer r.Close()
+	cmd := exec.CommandContext(ctx, measurer, argv...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.ExtraFiles = []*os.File{w} // rusage.ReportFD
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return Sample{}, nil, err
+	}
+	report, _ := io.ReadAll(io.LimitReader(r, rusage.MaxReport))
+	err = cmd.Wait()
+	if err := checkExit(argv, cmd, err, okCodes, out.Bytes()); err != nil {
+		return Sample{}, out.Bytes(), err
+	}
+	rep, err := rusage.ParseReport(report)
+	if err != nil {
+		return Sample{}, out.Bytes(), fmt.Errorf("%s: %w\n%s", measurer, err, out.Bytes())
+	}
+	if rep.PeakKiB <= rep.FloorKiB {
+		return Sample{}, out.Bytes(), fmt.Errorf("%s: its peak RSS (%d KiB) is not above its measurer's own (%d KiB): unknown", strings.Join(argv, " "), rep.PeakKiB, rep.FloorKiB)
+	}
+	return Sample{Wall: rep.Wall, PeakRSS: rep.PeakKiB * 1024}, out.Bytes(), nil
+}
+
+// checkExit says why cmd (running argv), which Run or Wait ended with err,
+// did not end with one of okCodes.
+func checkExit(argv []string, cmd *exec.Cmd, err error, okCodes []int, out []byte) error {
+	if err != nil && !slices.Contains(okCodes, cmd.ProcessState.ExitCode()) {
+		return fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, out)
 	}
 	if err == nil && !slices.Contains(okCodes, 0) {
-		return Sample{}, out.Bytes(), fmt.Errorf("%s exited 0, want one of %v\n%s", strings.Join(argv, " "), okCodes, out.Bytes())
+		return fmt.Errorf("%s exited 0, want one of %v\n%s", strings.Join(argv, " "), okCodes, out)
 	}
-	var rss int64
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss * 1024
-	}
-	return Sample{Wall: wall, PeakRSS: rss}, out.Bytes(), nil
+	return nil
 }
 
 // RunToMarker starts argv and measures the wall time from exec until marker

@@ -46,8 +46,8 @@ var bootUS = regexp.MustCompile(`boot_us=(\d+)`)
 
 // Tiny boots the tiny PVH guest runs times with Ember without seccomp,
 // with Ember with it, and with QEMU's microvm machine, alternately, on this
-// host's /dev/kvm.
-func Tiny(ctx context.Context, ember string, runs int, progress io.Writer) (TinyResult, error) {
+// host's /dev/kvm. measurer measures each run (RunToExitRSS).
+func Tiny(ctx context.Context, ember, measurer string, runs int, progress io.Writer) (TinyResult, error) {
 	img, err := WriteTemp("", "ember-tiny-*.elf", tiny.Image())
 	if err != nil {
 		return TinyResult{}, err
@@ -62,7 +62,7 @@ func Tiny(ctx context.Context, ember string, runs int, progress io.Writer) (Tiny
 		"-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=4", tiny.DebugExitPort), "-kernel", img}
 	var em, er, eg, es, qm, qr []float64
 	for i := 0; i < runs; i++ {
-		s, out, err := RunToExit(ctx, emberArgv, 0)
+		s, out, err := RunToExitRSS(ctx, measurer, emberArgv, 0)
 		if err != nil {
 			return TinyResult{}, fmt.Errorf("ember tiny guest: %w", err)
 		}
@@ -72,11 +72,11 @@ func Tiny(ctx context.Context, ember string, runs int, progress io.Writer) (Tiny
 		}
 		us, _ := strconv.Atoi(string(m[1]))
 		em, er, eg = append(em, ms(s.Wall)), append(er, mib(s.PeakRSS)), append(eg, float64(us)/1000)
-		if s, _, err = RunToExit(ctx, seccompArgv, 0); err != nil {
+		if s, _, err = RunToExitRSS(ctx, measurer, seccompArgv, 0); err != nil {
 			return TinyResult{}, fmt.Errorf("ember tiny guest with seccomp: %w", err)
 		}
 		es = append(es, ms(s.Wall))
-		s, _, err = RunToExit(ctx, qemuArgv, qemuDebugExitOK)
+		s, _, err = RunToExitRSS(ctx, measurer, qemuArgv, qemuDebugExitOK)
 		if err != nil {
 			return TinyResult{}, fmt.Errorf("qemu tiny guest: %w", err)
 		}

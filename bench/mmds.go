@@ -31,8 +31,9 @@ func (r MMDSResult) ExtraMiB() float64 { return r.WithMiB - r.WithoutMiB }
 // TinyMMDS boots the tiny guest runs times in ember's Firecracker mode
 // (--no-api --config-file, no seccomp) with a network interface on a tap
 // ember creates, alternately without and with an MMDS, and returns the
-// medians. It needs root (the tap).
-func TinyMMDS(ctx context.Context, ember string, runs int, progress io.Writer) (MMDSResult, error) {
+// medians. It needs root (the tap). measurer measures each run
+// (RunToExitRSS).
+func TinyMMDS(ctx context.Context, ember, measurer string, runs int, progress io.Writer) (MMDSResult, error) {
 	dir, err := os.MkdirTemp("", "ember-bench-mmds-")
 	if err != nil {
 		return MMDSResult{}, err
@@ -80,12 +81,12 @@ func TinyMMDS(ctx context.Context, ember string, runs int, progress io.Writer) (
 	}
 	var wo, wi []float64
 	for i := 0; i < runs; i++ {
-		s, _, err := RunToExit(ctx, []string{ember, "--no-api", "--config-file", without, "--no-seccomp"}, 0)
+		s, _, err := RunToExitRSS(ctx, measurer, []string{ember, "--no-api", "--config-file", without, "--no-seccomp"}, 0)
 		if err != nil {
 			return MMDSResult{}, fmt.Errorf("tiny guest with a network interface: %w", err)
 		}
 		wo = append(wo, mib(s.PeakRSS))
-		if s, _, err = RunToExit(ctx, []string{ember, "--no-api", "--config-file", with, "--metadata", metaPath, "--no-seccomp"}, 0); err != nil {
+		if s, _, err = RunToExitRSS(ctx, measurer, []string{ember, "--no-api", "--config-file", with, "--metadata", metaPath, "--no-seccomp"}, 0); err != nil {
 			return MMDSResult{}, fmt.Errorf("tiny guest with an MMDS: %w", err)
 		}
 		wi = append(wi, mib(s.PeakRSS))

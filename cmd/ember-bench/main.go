@@ -169,12 +169,13 @@ func boot(args []string) error {
 	ctx := context.Background()
 
 	fmt.Println("== tiny PVH guest on this host's /dev/kvm, Ember and QEMU microvm alternately")
-	tr, err := bench.Tiny(ctx, sibling("ember"), *runs, os.Stdout)
+	measurer := sibling("ember-rusage") // measures peak RSS (package rusage)
+	tr, err := bench.Tiny(ctx, sibling("ember"), measurer, *runs, os.Stdout)
 	if err != nil {
 		return err
 	}
 	fmt.Println("== tiny guest with a network interface, without and with an MMDS (8 KiB store) alternately")
-	mr, err := bench.TinyMMDS(ctx, sibling("ember"), *runs, os.Stdout)
+	mr, err := bench.TinyMMDS(ctx, sibling("ember"), measurer, *runs, os.Stdout)
 	if err != nil {
 		return err
 	}
