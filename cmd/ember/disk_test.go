@@ -93,6 +93,9 @@ func TestDiskCommands(t *testing.T) {
 	if code != 1 || !strings.Contains(stdout, "base check:    FAILED") || !strings.Contains(stdout, "changed") {
 		t.Fatalf("info on a changed base: exit %d\n%s", code, stdout)
 	}
+	// Running it is refused (found as the VM is built, after /dev/kvm is
+	// opened).
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	_, stderr, code, _ = runEmber(t, "run", "--kernel", kernel, "--drive", "path="+overlay+",base="+base)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")

@@ -64,7 +64,9 @@ func write(t *testing.T, name string, data []byte) string {
 
 // TestBadInputOneLineExit2: every bad flag or file gets exactly one line on
 // stderr that names the problem, exit status 2, and leaves no files behind.
+// Most are found as the VM is built, after /dev/kvm is opened.
 func TestBadInputOneLineExit2(t *testing.T) {
+	testkvm.Need(t)
 	text := write(t, "notes.txt", []byte("this is not a kernel\n"))
 	kernel := write(t, "tiny.elf", tiny.Image())
 	cases := []struct {
