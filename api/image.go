@@ -197,3 +197,20 @@ func (s *Server) putEmberImage(c *call) (any, error) {
 	applied = &p
 	return nil, nil
 }
+
+// CheckImageConfig says why configuration c cannot have an ember image
+// added (an initrd, a root drive, a drive with an image drive's ID); nil
+// if it can.
+func CheckImageConfig(c *vmm.Config) error { return imageConflicts(c) }
+
+// ApplyImage adds prepared image p to configuration c as the image block
+// does, with the same checks (`ember run --image`, which prepares the image
+// while the kernel loads): the image's drives after c's, its initrd, its
+// kernel if c names none, and its command line unless keepBootArgs.
+func ApplyImage(c *vmm.Config, p PreparedImage, keepBootArgs bool) error {
+	ch, err := imageChange(p, keepBootArgs)
+	if err != nil {
+		return err
+	}
+	return ch(c)
+}

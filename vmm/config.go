@@ -113,6 +113,14 @@ type Config struct {
 	// Confine, if set, confines the process before the guest's first
 	// instruction (package seccomp's filters).
 	Confine Confiner
+
+	// Complete, if set, is called once, by New, after the kernel is
+	// loaded and before anything that reads the initrd, the drives or the
+	// command line: it fills in what was being prepared while the kernel
+	// loaded (`ember run --image`: an image's initrd and drives, made by
+	// another process). Its error ends New; the configuration it leaves is
+	// validated again.
+	Complete func(*Config) error
 }
 
 // Confiner confines the threads that run a guest. Run calls

@@ -207,6 +207,13 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	mark("kernel", t)
+	if cfg.Complete != nil {
+		t = time.Now()
+		if err := v.complete(); err != nil {
+			return nil, err
+		}
+		mark("complete_wait", t)
+	}
 	t = time.Now()
 	if err := v.setupDevices(); err != nil {
 		return nil, err
@@ -234,6 +241,20 @@ func New(cfg Config) (_ *VM, err error) {
 	mark("since_process_start", v.cfg.StartTime)
 	v.log.Debug("VM built", phases...)
 	return v, nil
+}
+
+// complete runs the configuration's Complete hook and validates what it
+// made. The kernel it was loaded for stays: Complete may not change it.
+func (v *VM) complete() error {
+	kernel := v.cfg.KernelPath
+	if err := v.cfg.Complete(&v.cfg); err != nil {
+		return err
+	}
+	v.cfg.Complete = nil
+	if v.cfg.KernelPath != kernel {
+		return invalid("the kernel changed from %s to %s after it was loaded", kernel, v.cfg.KernelPath)
+	}
+	return v.cfg.Validate()
 }
 
 // loadKernel loads the kernel into guest memory, picks its entry and

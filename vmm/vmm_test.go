@@ -14,6 +14,7 @@ import (
 	"github.com/embervm/ember/devices"
 	"github.com/embervm/ember/guest/tiny"
 	"github.com/embervm/ember/internal/testkvm"
+	"github.com/embervm/ember/virtio/blk"
 	"github.com/embervm/ember/x86"
 )
 
@@ -143,6 +144,7 @@ func TestConfigValidation(t *testing.T) {
 
 // TestBadKernelIsInvalidConfig: a file that is not a kernel is the user's error.
 func TestBadKernelIsInvalidConfig(t *testing.T) {
+	testkvm.Need(t) // the kernel is loaded after /dev/kvm is opened
 	cfg, _ := tinyConfig(t, []byte("#!/bin/sh\necho not a kernel\n"))
 	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("err = %v, want ErrInvalidConfig", err)
@@ -168,5 +170,58 @@ func TestConsoleInputEndsWithRun(t *testing.T) {
 	buf := make([]byte, 1<<20)
 	if stacks := string(buf[:runtime.Stack(buf, true)]); strings.Contains(stacks, "feedConsole") {
 		t.Fatalf("the console input goroutine outlived Run:\n%s", stacks)
+	}
+}
+
+// Complete fills in the configuration after the kernel is loaded: its
+// drives are attached, its error ends New, and it may not change the
+// kernel. A kernel that fails to load ends New before Complete runs.
+func TestComplete(t *testing.T) {
+	testkvm.Need(t)
+	drive := filepath.Join(t.TempDir(), "d.img")
+	if err := os.WriteFile(drive, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := tinyConfig(t, tiny.Image())
+	called := 0
+	cfg.Complete = func(c *Config) error {
+		called++
+		c.Drives = append(c.Drives, DriveConfig{Config: blk.Config{ID: "late", Path: drive}})
+		c.Cmdline += " late=1"
+		return nil
+	}
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if called != 1 || len(vm.cfg.Drives) != 1 || vm.cfg.Drives[0].ID != "late" || !strings.HasSuffix(vm.cfg.Cmdline, " late=1") {
+		t.Errorf("Complete called %d times; drives %+v, cmdline %q", called, vm.cfg.Drives, vm.cfg.Cmdline)
+	}
+	if f := vm.Run(); f.Kind != FateReset {
+		t.Errorf("fate %v (%v), want reset", f.Kind, f.Err)
+	}
+	vm.Close()
+
+	boom := errors.New("the image could not be prepared")
+	cfg.Complete = func(*Config) error { return boom }
+	if _, err := New(cfg); !errors.Is(err, boom) {
+		t.Errorf("Complete's error: New returned %v", err)
+	}
+	cfg.Complete = func(c *Config) error { c.KernelPath = drive; return nil }
+	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "kernel changed") {
+		t.Errorf("Complete changing the kernel: New returned %v", err)
+	}
+	cfg.Complete = func(c *Config) error {
+		c.Drives = append(c.Drives, DriveConfig{Config: blk.Config{ID: "x"}})
+		return nil
+	}
+	if _, err := New(cfg); !errors.Is(err, ErrInvalidConfig) {
+		t.Errorf("Complete adding a drive without a path: New returned %v", err)
+	}
+	called = 0
+	cfg.Complete = func(*Config) error { called++; return nil }
+	cfg.KernelPath = filepath.Join(t.TempDir(), "missing")
+	if _, err := New(cfg); err == nil || called != 0 {
+		t.Errorf("a kernel that does not load: New returned %v, Complete called %d times", err, called)
 	}
 }

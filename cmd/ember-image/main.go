@@ -68,8 +68,6 @@ func runImage(args []string) int {
 	}
 	cmd, args := args[0], args[1:]
 	switch cmd {
-	case "run":
-		return runVM(args)
 	case "prepare":
 		return prepare(args)
 	}

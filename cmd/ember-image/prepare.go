@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/embervm/ember/api/imageblock"
@@ -17,15 +18,16 @@ import (
 	"github.com/embervm/ember/image/boot"
 )
 
-const prepareUsage = `usage: ember-image prepare --json --dir DIR [--home DIR] [--terminal] < BLOCK
+const prepareUsage = `usage: ember-image prepare --json --dir DIR [--home DIR] [--terminal] [--debug] < BLOCK
 Reads an Ember image block (the JSON of PUT /ember/image and of a config file's "ember-image":
 {"ref", "args", "env", "user", "working_dir", "hostname", "disk", "disk_mib"}) on stdin, makes
 the image VM's initrd and writable drive in DIR, and prints on stdout, as JSON, what to boot:
 {"kernel", "initrd", "boot_args", "drives": [{"id", "path", "base", "read_only"}]}. ember runs it
-for the API and the config file; the caller removes DIR (a "disk" named in the block is kept).
+for ember run --image, the API and the config file; the caller removes DIR (a "disk" named in the block is kept).
   --dir DIR         an existing folder for this VM's files
   --home DIR        Ember's home folder (default $EMBER_HOME, else /var/lib/ember)
   --terminal        the VM's console is a terminal (the workload gets it cooked)
+  --debug           ember-init traces its steps on the console
   --json            answer JSON (the only form; required)
 On failure: one line on stderr, exit status 1, and nothing made is left in DIR or at "disk".
 `
@@ -42,6 +44,7 @@ func prepare(args []string) int {
 	home := fs.String("home", image.Home(), "")
 	dir := fs.String("dir", "", "")
 	terminal := fs.Bool("terminal", false, "")
+	debug := fs.Bool("debug", false, "")
 	asJSON := fs.Bool("json", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -67,7 +70,7 @@ func prepare(args []string) int {
 		fmt.Fprintf(os.Stderr, "ember-image prepare: the block on stdin: %v\n", err)
 		return exitUsage
 	}
-	p, err := prepareBlock(*home, *dir, b, *terminal)
+	p, err := prepareBlock(*home, *dir, b, *terminal, *debug)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ember-image prepare: image %q: %v\n", b.Ref, err)
 		return exitFailure
@@ -103,7 +106,7 @@ func readBlock(r io.Reader) (imageblock.Block, error) {
 
 // prepareBlock makes the files of block b's VM in dir. On failure it
 // removes what it made: new files in dir, and b.Disk if it created it.
-func prepareBlock(home, dir string, b imageblock.Block, terminal bool) (p *imageblock.Prepared, err error) {
+func prepareBlock(home, dir string, b imageblock.Block, terminal, debug bool) (p *imageblock.Prepared, err error) {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("--dir: %w", err)
@@ -138,7 +141,7 @@ func prepareBlock(home, dir string, b imageblock.Block, terminal bool) (p *image
 	}
 	vm, err := boot.Prepare(context.Background(), store, boot.Options{
 		Ref: b.Ref, Args: b.Args, Env: b.Env, User: b.User, WorkingDir: b.WorkingDir, Hostname: b.Hostname,
-		Terminal: terminal, Dir: dir, Disk: b.Disk, DiskMiB: b.DiskMiB,
+		Terminal: terminal, Dir: dir, Disk: b.Disk, DiskMiB: b.DiskMiB, Debug: debug,
 	})
 	if err != nil {
 		return nil, err
@@ -149,6 +152,12 @@ func prepareBlock(home, dir string, b imageblock.Block, terminal bool) (p *image
 	}
 	return p, nil
 }
+
+// Programs found beside ember-image (then on PATH).
+const (
+	kernelBinary = "ember-vmlinux" // make guest copies the minimal vmlinux here
+	kernelEnv    = "EMBER_KERNEL"
+)
 
 // defaultKernel is `ember run --image`'s default guest kernel: $EMBER_KERNEL,
 // else ember-vmlinux beside this binary or on PATH; "" when there is none.
@@ -171,4 +180,19 @@ func entries(dir string) map[string]bool {
 		out[e.Name()] = true
 	}
 	return out
+}
+
+// beside finds a program in the directory of this executable, else on PATH.
+func beside(name string) (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s is not beside %s nor on PATH", name, os.Args[0])
+	}
+	return p, nil
 }

@@ -34,6 +34,11 @@ var errConfinedImage = errors.New("preparing an ember image runs " + imageTool +
 // the block names is kept, unless a failed preparation made it.
 type imageBlocks struct {
 	log *slog.Logger
+	// home, if set, is Ember's home folder (ember-image's default:
+	// $EMBER_HOME, else /var/lib/ember).
+	home string
+	// debug makes the image's ember-init trace its steps on the console.
+	debug bool
 	// confined is set once a seccomp filter is installed.
 	confined atomic.Bool
 
@@ -69,6 +74,12 @@ func (ib *imageBlocks) prepare(b api.EmberImage) (api.PreparedImage, func(), err
 	args := []string{"prepare", "--json", "--dir", dir}
 	if term.IsTerminal(int(os.Stdin.Fd())) {
 		args = append(args, "--terminal")
+	}
+	if ib.home != "" {
+		args = append(args, "--home", ib.home)
+	}
+	if ib.debug {
+		args = append(args, "--debug")
 	}
 	cmd := exec.Command(tool, args...)
 	cmd.Stdin = bytes.NewReader(block)

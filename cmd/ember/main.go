@@ -9,7 +9,7 @@
 //	ember disk info OVERLAY
 //	ember extract-vmlinux BZIMAGE OUT
 //	ember image import|pull|ls|inspect|rm|prune ...
-//	ember run --image REF [flags] [-- CMD ARGS...]   (prepared by ember-image)
+//	ember run --image REF [flags] [-- CMD ARGS...]   (its files made by ember-image prepare)
 //	ember doctor [--vms N] [--fix]
 //	ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   (emberd's client)
 //	ember template build|ls|rm ...                             (emberd's client)
@@ -93,7 +93,7 @@ func usage(w io.Writer) {
   ember disk info OVERLAY               an overlay's header, base check and space
   ember image import|pull|ls|inspect|rm|prune ...   the OCI image store (ember image help)
   ember run --image REF [--env K=V]... [--user U] [--disk PATH] [...] [-- CMD ARGS]
-                                        boot an image and exit with its workload's status (ember run --image x --help)
+                                        boot an image and exit with its workload's status (ember run --help)
   ember doctor [--vms N] [--fix]        check this host for running N VMs (default 4000); --fix raises its limits
   ember sandbox create|ls|kill|pause|resume|logs|exec|host ...   sandboxes through emberd (--socket, $EMBERD_SOCKET)
   ember template build|ls|rm ...        templates (pre-warmed snapshots) through emberd
@@ -117,11 +117,6 @@ func run(args []string, start time.Time) int {
 	}
 	switch args[0] {
 	case "run":
-		if usesImage(args[1:]) {
-			// An image VM is prepared by the image tool, which runs ember
-			// (this binary) with the image's drives and initrd.
-			return runImage(append([]string{"run"}, args[1:]...))
-		}
 		return runVM(args[1:], start)
 	case "extract-vmlinux":
 		if len(args) != 3 {
@@ -186,6 +181,8 @@ func runVM(args []string, start time.Time) int {
 	level := fs.String("level", "info", "log level: debug, info, warn, error")
 	var sc seccompFlags
 	sc.register(fs)
+	var img imageFlags
+	img.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -195,14 +192,19 @@ func runVM(args []string, start time.Time) int {
 		fmt.Fprintln(os.Stderr, "ember run:", err)
 		return exitUsage
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "ember run: unexpected argument %q\n", fs.Arg(0))
+	if err := checkImageFlags(fs, &img); err != nil {
+		fmt.Fprintln(os.Stderr, "ember run:", err)
 		return exitUsage
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		fmt.Fprintf(os.Stderr, "ember run: --level %q: want debug, info, warn or error\n", *level)
 		return exitUsage
+	}
+	if img.debug && !set["level"] {
+		lv = slog.LevelDebug
 	}
 	conf, err := sc.confinement()
 	if err == nil {
@@ -216,6 +218,21 @@ func runVM(args []string, start time.Time) int {
 	cfg.Logger = log
 	cfg.Console = os.Stdout
 	cfg.AllowEmulatedKVM = os.Getenv("EMBER_ALLOW_EMULATED_KVM") == "1"
+
+	// An image: its files are prepared while the kernel loads (runimage.go).
+	if img.ref != "" {
+		images := &imageBlocks{log: log, home: img.home, debug: img.debug}
+		b := img.block(fs.Args())
+		if img.dryRun {
+			return dryRunImage(&cfg, images, b, set["cmdline"])
+		}
+		pi, err := startImage(&cfg, images, b, set["cmdline"])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ember run:", err)
+			return exitUsage
+		}
+		defer pi.close()
+	}
 
 	// Console input: a terminal goes to raw mode (Ctrl-A x quits); a pipe or
 	// file is passed through as it is.
@@ -246,6 +263,10 @@ func runVM(args []string, start time.Time) int {
 		cfg.Confine = conf
 	}
 
+	// A stop signal while the VM is built (an image being prepared, say)
+	// waits for it: the run then ends at once, and the deferred clean-ups
+	// run.
+	sigs := notifyStop()
 	vm, err := vmm.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ember:", err)
@@ -264,7 +285,7 @@ func runVM(args []string, start time.Time) int {
 		}
 	}
 	ran := make(chan struct{})
-	go watchSignals(log, notifyStop(), ran, vm.Stop, stopTimeout, func(reason string) {
+	go watchSignals(log, sigs, ran, vm.Stop, stopTimeout, func(reason string) {
 		if restore != nil {
 			restore()
 		}

@@ -115,18 +115,6 @@ type Drive struct {
 	ReadOnly bool
 }
 
-// Flag is the drive as `ember run --drive` takes it.
-func (d Drive) Flag() string {
-	s := "path=" + d.Path + ",id=" + d.ID
-	if d.Base != "" {
-		s += ",base=" + d.Base
-	}
-	if d.ReadOnly {
-		s += ",ro"
-	}
-	return s
-}
-
 // Prepare makes the files of an image VM.
 func Prepare(ctx context.Context, store *image.Store, o Options) (*VM, error) {
 	img, err := store.Inspect(o.Ref)
