@@ -15,9 +15,37 @@ package imageblock
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
+
+// The guest kernel of an image VM when none is given: $KernelEnv, else
+// KernelFile beside the running binary (make guest copies the minimal
+// vmlinux there, beside ember and ember-image), else on PATH.
+const (
+	KernelEnv  = "EMBER_KERNEL"
+	KernelFile = "ember-vmlinux"
+)
+
+// DefaultKernel finds the guest kernel of an image VM when none is given.
+func DefaultKernel() (string, error) {
+	if k := os.Getenv(KernelEnv); k != "" {
+		return k, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), KernelFile)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(KernelFile); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("no guest kernel for the image: $%s is unset, and %s is neither beside %s nor on PATH", KernelEnv, KernelFile, filepath.Base(os.Args[0]))
+}
 
 // Block is the Ember image block. Its fields are `ember run --image`'s
 // flags.

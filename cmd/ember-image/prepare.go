@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/embervm/ember/api/imageblock"
@@ -146,30 +145,12 @@ func prepareBlock(home, dir string, b imageblock.Block, terminal, debug bool) (p
 	if err != nil {
 		return nil, err
 	}
-	p = &imageblock.Prepared{Kernel: defaultKernel(), Initrd: vm.Initrd, BootArgs: boot.Cmdline}
+	kernel, _ := imageblock.DefaultKernel() // "" when there is none: the caller says so
+	p = &imageblock.Prepared{Kernel: kernel, Initrd: vm.Initrd, BootArgs: boot.Cmdline}
 	for _, d := range vm.Drives {
 		p.Drives = append(p.Drives, imageblock.Drive{ID: d.ID, Path: d.Path, Base: d.Base, ReadOnly: d.ReadOnly})
 	}
 	return p, nil
-}
-
-// Programs found beside ember-image (then on PATH).
-const (
-	kernelBinary = "ember-vmlinux" // make guest copies the minimal vmlinux here
-	kernelEnv    = "EMBER_KERNEL"
-)
-
-// defaultKernel is `ember run --image`'s default guest kernel: $EMBER_KERNEL,
-// else ember-vmlinux beside this binary or on PATH; "" when there is none.
-func defaultKernel() string {
-	if k := os.Getenv(kernelEnv); k != "" {
-		return k
-	}
-	k, err := beside(kernelBinary)
-	if err != nil {
-		return ""
-	}
-	return k
 }
 
 // entries is the set of names in dir.
@@ -180,19 +161,4 @@ func entries(dir string) map[string]bool {
 		out[e.Name()] = true
 	}
 	return out
-}
-
-// beside finds a program in the directory of this executable, else on PATH.
-func beside(name string) (string, error) {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), name)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s is not beside %s nor on PATH", name, os.Args[0])
-	}
-	return p, nil
 }

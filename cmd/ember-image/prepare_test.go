@@ -51,7 +51,7 @@ func prepareEnv(t *testing.T) (home string, env []string) {
 			t.Fatal(err)
 		}
 	}
-	return home, []string{initrd.InitEnv + "=" + initBin, kernelEnv + "=" + kernel}
+	return home, []string{initrd.InitEnv + "=" + initBin, imageblock.KernelEnv + "=" + kernel}
 }
 
 // TestPrepareJSON: `ember-image prepare --json` turns a block into the
@@ -74,7 +74,7 @@ func TestPrepareJSON(t *testing.T) {
 	if err := dec.Decode(&p); err != nil {
 		t.Fatalf("answer %q: %v", out, err)
 	}
-	if p.Kernel != strings.TrimPrefix(env[1], kernelEnv+"=") || filepath.Dir(p.Initrd) != dir || !strings.HasSuffix(p.BootArgs, " quiet") {
+	if p.Kernel != strings.TrimPrefix(env[1], imageblock.KernelEnv+"=") || filepath.Dir(p.Initrd) != dir || !strings.HasSuffix(p.BootArgs, " quiet") {
 		t.Errorf("answer %+v", p)
 	}
 	if len(p.Drives) != 3 || p.Drives[0].ID != "layer0" || p.Drives[1].ID != "layer1" || !p.Drives[0].ReadOnly ||

@@ -4,11 +4,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 
 	"github.com/embervm/ember/api"
+	"github.com/embervm/ember/api/imageblock"
 	"github.com/embervm/ember/vmm"
 )
 
@@ -22,14 +21,6 @@ import (
 // than the preparation, so preparing costs nothing; before, ember handed
 // the run to ember-image, which prepared first and then started a second
 // ember.
-
-// Guest kernel of an image VM when --kernel is not given: $EMBER_KERNEL,
-// else this file beside ember (make guest copies the minimal vmlinux
-// there), else on PATH.
-const (
-	imageKernelEnv  = "EMBER_KERNEL"
-	imageKernelFile = "ember-vmlinux"
-)
 
 // imageFlags are ember run's flags for an image VM.
 type imageFlags struct {
@@ -86,27 +77,6 @@ func (f *imageFlags) block(args []string) api.EmberImage {
 		Hostname: f.hostname, Disk: f.disk, DiskMiB: f.diskMiB}
 }
 
-// imageKernel is the guest kernel of an image VM when --kernel is not given.
-func imageKernel() (string, error) {
-	if k := os.Getenv(imageKernelEnv); k != "" {
-		return k, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(exe), imageKernelFile); isRegular(p) {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath(imageKernelFile); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("no guest kernel for the image: give --kernel, or $%s, or put %s beside ember (make guest does)", imageKernelEnv, imageKernelFile)
-}
-
-func isRegular(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
-}
-
 // pendingImage is an image VM's files being prepared while the kernel
 // loads.
 type pendingImage struct {
@@ -130,9 +100,9 @@ func startImage(cfg *vmm.Config, images *imageBlocks, b api.EmberImage, keepCmdl
 		return nil, err
 	}
 	if cfg.KernelPath == "" {
-		k, err := imageKernel()
+		k, err := imageblock.DefaultKernel()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: give --kernel", err)
 		}
 		cfg.KernelPath = k
 	}
