@@ -60,7 +60,11 @@ const (
 // configTemplate is containerd 1.6's configuration (version 2): its own
 // root, state and sockets under %[1]s; the CRI plugin with the sandbox
 // image and a mirror that reaches the local registry %[2]s over HTTP;
-// runc (explicitly, as the comparison runtime) and Ember's runtime.
+// runc (explicitly, as the comparison runtime) and Ember's runtime. The
+// CNI folders are its own too, although pods use the host's network: the
+// CRI plugin creates the configuration folder's parent at start, and fails
+// to load where /etc/cni is missing and / is read-only (the lab, on a
+// machine without containernetworking-plugins).
 const configTemplate = `version = 2
 root = "%[1]s/root"
 state = "%[1]s/state"
@@ -81,6 +85,9 @@ state = "%[1]s/state"
       runtime_type = "io.containerd.ember.v2"
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."%[2]s"]
     endpoint = ["http://%[2]s"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "%[1]s/cni/bin"
+    conf_dir = "%[1]s/cni/net.d"
 `
 
 // Options configure Start.
