@@ -54,6 +54,13 @@ func TestCRIPod(t *testing.T) {
 		env.Close()
 		if t.Failed() {
 			t.Logf("containerd's log:\n%s", tailString(cdLog.String()))
+			return
+		}
+		// Where the pod's boot went: the shim's phases (shim.EmberLauncher).
+		for _, line := range strings.Split(cdLog.String(), "\n") {
+			if strings.Contains(line, `msg="VM booted"`) {
+				t.Log(line)
+			}
 		}
 	})
 	embersBefore := emberPIDs(t)

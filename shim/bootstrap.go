@@ -244,9 +244,10 @@ func LoadConfig() (Config, error) {
 	return c, nil
 }
 
-// Launcher is the EmberLauncher of the configuration.
-func (c Config) Launcher() *EmberLauncher {
-	return &EmberLauncher{Ember: c.Ember, Kernel: c.Kernel, Home: c.Home, LayerDir: c.LayerDir, Init: c.Init}
+// Launcher is the EmberLauncher of the configuration; log gets its boots'
+// phases.
+func (c Config) Launcher(log *slog.Logger) *EmberLauncher {
+	return &EmberLauncher{Ember: c.Ember, Kernel: c.Kernel, Home: c.Home, LayerDir: c.LayerDir, Init: c.Init, Log: log}
 }
 
 // Serve is the server: the task service on the inherited socket until
@@ -290,7 +291,7 @@ func Serve(o Opts) error {
 		return err
 	}
 	stop := make(chan struct{}, 1)
-	svc := NewService(ctx, cfg.Launcher(), pub, log, func() {
+	svc := NewService(ctx, cfg.Launcher(log), pub, log, func() {
 		select {
 		case stop <- struct{}{}:
 		default:

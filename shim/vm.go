@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,12 +104,22 @@ type EmberLauncher struct {
 	LayerDir string
 	// Init is ember-init (default: initrd.FindInit()).
 	Init string
+	// Log, if set, gets each boot's phases at info level: where a slow
+	// pod start goes.
+	Log *slog.Logger
 }
 
 // Boot prepares the VM's files in spec.Dir, starts ember, configures
 // and starts the VM through its API, and waits until the agent answers.
 // A failed boot leaves no process behind.
 func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
+	t0 := time.Now()
+	var phases []any
+	mark := func(name string, since time.Time) time.Time {
+		now := time.Now()
+		phases = append(phases, name+"_ms", float64(now.Sub(since).Microseconds())/1000)
+		return now
+	}
 	layerDir := l.LayerDir
 	if layerDir == "" {
 		layerDir = filepath.Join(l.Home, "shim", "layers")
@@ -122,6 +133,7 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 		}
 		images = append(images, img)
 	}
+	t := mark("layers", t0)
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -130,10 +142,12 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preparing the VM: %w", err)
 	}
+	t = mark("prepare", t)
 	v, err := l.start(spec)
 	if err != nil {
 		return nil, err
 	}
+	v.phases = mark
 	v.cache = cache
 	if spec.SpareDrives > 0 {
 		if v.placeholder, err = placeholder(layerDir); err != nil {
@@ -142,12 +156,17 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 		}
 		v.slots = &spareSlots{owners: make([]string, spec.SpareDrives)}
 	}
-	if err := v.configure(ctx, l.Kernel, spec, prep); err != nil {
+	if err := v.configure(ctx, l.Kernel, spec, prep, t); err != nil {
 		v.Stop(context.Background())
 		// The VM's folder goes with the failed create: its logs' last
 		// lines go into the error.
 		return nil, fmt.Errorf("%w; ember's log ends: %s; the console ends: %s", err,
 			tailLines(filepath.Join(spec.Dir, emberLogName), failLogLines), tailLines(filepath.Join(spec.Dir, consoleName), failLogLines))
+	}
+	v.phases = nil
+	if l.Log != nil {
+		mark("total", t0)
+		l.Log.Info("VM booted", append([]any{"vm", spec.ID, "layers", len(spec.Layers)}, phases...)...)
 	}
 	return v, nil
 }
@@ -162,6 +181,10 @@ type emberVM struct {
 	agent   *agentclient.Client
 	done    chan struct{}
 	cache   layerCache
+
+	// phases, while the VM boots, records a phase that began at a time
+	// and returns the time it ended (see Boot).
+	phases func(name string, since time.Time) time.Time
 
 	// A pod's VM: its spare drives and the file they hold while free.
 	slotMu      sync.Mutex
@@ -289,11 +312,14 @@ func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
 	return v, nil
 }
 
-func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, prep *boot.VM) error {
+// configure waits for ember's API socket (ember was started at t),
+// configures and starts the VM, and waits for its agent.
+func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, prep *boot.VM, t time.Time) error {
 	sock := filepath.Join(v.sockDir, apiSocketName)
 	if err := v.waitSocket(ctx, sock); err != nil {
 		return err
 	}
+	t = v.phases("api_socket", t)
 	vcpus, mem := spec.VCPUs, spec.MemoryMiB
 	if err := v.api.PutMachineConfig(ctx, api.MachineConfiguration{VCPUCount: &vcpus, MemSizeMiB: &mem}); err != nil {
 		return err
@@ -319,6 +345,7 @@ func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, pre
 	if err := v.api.InstanceStart(ctx); err != nil {
 		return err
 	}
+	t = v.phases("configure_start", t)
 	actx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
 	for {
@@ -326,6 +353,7 @@ func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, pre
 		if err == nil {
 			if _, err = c.Health(actx); err == nil {
 				v.agent = c
+				v.phases("agent", t)
 				return nil
 			}
 			c.Close()

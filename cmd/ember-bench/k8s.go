@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -126,6 +127,9 @@ func labK8s(args []string) error {
 		ember, runc = append(ember, ms(de)), append(runc, ms(dr))
 		fmt.Printf("run %d: ember %.1f ms, runc %.1f ms\n", i, ms(de), ms(dr))
 	}
+	if phases := bootPhases(cdLog.String(), 1); phases != "" {
+		fmt.Printf("ember pods' VM boots, medians of the timed runs (the shim's \"VM booted\"): %s\n", phases)
+	}
 	pe, pr := bench.Median(ember), bench.Median(runc)
 	bench.Line(os.Stdout, "pod_start_p50_ms", pe, "ms")
 	bench.Line(os.Stdout, "pod_start_runc_p50_ms", pr, "ms")
@@ -134,6 +138,41 @@ func labK8s(args []string) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// phaseField is one phase of the shim's "VM booted" line (shim.EmberLauncher).
+var phaseField = regexp.MustCompile(`(\w+)_ms=([0-9.]+)`)
+
+// bootPhases is the median of each phase of the shim's "VM booted" lines in
+// containerd's log, after the first skip (the warm-up), in their order;
+// "" if there are none.
+func bootPhases(log string, skip int) string {
+	var names []string
+	vals := map[string][]float64{}
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, `msg="VM booted"`) {
+			continue
+		}
+		if skip > 0 {
+			skip--
+			continue
+		}
+		for _, m := range phaseField.FindAllStringSubmatch(line, -1) {
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				continue
+			}
+			if _, ok := vals[m[1]]; !ok {
+				names = append(names, m[1])
+			}
+			vals[m[1]] = append(vals[m[1]], v)
+		}
+	}
+	var out []string
+	for _, n := range names {
+		out = append(out, fmt.Sprintf("%s %.0f ms", n, bench.Median(vals[n])))
+	}
+	return strings.Join(out, ", ")
+}
 
 // tail is the end of a log, for an error.
 func tail(s string) string {
