@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/embervm/ember/api"
@@ -59,10 +60,8 @@ func checkImageFlags(fs *flag.FlagSet, f *imageFlags) error {
 	}
 	var err error
 	fs.Visit(func(fl *flag.Flag) {
-		for _, name := range imageOnly {
-			if fl.Name == name && err == nil {
-				err = fmt.Errorf("--%s needs --image", name)
-			}
+		if err == nil && slices.Contains(imageOnly, fl.Name) {
+			err = fmt.Errorf("--%s needs --image", fl.Name)
 		}
 	})
 	if err == nil && fs.NArg() > 0 {
