@@ -108,13 +108,17 @@ func (v *apiVM) waitFor(s string, timeout time.Duration) bool {
 
 // labFaulted says how the guest met what looks like a lab fault after a
 // waitFor failed: it "hung" (a silent console: the guest prints a
-// heartbeat), or "died of a triple fault or internal error"; "" when
-// neither (a real failure).
+// heartbeat), "died of a triple fault or internal error", or ended after
+// its kernel hit a stack guard page at its entry trampoline (see
+// guestGuardPageOops); "" when none (a real failure).
 func (v *apiVM) labFaulted() string {
 	select {
 	case <-v.exited:
 		if labDeath(v.err.String()) {
 			return "died of a triple fault or internal error"
+		}
+		if strings.Contains(v.out.String(), guestGuardPageOops) {
+			return "ran a kernel that hit a stack guard page (the lab's signature)"
 		}
 		return ""
 	default:
