@@ -48,3 +48,15 @@ func (c *Client) ContainerRemove(ctx context.Context, id string) error {
 	_, err := call[proto.Empty](ctx, c, proto.OpContainerRemove, proto.ContainerRef{ID: id})
 	return err
 }
+
+// ContainerStats returns what a container's processes use now.
+func (c *Client) ContainerStats(ctx context.Context, id string) (proto.ContainerStats, error) {
+	if !c.hello.Supports(proto.FeatureContainerStats) {
+		return proto.ContainerStats{}, proto.Errorf(proto.CodeUnsupported, "%s: the guest's agent (%s) does not report container use (feature %q): boot the VM with a newer ember-init", proto.OpContainerStats, c.hello.Agent, proto.FeatureContainerStats)
+	}
+	req := proto.ContainerRef{ID: id}
+	if err := req.Validate(); err != nil {
+		return proto.ContainerStats{}, err
+	}
+	return call[proto.ContainerStats](ctx, c, proto.OpContainerStats, req)
+}

@@ -4,6 +4,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Containers: a pod's containers in one guest (the containerd shim's one
@@ -32,6 +33,12 @@ const (
 	// runs in the container, unmount its filesystems (its layer drives are
 	// then free for the host to swap) and remove its upper directory.
 	OpContainerRemove = "container.remove"
+
+	// FeatureContainerStats: container.stats.
+	FeatureContainerStats = "container.stats"
+	// OpContainerStats (unary): [ContainerRef] → [ContainerStats]: what
+	// a container's processes use now.
+	OpContainerStats = "container.stats"
 )
 
 // Limits of container requests.
@@ -188,6 +195,27 @@ type ContainerInfo struct {
 	ID string `json:"id"`
 	// Root is its root filesystem's path in the guest.
 	Root string `json:"root"`
+}
+
+// ContainerStats is a container's resource use: its processes are the
+// guest's processes whose root is the container's root.
+type ContainerStats struct {
+	Time time.Time `json:"time"`
+	// UserNanos and SystemNanos are CPU time in nanoseconds: the live
+	// processes' own and that of the children they waited for, plus, for
+	// each process the agent started in the container and has reaped,
+	// its whole (a process orphaned in the container and reaped by the
+	// agent is not counted once it has ended).
+	UserNanos   uint64 `json:"user_ns"`
+	SystemNanos uint64 `json:"system_ns"`
+	// MemoryBytes is the live processes' proportional set size summed
+	// (a page n processes of the guest map counts 1/n in each: a sum
+	// counts it once), or, where the guest's kernel has no smaps, their
+	// resident memory summed; AnonBytes is their anonymous memory.
+	MemoryBytes uint64 `json:"memory_bytes"`
+	AnonBytes   uint64 `json:"anon_bytes"`
+	// Pids is how many processes the container has.
+	Pids uint64 `json:"pids"`
 }
 
 // ContainerRef names a container.

@@ -198,6 +198,11 @@ type Metrics struct {
 	// none recently (from /proc/stat).
 	CPUs       int     `json:"cpus"`
 	CPUUsedPct float64 `json:"cpu_used_pct"`
+	// CPUUserNanos and CPUSystemNanos are the CPU time the guest has spent
+	// since it booted, in nanoseconds (/proc/stat: user and nice; system,
+	// irq and softirq). Agents before them leave them 0.
+	CPUUserNanos   uint64 `json:"cpu_user_ns,omitempty"`
+	CPUSystemNanos uint64 `json:"cpu_system_ns,omitempty"`
 	// MemUsed is MemTotal less MemAvailable (/proc/meminfo), in bytes.
 	MemUsed  uint64 `json:"mem_used"`
 	MemTotal uint64 `json:"mem_total"`

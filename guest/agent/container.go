@@ -203,6 +203,9 @@ type container struct {
 	mounts  []string // what was mounted, in order
 	dirs    []string // what to remove at the end
 	started bool     // its first process (the one with new namespaces) ran
+	// endedUser and endedSystem are the CPU time, in ns, of the processes
+	// started in it that have been reaped (containerTable.mu).
+	endedUser, endedSystem uint64
 }
 
 // containerTable holds the containers.

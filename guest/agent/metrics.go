@@ -23,10 +23,17 @@ import (
 // gives 10 ticks per CPU.
 const minCPUWindow = 100 * time.Millisecond
 
-// cpuSample is /proc/stat's first line: busy and total ticks.
+// tickNanos is one clock tick of /proc/stat and /proc/PID/stat in
+// nanoseconds: USER_HZ is 100 on Linux (sysconf(_SC_CLK_TCK), proc(5)).
+const tickNanos = uint64(time.Second / 100)
+
+// cpuSample is /proc/stat's first line: busy and total ticks, and the
+// busy ticks spent in user mode (user, nice) and in the kernel (system,
+// irq, softirq).
 type cpuSample struct {
-	at          time.Time
-	busy, total uint64
+	at           time.Time
+	busy, total  uint64
+	user, system uint64
 }
 
 // cpuMeter keeps the previous sample, so that each answer covers the time
@@ -37,32 +44,32 @@ type cpuMeter struct {
 }
 
 // usedPct returns the CPUs' busy share since the previous call (waiting
-// out minCPUWindow when needed).
-func (m *cpuMeter) usedPct(ctx context.Context, stat string) (float64, error) {
+// out minCPUWindow when needed), and the sample it ended with.
+func (m *cpuMeter) usedPct(ctx context.Context, stat string) (float64, cpuSample, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	prev := m.last
 	if prev.at.IsZero() || time.Since(prev.at) < minCPUWindow {
 		s, err := readCPU(stat)
 		if err != nil {
-			return 0, err
+			return 0, cpuSample{}, err
 		}
 		prev = s
 		select {
 		case <-time.After(minCPUWindow):
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, cpuSample{}, ctx.Err()
 		}
 	}
 	cur, err := readCPU(stat)
 	if err != nil {
-		return 0, err
+		return 0, cpuSample{}, err
 	}
 	m.last = cur
 	if cur.total <= prev.total || cur.busy < prev.busy {
-		return 0, nil
+		return 0, cur, nil
 	}
-	return 100 * float64(cur.busy-prev.busy) / float64(cur.total-prev.total), nil
+	return 100 * float64(cur.busy-prev.busy) / float64(cur.total-prev.total), cur, nil
 }
 
 // readCPU reads the "cpu" line of /proc/stat (proc(5)): user nice system
@@ -87,6 +94,12 @@ func readCPU(stat string) (cpuSample, error) {
 		s.total += n
 		if i != 3 && i != 4 { // idle, iowait
 			s.busy += n
+		}
+		switch i {
+		case 0, 1: // user, nice
+			s.user += n
+		case 2, 5, 6: // system, irq, softirq
+			s.system += n
 		}
 	}
 	return s, nil
@@ -130,10 +143,11 @@ func readMem(meminfo string) (total, used uint64, err error) {
 // metrics answers proto.OpMetrics.
 func (s *Server) metrics(ctx context.Context, _ *proto.Empty) (proto.Metrics, error) {
 	m := proto.Metrics{CPUs: runtime.NumCPU()}
-	var err error
-	if m.CPUUsedPct, err = s.cpu.usedPct(ctx, "/proc/stat"); err != nil {
+	pct, cpu, err := s.cpu.usedPct(ctx, "/proc/stat")
+	if err != nil {
 		return m, fmt.Errorf("cpu: %w", err)
 	}
+	m.CPUUsedPct, m.CPUUserNanos, m.CPUSystemNanos = pct, cpu.user*tickNanos, cpu.system*tickNanos
 	if m.MemTotal, m.MemUsed, err = readMem("/proc/meminfo"); err != nil {
 		return m, fmt.Errorf("memory: %w", err)
 	}

@@ -20,7 +20,8 @@ func TestMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 		if m.CPUs != runtime.NumCPU() || m.CPUUsedPct < 0 || m.CPUUsedPct > 100 ||
-			m.MemTotal == 0 || m.MemUsed > m.MemTotal || m.DiskTotal == 0 || m.DiskUsed > m.DiskTotal || m.Time.IsZero() {
+			m.MemTotal == 0 || m.MemUsed > m.MemTotal || m.DiskTotal == 0 || m.DiskUsed > m.DiskTotal || m.Time.IsZero() ||
+			m.CPUUserNanos+m.CPUSystemNanos == 0 {
 			t.Errorf("sample %d: %+v", i, m)
 		}
 	}
@@ -31,10 +32,10 @@ func TestMetrics(t *testing.T) {
 func TestReadProcFiles(t *testing.T) {
 	dir := t.TempDir()
 	stat := filepath.Join(dir, "stat")
-	os.WriteFile(stat, []byte("cpu  10 1 5 80 4 0 0 0 7 0\ncpu0 10 1 5 80 4 0 0 0 7 0\n"), 0o644)
+	os.WriteFile(stat, []byte("cpu  10 1 5 80 4 2 3 0 7 0\ncpu0 10 1 5 80 4 2 3 0 7 0\n"), 0o644)
 	s, err := readCPU(stat)
-	if err != nil || s.busy != 16 || s.total != 100 {
-		t.Errorf("readCPU: %+v %v, want busy 16 of 100", s, err)
+	if err != nil || s.busy != 21 || s.total != 105 || s.user != 11 || s.system != 10 {
+		t.Errorf("readCPU: %+v %v, want busy 21 of 105, user 11, system 10", s, err)
 	}
 	os.WriteFile(stat, []byte("intr 1 2 3\n"), 0o644)
 	if _, err := readCPU(stat); err == nil {

@@ -73,6 +73,9 @@ type processTable struct {
 	mu    sync.Mutex
 	byPID map[int]*process
 	byTag map[string]*process
+	// ended, if set, is told what a process started in a container used,
+	// once it is reaped.
+	ended func(container string, usage *unix.Rusage)
 }
 
 func newProcessTable(r *reaper) *processTable {
@@ -248,8 +251,12 @@ func (t *processTable) start(sp *spec) (*process, error) {
 }
 
 // await records the process's exit and trims the finished processes.
-func (t *processTable) await(p *process, wait <-chan unix.WaitStatus) {
-	ws := <-wait
+func (t *processTable) await(p *process, wait <-chan exit) {
+	e := <-wait
+	ws := e.status
+	if t.ended != nil && p.info.Container != "" {
+		t.ended(p.info.Container, &e.usage)
+	}
 	st := &proto.ExitStatus{Code: workload.ExitCode(ws)}
 	if ws.Signaled() {
 		st.Signal = int(ws.Signal())

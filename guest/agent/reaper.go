@@ -19,24 +19,31 @@ type reaper struct {
 	orphans bool
 
 	mu      sync.Mutex
-	waiting map[int]chan unix.WaitStatus
+	waiting map[int]chan exit
+}
+
+// exit is how a process ended and what it used (with the children it
+// waited for), from wait4(2).
+type exit struct {
+	status unix.WaitStatus
+	usage  unix.Rusage
 }
 
 func newReaper(orphans bool) *reaper {
-	return &reaper{orphans: orphans, waiting: map[int]chan unix.WaitStatus{}}
+	return &reaper{orphans: orphans, waiting: map[int]chan exit{}}
 }
 
 // start runs fork (which starts a process and returns its pid) with the
 // registry locked, so that the process's exit cannot be collected before
-// it is registered, and returns the channel its wait status will come on.
-func (r *reaper) start(fork func() (int, error)) (int, <-chan unix.WaitStatus, error) {
+// it is registered, and returns the channel its exit will come on.
+func (r *reaper) start(fork func() (int, error)) (int, <-chan exit, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	pid, err := fork()
 	if err != nil {
 		return 0, nil, err
 	}
-	ch := make(chan unix.WaitStatus, 1)
+	ch := make(chan exit, 1)
 	r.waiting[pid] = ch
 	return pid, ch, nil
 }
@@ -63,37 +70,37 @@ func (r *reaper) reap() {
 	defer r.mu.Unlock()
 	if r.orphans {
 		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			var e exit
+			pid, err := unix.Wait4(-1, &e.status, unix.WNOHANG, &e.usage)
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			if err != nil || pid <= 0 {
 				return
 			}
-			r.deliver(pid, ws)
+			r.deliver(pid, e)
 		}
 	}
 	for pid := range r.waiting {
-		var ws unix.WaitStatus
-		got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		var e exit
+		got, err := unix.Wait4(pid, &e.status, unix.WNOHANG, &e.usage)
 		for errors.Is(err, unix.EINTR) {
-			got, err = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+			got, err = unix.Wait4(pid, &e.status, unix.WNOHANG, &e.usage)
 		}
 		if got == pid {
-			r.deliver(pid, ws)
+			r.deliver(pid, e)
 		}
 	}
 }
 
-// deliver hands a registered process its status (r.mu held); an orphan's
+// deliver hands a registered process its exit (r.mu held); an orphan's
 // is dropped. Stopped and continued children are not ends.
-func (r *reaper) deliver(pid int, ws unix.WaitStatus) {
-	if !ws.Exited() && !ws.Signaled() {
+func (r *reaper) deliver(pid int, e exit) {
+	if !e.status.Exited() && !e.status.Signaled() {
 		return
 	}
 	if ch, ok := r.waiting[pid]; ok {
-		ch <- ws
+		ch <- e
 		delete(r.waiting, pid)
 	}
 }

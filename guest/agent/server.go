@@ -120,6 +120,7 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, log: log, reaper: r, procs: newProcessTable(r),
 		containers: containerTable{m: map[string]*container{}, busy: map[string]bool{}},
 		sysStorage: &SystemStorage{RunDir: cfg.RunDir}}
+	s.procs.ended = s.containerEnded
 	s.ops = map[string]handler{
 		proto.OpExecStart:   s.execStart,
 		proto.OpExecAttach:  s.execAttach,
@@ -144,6 +145,7 @@ func New(cfg Config) *Server {
 		proto.OpContainerVolume: unary(s.containerVolume),
 		proto.OpContainerCreate: unary(s.containerCreate),
 		proto.OpContainerRemove: unary(s.containerRemove),
+		proto.OpContainerStats:  unary(s.containerStats),
 	}
 	if g, err := readGeneration(cfg.RunDir); err == nil {
 		s.generation.Store(g)
@@ -156,7 +158,7 @@ func features() []string {
 	return []string{
 		proto.FeatureExec, proto.FeatureExecTTY, proto.FeatureFiles, proto.FeatureFilesTar,
 		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureContainer,
-		proto.FeaturePort, proto.FeatureMetrics,
+		proto.FeaturePort, proto.FeatureMetrics, proto.FeatureContainerStats,
 	}
 }
 
