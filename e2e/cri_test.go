@@ -27,8 +27,8 @@ import (
 // TestCRIPod is issue 14's Kubernetes acceptance through the CRI (what
 // kubelet calls): a pod on runtime handler "ember" is one VM; its two
 // containers run in it, each in its own root, and see each other's files
-// through an emptyDir; ExecSync and ContainerStatus work; after the pod is
-// removed no ember process, tap or layer drive is left.
+// through an emptyDir; ExecSync, ContainerStatus and ContainerStats work;
+// after the pod is removed no ember process, tap or layer drive is left.
 func TestCRIPod(t *testing.T) {
 	guests := lab(t)
 	for _, tool := range []string{"containerd", "runc", "containerd-shim-ember-v2", "mkfs.erofs"} {
@@ -141,6 +141,15 @@ func TestCRIPod(t *testing.T) {
 	st, err := env.Runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: a.ID})
 	if err != nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("ContainerStatus a: %v, %v", st, err)
+	}
+	// ContainerStats: a's processes' CPU time (its ExecSyncs' among them)
+	// and memory, from the guest's agent through the shim's Stats.
+	cs, err := env.Runtime.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: a.ID})
+	if err != nil || cs.GetStats().GetCpu().GetUsageCoreNanoSeconds().GetValue() == 0 ||
+		cs.GetStats().GetMemory().GetWorkingSetBytes().GetValue() == 0 {
+		t.Errorf("ContainerStats a: %v, %v", cs, err)
+	} else {
+		t.Logf("ContainerStats a: CPU %d ns, working set %d bytes", cs.Stats.Cpu.UsageCoreNanoSeconds.Value, cs.Stats.Memory.WorkingSetBytes.Value)
 	}
 	ps, err := env.Runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod.ID})
 	if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {

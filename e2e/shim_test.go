@@ -163,7 +163,8 @@ func TestContainerdShim(t *testing.T) {
 			t.Errorf("-t: %v %q", err, out)
 		}
 	}
-	// exec runs a second process in the same VM; kill ends the task.
+	// exec runs a second process in the same VM; metrics reports the
+	// VM's use; kill ends the task.
 	if out, code := retrying("u5", func() (string, int) {
 		return ctr(3*time.Minute, "", "run", "-d", "--runtime", "io.containerd.ember.v2", image, "u5", "sh", "-c", "echo vm-marker > /tmp/m; sleep 1000")
 	}); code != 0 {
@@ -172,6 +173,11 @@ func TestContainerdShim(t *testing.T) {
 	time.Sleep(time.Second) // the marker is written by then (no readiness signal from ctr)
 	if out, code := ctr(time.Minute, "", "task", "exec", "--exec-id", "e1", "u5", "cat", "/tmp/m"); code != 0 || out != "vm-marker\n" {
 		t.Errorf("task exec: %d %q", code, out)
+	}
+	// metrics: the VM's CPU time and memory in use, from its agent.
+	if out, code := ctr(time.Minute, "", "task", "metrics", "--format", "json", "u5"); code != 0 ||
+		!strings.Contains(out, `"usage_usec"`) || !strings.Contains(out, `"usage_limit"`) {
+		t.Errorf("task metrics: %d %q", code, out)
 	}
 	if out, code := ctr(time.Minute, "", "task", "kill", "-s", "SIGKILL", "u5"); code != 0 {
 		t.Errorf("task kill: %d %s", code, out)

@@ -69,10 +69,15 @@
 // /etc/hosts) become volumes on the VM's writable drive, shared by the
 // pod's containers and filled once from the host; nothing goes back.
 //
+// Stats (stats.go) answers with cgroup v2 metrics from the guest's agent:
+// a pod's container gets its own processes' CPU time, memory (summed
+// proportional set sizes) and count; a task with its own VM, the guest's
+// CPU time since boot and memory in use out of the VM's.
+//
 // Not yet: cgroup limits inside the VM (a pod VM is PodMemoryMiB and
 // PodVCPUs at least, whatever its containers ask); execs joining the
 // container's PID and UTS namespaces (they are chrooted into its root in
-// the VM's namespaces); Stats and Update; OOM events; the pod's network
+// the VM's namespaces); Update; OOM events; the pod's network
 // namespace (CNI) into the guest; starting from a pre-warmed snapshot;
 // the jailer; more layers than image/boot.MaxLayerDrives; a layer shared
 // by two containers takes a drive for each.

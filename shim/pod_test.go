@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	cgroupstats "github.com/containerd/cgroups/v3/cgroup2/stats"
 	taskapi "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -235,6 +236,17 @@ func TestPod(t *testing.T) {
 	if e.launcher.storage.attached() != 2 {
 		t.Errorf("%d drives attached with two containers", e.launcher.storage.attached())
 	}
+	// Stats: a's ended processes' CPU time, none left running; the pod's
+	// sandbox task reports the whole VM (here the test's machine).
+	if m := taskMetrics(t, e, "a"); m.CPU.GetUsageUsec() == 0 || m.CPU.GetUsageUsec() != m.CPU.GetUserUsec()+m.CPU.GetSystemUsec() || m.Pids.GetCurrent() != 0 {
+		t.Errorf("stats of container a after its process ended: %v", m)
+	}
+	if m := taskMetrics(t, e, "pod1"); m.CPU.GetUsageUsec() == 0 || m.Memory.GetUsage() == 0 || m.Memory.GetUsageLimit() < m.Memory.GetUsage() {
+		t.Errorf("stats of the pod's VM: %v", m)
+	}
+	if _, err := e.client.Stats(ctx, &taskapi.StatsRequest{ID: "nope"}); status.Code(err) != codes.NotFound {
+		t.Errorf("stats of no task: %v, want NotFound", err)
+	}
 	for _, id := range []string{"a", "b"} {
 		if _, err := e.client.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
 			t.Fatalf("delete %s: %v", id, err)
@@ -383,4 +395,21 @@ func TestSpareSlots(t *testing.T) {
 	if _, err := s.take("c", 2); err != nil {
 		t.Fatalf("take after release: %v", err)
 	}
+}
+
+// taskMetrics is Stats of task id, decoded as containerd's CRI decodes it.
+func taskMetrics(t *testing.T, e *env, id string) *cgroupstats.Metrics {
+	t.Helper()
+	r, err := e.client.Stats(ctx30(t), &taskapi.StatsRequest{ID: id})
+	if err != nil {
+		t.Fatalf("stats %s: %v", id, err)
+	}
+	if r.Stats.GetTypeUrl() != "io.containerd.cgroups.v2.Metrics" {
+		t.Fatalf("stats %s: type %q", id, r.Stats.GetTypeUrl())
+	}
+	var m cgroupstats.Metrics
+	if err := r.Stats.UnmarshalTo(&m); err != nil {
+		t.Fatalf("stats %s: %v", id, err)
+	}
+	return &m
 }

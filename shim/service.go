@@ -508,11 +508,6 @@ func (s *Service) Update(ctx context.Context, r *taskapi.UpdateTaskRequest) (*em
 	return nil, errf(codes.Unimplemented, "update: changing a running task's resources is not supported by the ember runtime yet")
 }
 
-// Stats is not supported yet (cgroup metrics from the guest).
-func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
-	return nil, errf(codes.Unimplemented, "stats: not supported by the ember runtime yet")
-}
-
 // Connect returns the shim's and the task's pids.
 func (s *Service) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
 	resp := &taskapi.ConnectResponse{ShimPid: uint32(os.Getpid()), Version: "2"}
