@@ -28,7 +28,9 @@ import (
 // kubelet calls): a pod on runtime handler "ember" is one VM; its two
 // containers run in it, each in its own root, and see each other's files
 // through an emptyDir; ExecSync, ContainerStatus and ContainerStats work;
-// after the pod is removed no ember process, tap or layer drive is left.
+// a third that exhausts the VM's memory ends OOMKilled and the others go
+// on; after the pod is removed no ember process, tap or layer drive is
+// left.
 func TestCRIPod(t *testing.T) {
 	guests := lab(t)
 	for _, tool := range []string{"containerd", "runc", "containerd-shim-ember-v2", "mkfs.erofs"} {
@@ -150,6 +152,36 @@ func TestCRIPod(t *testing.T) {
 		t.Errorf("ContainerStats a: %v, %v", cs, err)
 	} else {
 		t.Logf("ContainerStats a: CPU %d ns, working set %d bytes", cs.Stats.Cpu.UsageCoreNanoSeconds.Value, cs.Stats.Memory.WorkingSetBytes.Value)
+	}
+	// A container that exhausts the VM's memory is OOM-killed by the
+	// guest's kernel: CRI reports the reason OOMKilled (the shim's TaskOOM
+	// event), and the pod's other containers go on.
+	hog, err := env.CreateContainer(ctx, pod, "hog", []string{"/bin/sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.StartContainer(ctx, hog); err != nil {
+		t.Fatal(err)
+	}
+	hogDeadline := time.Now().Add(3 * time.Minute)
+	for {
+		st, err := env.Runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: hog.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+			if st.Status.Reason != "OOMKilled" || st.Status.ExitCode != 137 {
+				t.Errorf("the memory hog ended with reason %q, exit code %d; want OOMKilled, 137", st.Status.Reason, st.Status.ExitCode)
+			}
+			break
+		}
+		if time.Now().After(hogDeadline) {
+			t.Fatalf("the memory hog still runs after 3 minutes: %v", st.Status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out, _, code, err := env.Exec(ctx, b, "cat", "/shared/x"); err != nil || code != 0 || out != "from-a\n" {
+		t.Errorf("b after the OOM kill: %q %d %v", out, code, err)
 	}
 	ps, err := env.Runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod.ID})
 	if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {

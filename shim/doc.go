@@ -72,12 +72,14 @@
 // Stats (stats.go) answers with cgroup v2 metrics from the guest's agent:
 // a pod's container gets its own processes' CPU time, memory (summed
 // proportional set sizes) and count; a task with its own VM, the guest's
-// CPU time since boot and memory in use out of the VM's.
+// CPU time since boot and memory in use out of the VM's. A process the
+// guest's kernel OOM-killed (the agent's ExitStatus.OOMKilled) gets a
+// TaskOOM event before its TaskExit, as runc's shim sends one.
 //
 // Not yet: cgroup limits inside the VM (a pod VM is PodMemoryMiB and
 // PodVCPUs at least, whatever its containers ask); execs joining the
 // container's PID and UTS namespaces (they are chrooted into its root in
-// the VM's namespaces); Update; OOM events; the pod's network
+// the VM's namespaces); Update; the pod's network
 // namespace (CNI) into the guest; starting from a pre-warmed snapshot;
 // the jailer; more layers than image/boot.MaxLayerDrives; a layer shared
 // by two containers takes a drive for each.

@@ -44,6 +44,9 @@ type process struct {
 	stdinDone chan struct{} // closed once stdin was copied and closed
 	status    uint32
 	exitedAt  time.Time
+	// oomKilled: the guest's kernel killed the process for want of
+	// memory (the agent's ExitStatus.OOMKilled).
+	oomKilled bool
 }
 
 func newProcess(id string, req proto.ExecStart, io stdio, log *slog.Logger) *process {
@@ -130,6 +133,9 @@ func (p *process) start(ctx context.Context, ac *agentclient.Client, onExit func
 			p.log.Warn("lost the process's exit", "exec", p.id, "pid", p.pid, "err", err)
 			code = exitAgentLost
 		}
+		p.mu.Lock()
+		p.oomKilled = es.OOMKilled
+		p.mu.Unlock()
 		p.setExited(code)
 		onExit(p)
 	}()
@@ -178,6 +184,12 @@ func (p *process) exitStatus() (uint32, time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.status, p.exitedAt
+}
+
+func (p *process) wasOOMKilled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.oomKilled
 }
 
 func (p *process) getPID() uint32 {

@@ -32,6 +32,7 @@ const (
 	TopicTaskExecStarted = "/tasks/exec-started"
 	TopicTaskPaused      = "/tasks/paused"
 	TopicTaskResumed     = "/tasks/resumed"
+	TopicTaskOOM         = "/tasks/oom"
 )
 
 // vmDirName is the VM's folder in the bundle.
@@ -236,6 +237,11 @@ func (s *Service) exited(t *ctask, p *process) {
 	id := p.id
 	if id == "" {
 		id = t.id
+	}
+	// An OOM kill is told before the exit, as containerd's own shims do
+	// (CRI then gives the container the reason OOMKilled).
+	if p.wasOOMKilled() {
+		s.publish(TopicTaskOOM, &eventsapi.TaskOOM{ContainerID: t.id})
 	}
 	s.publish(TopicTaskExit, &eventsapi.TaskExit{ContainerID: t.id, ID: id, Pid: p.getPID(), ExitStatus: code, ExitedAt: timestamppb.New(at)})
 	if p.id == "" && t.vm != nil {
