@@ -425,6 +425,9 @@ func TestSandboxes(t *testing.T) {
 	if _, err := d.c.Exec(ctx, b.ID, sandbox.ExecRequest{Args: []string{"true"}}, &got, &got); client.StatusOf(err) != 409 {
 		t.Errorf("exec in a paused sandbox: %v, want a 409", err)
 	}
+	if _, err := d.c.Usage(ctx, b.ID); client.StatusOf(err) != 409 {
+		t.Errorf("metrics of a paused sandbox: %v, want a 409", err)
+	}
 	if _, err := d.c.Resume(ctx, b.ID); err != nil {
 		t.Fatalf("resume: %v", err)
 	}
@@ -433,6 +436,20 @@ func TestSandboxes(t *testing.T) {
 	}
 
 	checkMetrics(ctx, t, d, tpl.ID, n)
+
+	// One sandbox's own sample, through the CLI: the guest's CPUs, CPU
+	// time since it booted, memory and root filesystem.
+	{
+		out, err := exec.CommandContext(ctx, emberBinary(t), "sandbox", "stats", "--json", "--socket", d.sock, a.ID).Output()
+		var u sandbox.Usage
+		if err == nil {
+			err = json.Unmarshal(out, &u)
+		}
+		if err != nil || u.CPUs < 1 || u.CPUUserNS+u.CPUSystemNS == 0 || u.MemTotal == 0 || u.MemUsed == 0 ||
+			u.MemUsed > u.MemTotal || u.DiskTotal == 0 || u.DiskUsed > u.DiskTotal || u.Time.IsZero() {
+			t.Errorf("ember sandbox stats: %s, %+v, %v", out, u, err)
+		}
+	}
 
 	// Five sandboxes go; kill -9 emberd while an exec streams in one of
 	// the other five.

@@ -566,3 +566,18 @@ func (m *Manager) SetTimeout(ctx context.Context, id string, d time.Duration) (S
 func (m *Manager) Agent(ctx context.Context, id string) (*agentclient.Client, error) {
 	return m.agent(ctx, id)
 }
+
+// Usage samples what a running sandbox's guest uses (its agent's
+// sys.metrics).
+func (m *Manager) Usage(ctx context.Context, id string) (Usage, error) {
+	ac, err := m.agent(ctx, id)
+	if err != nil {
+		return Usage{}, err
+	}
+	g, err := ac.Metrics(ctx)
+	if err != nil {
+		return Usage{}, fmt.Errorf("sandbox %s: sampling its guest: %w", id, err)
+	}
+	return Usage{Time: g.Time, CPUs: g.CPUs, CPUUsedPct: g.CPUUsedPct, CPUUserNS: g.CPUUserNanos, CPUSystemNS: g.CPUSystemNanos,
+		MemUsed: g.MemUsed, MemTotal: g.MemTotal, DiskUsed: g.DiskUsed, DiskTotal: g.DiskTotal}, nil
+}

@@ -25,6 +25,7 @@ type (
 	Resources      = wire.Resources
 	HostBudgets    = wire.HostBudgets
 	Host           = wire.Host
+	Usage          = wire.Usage
 )
 
 // Constants of the API (package wire).

@@ -85,7 +85,7 @@ func fail(cmd string, err error) int {
 
 // runSandboxCmd is `ember sandbox ...`.
 func runSandboxCmd(args []string) int {
-	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|port-forward|policy|host ..."
+	const usage = "ember sandbox create|ls|kill|pause|resume|logs|exec|attach|cp|port-forward|policy|host|stats ..."
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "usage:", usage)
 		return exitUsage
@@ -129,6 +129,8 @@ func runSandboxCmd(args []string) int {
 		return sandboxPolicy(ctx, args[1:])
 	case "host":
 		return sandboxHost(ctx, args[1:])
+	case "stats":
+		return sandboxStats(ctx, args[1:])
 	}
 	fmt.Fprintf(os.Stderr, "ember sandbox: unknown command %q; usage: %s\n", args[0], usage)
 	return exitUsage
@@ -407,6 +409,36 @@ func sandboxHost(ctx context.Context, args []string) int {
 	tw.Flush()
 	fmt.Printf("%d sandboxes hold a share; memory: %d MiB of %d given to sandboxes, overcommit %g; vCPUs: %d host CPUs, overcommit %g\n",
 		h.Sandboxes, h.MemoryMiB, h.HostMemoryMiB, h.MemoryOvercommit, h.HostCPUs, h.VCPUOvercommit)
+	return exitOK
+}
+
+// sandboxStats is `ember sandbox stats ID`: one sample of what the
+// sandbox's guest uses.
+func sandboxStats(ctx context.Context, args []string) int {
+	fs := flag.NewFlagSet("ember sandbox stats", flag.ContinueOnError)
+	mk := emberdFlags(fs)
+	asJSON := fs.Bool("json", false, "print as JSON")
+	if code, ok := parseSub(fs, args, "ember sandbox stats [--json] ID"); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: ember sandbox stats [--json] ID")
+		return exitUsage
+	}
+	c := mk()
+	defer c.Close()
+	u, err := c.Usage(ctx, fs.Arg(0))
+	if err != nil {
+		return fail("ember sandbox stats", err)
+	}
+	if *asJSON {
+		return printJSON(u)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CPUS\tCPU_PCT\tCPU_S\tMEM_USED\tMEM_TOTAL\tDISK_USED\tDISK_TOTAL")
+	fmt.Fprintf(tw, "%d\t%.1f\t%.2f\t%s\t%s\t%s\t%s\n", u.CPUs, u.CPUUsedPct, float64(u.CPUUserNS+u.CPUSystemNS)/1e9,
+		mib(int64(u.MemUsed)), mib(int64(u.MemTotal)), mib(int64(u.DiskUsed)), mib(int64(u.DiskTotal)))
+	tw.Flush()
 	return exitOK
 }
 

@@ -88,6 +88,7 @@ func Routes() []Route {
 		{"PUT", "/sandboxes/{id}/files", (*server).upload},
 		{"GET", "/sandboxes/{id}/logs", (*server).logs},
 		{"GET", "/sandboxes/{id}/network", (*server).getNetwork},
+		{"GET", "/sandboxes/{id}/metrics", (*server).getUsage},
 		{"PUT", "/sandboxes/{id}/network/policy", (*server).putPolicy},
 		{"GET", "/sandboxes/{id}/crash", (*server).crash},
 		{"POST", "/sandboxes/{id}/ports/{port}", (*server).connectPort},
@@ -402,6 +403,16 @@ func (s *server) getNetwork(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	writeJSON(w, http.StatusOK, st)
+	return nil
+}
+
+// getUsage samples what a running sandbox's guest uses.
+func (s *server) getUsage(w http.ResponseWriter, r *http.Request) error {
+	u, err := s.m.Usage(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, u)
 	return nil
 }
 

@@ -376,6 +376,13 @@ func (c *Client) Network(ctx context.Context, id string) (wire.NetworkState, err
 	return st, err
 }
 
+// Usage is GET /sandboxes/{id}/metrics: what the sandbox's guest uses now.
+func (c *Client) Usage(ctx context.Context, id string) (wire.Usage, error) {
+	var u wire.Usage
+	err := c.do(ctx, http.MethodGet, idPath("/sandboxes", id, "/metrics"), nil, &u)
+	return u, err
+}
+
 // SetPolicy is PUT /sandboxes/{id}/network/policy.
 func (c *Client) SetPolicy(ctx context.Context, id string, p egress.Policy) (wire.Sandbox, error) {
 	var sb wire.Sandbox
