@@ -154,12 +154,19 @@ func (c *Client) Done() <-chan struct{} { return c.s.Done() }
 
 // call runs a unary operation: one request, one reply message.
 func call[Resp any](ctx context.Context, c *Client, op string, req any) (Resp, error) {
-	var resp Resp
 	st, err := c.s.Open(ctx, op, req)
 	if err != nil {
+		var resp Resp
 		return resp, err
 	}
 	defer st.End(nil)
+	return reply[Resp](ctx, st, op)
+}
+
+// reply reads st to its end and returns its one reply message (the first,
+// if the agent sent more).
+func reply[Resp any](ctx context.Context, st *mux.Stream, op string) (Resp, error) {
+	var resp Resp
 	got := false
 	for {
 		it, err := st.Recv(ctx)
@@ -331,26 +338,7 @@ func (c *Client) Upload(ctx context.Context, req proto.WriteRequest, r io.Reader
 		}
 	}
 	_ = st.CloseChannel(proto.ChanBody) // if it fails, the reply says why
-	got := false
-	for {
-		it, err := st.Recv(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return e, err
-		}
-		if it.Kind == mux.KindMsg && !got {
-			if err := proto.DecodeJSON(it.Payload, &e); err != nil {
-				return e, err
-			}
-			got = true
-		}
-	}
-	if !got {
-		return e, proto.Errorf(proto.CodeInternal, "%s: the agent sent no reply", proto.OpWrite)
-	}
-	return e, nil
+	return reply[proto.Entry](ctx, st, proto.OpWrite)
 }
 
 // Download is a file (or a tar of a directory) coming from the guest.
