@@ -160,22 +160,31 @@ func (s *Server) stat(_ context.Context, req *proto.PathRequest) (proto.Entry, e
 	return s.lstatEntry(p)
 }
 
+// dirPath is path (for user) made absolute, refused unless a directory.
+func (s *Server) dirPath(path, user string) (string, error) {
+	dir, err := s.absPath(path, user)
+	if err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", err
+	}
+	if !fi.IsDir() {
+		return "", proto.Errorf(proto.CodeInvalid, "path: %s is not a directory", dir)
+	}
+	return dir, nil
+}
+
 // list sends a directory's entries, Depth levels deep, in batches.
 func (s *Server) list(st *mux.Stream) error {
 	req, err := decode[proto.ListRequest](st)
 	if err != nil {
 		return err
 	}
-	root, err := s.absPath(req.Path, req.User)
+	root, err := s.dirPath(req.Path, req.User)
 	if err != nil {
 		return err
-	}
-	fi, err := os.Stat(root)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return proto.Errorf(proto.CodeInvalid, "path: %s is not a directory", root)
 	}
 	depth := max(req.Depth, 1)
 	n := names{root: s.cfg.Root}

@@ -43,16 +43,9 @@ func (s *Server) watch(st *mux.Stream) error {
 	if err != nil {
 		return err
 	}
-	root, err := s.absPath(req.Path, req.User)
+	root, err := s.dirPath(req.Path, req.User)
 	if err != nil {
 		return err
-	}
-	fi, err := os.Stat(root)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return proto.Errorf(proto.CodeInvalid, "path: %s is not a directory", root)
 	}
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
