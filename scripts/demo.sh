@@ -32,3 +32,5 @@ sandbox=$(ember sandbox create demo)
 echo "$sandbox"
 echo "== ember sandbox exec $sandbox -- ..."
 ember sandbox exec "$sandbox" -- /bin/bash -c 'echo "hello from $(. /etc/os-release; echo $PRETTY_NAME) in an Ember sandbox, kernel $(uname -r)"; python3 -c "import uuid; print(uuid.uuid4())"'
+echo "== ember sandbox stats $sandbox"
+ember sandbox stats "$sandbox"
