@@ -133,16 +133,29 @@ func (p *process) start(ctx context.Context, ac *agentclient.Client, onExit func
 			p.log.Warn("lost the process's exit", "exec", p.id, "pid", p.pid, "err", err)
 			code = exitAgentLost
 		}
-		p.mu.Lock()
-		p.oomKilled = es.OOMKilled
-		p.mu.Unlock()
-		p.setExited(code)
+		// The exit's events go out before Wait returns, as containerd's
+		// own shims publish TaskExit first: a client that saw Wait
+		// return finds the event.
+		p.record(code, es.OOMKilled)
 		onExit(p)
+		p.setExited(code)
 	}()
 	return nil
 }
 
-// setExited records the exit once.
+// record notes how the process ended (exit status, OOM kill), before
+// setExited tells the waiters.
+func (p *process) record(code uint32, oomKilled bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.isExited() {
+		return
+	}
+	p.status, p.exitedAt, p.oomKilled = code, time.Now(), oomKilled
+}
+
+// setExited records the exit once (unless record did) and wakes the
+// process's waiters.
 func (p *process) setExited(code uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -152,7 +165,9 @@ func (p *process) setExited(code uint32) {
 	if p.stdinFifo != nil {
 		p.stdinFifo.Close()
 	}
-	p.status, p.exitedAt = code, time.Now()
+	if p.exitedAt.IsZero() {
+		p.status, p.exitedAt = code, time.Now()
+	}
 	close(p.exited)
 }
 
