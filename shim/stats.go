@@ -14,11 +14,11 @@ import (
 // (io.containerd.cgroups.v2.Metrics: what containerd's CRI turns into
 // ContainerStats, and `ctr task metrics` prints). A container of a pod's
 // VM gets its own processes' use from the guest's agent (container.stats:
-// CPU time, resident memory, process count); a task with a VM of its own,
-// or a pod's sandbox, gets the whole guest's (sys.metrics: CPU time since
-// boot, memory in use of the VM's, as usage and limit). The ember
-// process's cgroup on the host is not what is reported: the guest's
-// kernel, page cache and agent are the VM's, not the workload's.
+// CPU time, summed proportional set sizes, process count); a task with a
+// VM of its own, or a pod's sandbox, gets the whole guest's (sys.metrics:
+// CPU time since boot, memory in use of the VM's, as usage and limit).
+// Nothing is read on the host: the ember process's own use would count
+// the VMM and every guest page ever touched, not what runs in the guest.
 func (s *Service) Stats(ctx context.Context, r *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
 	t, _, err := s.get(r.ID, "")
 	if err != nil {
