@@ -48,17 +48,15 @@ var never = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // api is the control plane: E2B's sandbox routes over a sandbox.Manager.
 type api struct {
-	m *sandbox.Manager
-	// b reaches the sandboxes' agents (for metrics): the gateway's.
-	b      Backend
+	m      *sandbox.Manager
 	tokens Tokens
 	domain string
 	log    *slog.Logger
 	mux    *http.ServeMux
 }
 
-func newAPI(m *sandbox.Manager, b Backend, tokens Tokens, domain string, log *slog.Logger) *api {
-	a := &api{m: m, b: b, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
+func newAPI(m *sandbox.Manager, tokens Tokens, domain string, log *slog.Logger) *api {
+	a := &api{m: m, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
 	routes := []struct {
 		pattern string
 		h       func(w http.ResponseWriter, r *http.Request) error
@@ -709,13 +707,9 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, []sandboxMetric{})
 		return nil
 	}
-	ac, _, err := a.b.Agent(r.Context(), id)
+	m, err := a.m.Usage(r.Context(), id)
 	if err != nil {
 		return a.ended(id, err)
-	}
-	m, err := ac.Metrics(r.Context())
-	if err != nil {
-		return fmt.Errorf("sandbox %s: sampling its metrics: %w", id, err)
 	}
 	writeJSON(w, http.StatusOK, []sandboxMetric{{
 		Timestamp: m.Time.UTC().Format(time.RFC3339Nano), TimestampUnix: m.Time.Unix(),
