@@ -3,11 +3,11 @@ package bench
 import (
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/embervm/ember/internal/testbin"
 )
 
 // hogCommand makes the test binary a child that touches a given number of
@@ -27,9 +27,9 @@ func touch(n int) byte {
 // 300 MiB first, then measures, through the real bin/ember-rusage, a
 // child that touches 40 MiB.
 func TestRunToExitRSS(t *testing.T) {
-	measurer := filepath.Join(t.TempDir(), "ember-rusage")
-	if out, err := exec.Command("go", "build", "-o", measurer, "github.com/embervm/ember/cmd/ember-rusage").CombinedOutput(); err != nil {
-		t.Fatalf("building ember-rusage: %v\n%s", err, out)
+	measurer, err := testbin.Build(t.TempDir(), "ember-rusage", "github.com/embervm/ember/cmd/ember-rusage")
+	if err != nil {
+		t.Fatal(err)
 	}
 	const parentMiB, childMiB = 300, 40
 	keep := make([]byte, parentMiB<<20)

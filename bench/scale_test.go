@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
+	"github.com/embervm/ember/internal/testkvm"
 )
 
 // TestMain lets the test binary be the process group leader the scale
@@ -30,20 +32,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// needKVM skips a test without /dev/kvm, unless CI is set: there it fails.
-func needKVM(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err == nil {
-		f.Close()
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI needs a usable /dev/kvm: %v", err)
-	}
-	t.Skipf("no usable /dev/kvm: %v", err)
 }
 
 // alive reports whether pid is a process that has not exited (a zombie
@@ -150,11 +138,9 @@ func TestReadUsageOfThisProcess(t *testing.T) {
 // buildEmber builds cmd/ember into a temporary directory.
 func buildEmber(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "ember")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/ember")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin, err := testbin.Build(t.TempDir(), "ember", "github.com/embervm/ember/cmd/ember")
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
@@ -163,7 +149,7 @@ func buildEmber(t *testing.T) string {
 // handful of VMs: every VM starts through the API, answers GET /, prints
 // its line, and nothing is left running afterwards.
 func TestDensityOfAFewEmberVMs(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	ember := buildEmber(t)
 	var progress bytes.Buffer
 	r, err := Density(context.Background(), DensityOptions{Ember: ember, Max: 4, Step: 2, Parallel: 2, MemMiB: 64}, &progress)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
 	"github.com/embervm/ember/internal/testkvm"
 )
 
@@ -24,11 +24,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	emberBin = filepath.Join(dir, "ember")
-	cmd := exec.Command("go", "build", "-o", emberBin, "../cmd/ember")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build ember: %v\n%s", err, out)
+	emberBin, err = testbin.Build(dir, "ember", "github.com/embervm/ember/cmd/ember")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()

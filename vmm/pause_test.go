@@ -24,14 +24,21 @@ func counter(t *testing.T, vm *VM) uint32 {
 // waitCount waits until the Counter guest's count passes above.
 func waitCount(t *testing.T, vm *VM, above uint32) uint32 {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if n := counter(t, vm); n > above {
+	// A guest that stopped counting is stuck; one that counts slowly (each
+	// of the chatter's bytes is an exit, slow in the lab) is waited for.
+	const stuck = 30 * time.Second
+	last, moved := counter(t, vm), time.Now()
+	for time.Since(moved) < stuck {
+		n := counter(t, vm)
+		if n > above {
 			return n
+		}
+		if n != last {
+			last, moved = n, time.Now()
 		}
 		time.Sleep(time.Millisecond)
 	}
-	t.Fatalf("the guest's count stayed at %d", counter(t, vm))
+	t.Fatalf("the guest's count stayed at %d for %v (waiting for more than %d)", last, stuck, above)
 	return 0
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/embervm/ember/internal/testbin"
 )
 
 func TestParseImageFlags(t *testing.T) {
@@ -107,8 +109,10 @@ func TestImageHostHalf(t *testing.T) {
 		t.Skip("needs mkfs.erofs")
 	}
 	bin := t.TempDir()
-	if b, err := exec.Command("go", "build", "-o", bin+"/", "../ember", "../ember-image", ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
+	for _, name := range []string{"ember", "ember-image", "ember-bench"} {
+		if _, err := testbin.Build(bin, name, "github.com/embervm/ember/cmd/"+name); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tmp := t.TempDir()
 	cmd := exec.Command(filepath.Join(bin, "ember-bench"), "image", "--runs", "1", "--lab-runs", "0", "--rounds", "3", "--tarball", tarball)

@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/embervm/ember/image"
+	"github.com/embervm/ember/internal/testbin"
 )
 
 var toolBin string
@@ -29,10 +30,10 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	toolBin = filepath.Join(dir, "ember-image")
-	if out, err := exec.Command("go", "build", "-o", toolBin, ".").CombinedOutput(); err != nil {
+	toolBin, err = testbin.Build(dir, "ember-image", "github.com/embervm/ember/cmd/ember-image")
+	if err != nil {
 		os.RemoveAll(dir)
-		panic("go build: " + err.Error() + "\n" + string(out))
+		panic(err)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

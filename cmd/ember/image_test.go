@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/embervm/ember/internal/testbin"
 )
 
 // TestImageDelegates: `ember image` runs ember-image from beside ember, and
@@ -36,8 +38,8 @@ func TestImageDelegates(t *testing.T) {
 	if _, errOut, code := run("image", "ls"); code != exitFailure || !strings.Contains(errOut, "ember-image is not installed") {
 		t.Errorf("without ember-image: exit %d, %q", code, errOut)
 	}
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "ember-image"), "../ember-image").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if _, err := testbin.Build(dir, "ember-image", "github.com/embervm/ember/cmd/ember-image"); err != nil {
+		t.Fatal(err)
 	}
 	out, errOut, code := run("image", "ls", "--home", t.TempDir())
 	if code != exitOK || !strings.HasPrefix(out, "ID ") {

@@ -17,6 +17,7 @@ import (
 	"github.com/embervm/ember/image"
 	"github.com/embervm/ember/image/imagetest"
 	"github.com/embervm/ember/initrd"
+	"github.com/embervm/ember/internal/testbin"
 	"github.com/embervm/ember/internal/testkvm"
 )
 
@@ -45,8 +46,8 @@ func newImageKit(t *testing.T) *imageKit {
 	if err := os.WriteFile(k.ember, data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, imageTool), "../ember-image").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	if _, err := testbin.Build(dir, imageTool, "github.com/embervm/ember/cmd/ember-image"); err != nil {
+		t.Fatal(err)
 	}
 	initBin := write(t, "ember-init", []byte("\x7fELF not really"))
 	k.env = append(os.Environ(), "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR="+k.tmp,

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,50 +25,33 @@ import (
 	"github.com/embervm/ember/api"
 	"github.com/embervm/ember/api/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/jail"
 )
 
 // jailUID is the user (and group) the jail tests run the VMM as.
 const jailUID = 10000
 
-// needJailHost skips a jail test where it cannot run (not root, or no
-// /dev/kvm) unless CI is set, where that is a failure.
+// needJailHost skips a jail test where it cannot run: without /dev/kvm
+// (see testkvm.Need), or when not root (unless CI is set, where that is a
+// failure).
 func needJailHost(t *testing.T) {
 	t.Helper()
-	fail := t.Skipf
-	if os.Getenv("CI") != "" {
-		fail = t.Fatalf
-	}
+	testkvm.Need(t)
 	if os.Geteuid() != 0 {
-		fail("the jailer needs root")
-	}
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err != nil {
-		fail("no usable /dev/kvm: %v", err)
-	} else {
-		f.Close()
+		if os.Getenv("CI") != "" {
+			t.Fatal("the jailer needs root, and CI is set")
+		}
+		t.Skip("the jailer needs root")
 	}
 }
 
-// staticEmber is ember built statically, as `make build` does: the jail
-// holds only the exec file, so it cannot be dynamically linked. It is
-// named ember, so jails are <base>/ember/<id>.
-var staticEmber = sync.OnceValues(func() (string, error) {
-	bin := filepath.Join(filepath.Dir(emberBin), "static", "ember")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build (static): %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
+// staticBin is ember as the jail tests run it: emberBin, built statically
+// as make build does (the jail holds only the exec file) and named ember,
+// so jails are <base>/ember/<id>.
 func staticBin(t *testing.T) string {
 	t.Helper()
-	bin, err := staticEmber()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return emberBin
 }
 
 // hostCgroups is how the tests limit the VM with this host's cgroups: on

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
 	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/vmm"
 )
@@ -22,14 +23,12 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	emberBin = filepath.Join(dir, "ember")
 	// Static, as make build builds it: seccomp, on by default, refuses a
-	// binary linked with the C library.
-	build := exec.Command("go", "build", "-o", emberBin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
+	// binary linked with the C library, and a jail holds only the exec file.
+	emberBin, err = testbin.Build(dir, "ember", "github.com/embervm/ember/cmd/ember")
+	if err != nil {
 		os.RemoveAll(dir)
-		panic("go build: " + err.Error() + "\n" + string(out))
+		panic(err)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -10,22 +10,10 @@ import (
 	"testing"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/seccomp"
 )
-
-// needKVMOrCI skips a test without a usable /dev/kvm, unless CI is set:
-// then the missing KVM is a failure.
-func needKVMOrCI(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("CI needs a usable /dev/kvm: %v", err)
-		}
-		t.Skipf("no usable /dev/kvm: %v", err)
-	}
-	f.Close()
-}
 
 // selfTestBinary builds ember with the seccomptest tag (the self-test of
 // selftest_on.go) once per test run.
@@ -35,10 +23,9 @@ func selfTestBinary(t *testing.T) string {
 	if _, err := os.Stat(bin); err == nil {
 		return bin
 	}
-	build := exec.Command("go", "build", "-tags", "seccomptest", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build -tags seccomptest: %v\n%s", err, out)
+	bin, err := testbin.Build(filepath.Dir(emberBin), "ember-seccomptest", "github.com/embervm/ember/cmd/ember", "seccomptest")
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
@@ -67,7 +54,7 @@ const selfTestEnvName = "EMBER_SECCOMP_SELFTEST"
 // naming the system call and the class, in ember run and in the
 // Firecracker mode.
 func TestSeccompForbiddenCalls(t *testing.T) {
-	needKVMOrCI(t)
+	testkvm.Need(t)
 	bin := selfTestBinary(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	cfg, _ := json.Marshal(map[string]any{
@@ -114,7 +101,7 @@ func TestSeccompForbiddenCalls(t *testing.T) {
 // TestSeccompMetric: in the Firecracker mode a violation is counted in
 // seccomp.num_faults and the metrics are flushed before the exit.
 func TestSeccompMetric(t *testing.T) {
-	needKVMOrCI(t)
+	testkvm.Need(t)
 	bin := selfTestBinary(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	cfg, _ := json.Marshal(map[string]any{
@@ -151,7 +138,7 @@ func TestSeccompMetric(t *testing.T) {
 // is one line and the mode's bad-argument status; the two flags together
 // are refused.
 func TestSeccompFlags(t *testing.T) {
-	needKVMOrCI(t)
+	testkvm.Need(t)
 	kernel := write(t, "tiny.elf", tiny.Image())
 	printed, stderr, code, _ := runEmber(t, "seccomp", "print", "--json")
 	if code != 0 {

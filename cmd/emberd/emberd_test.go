@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
 	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/sandbox"
 	"github.com/embervm/ember/sandbox/client"
@@ -40,15 +41,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	for _, pkg := range []string{"../ember", "."} {
-		name := filepath.Base(pkg)
-		if pkg == "." {
-			name = "emberd"
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "go build %s: %v\n%s", pkg, err, out)
+	for _, name := range []string{"ember", "emberd"} {
+		if _, err := testbin.Build(dir, name, "github.com/embervm/ember/cmd/"+name); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			os.RemoveAll(dir)
 			os.Exit(1)
 		}

@@ -10,22 +10,9 @@ import (
 	"time"
 
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/vmm"
 )
-
-// needKVM skips a test without /dev/kvm, unless CI is set: there it fails.
-func needKVM(t *testing.T) {
-	t.Helper()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err == nil {
-		f.Close()
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI needs a usable /dev/kvm: %v", err)
-	}
-	t.Skipf("no usable /dev/kvm: %v", err)
-}
 
 // console collects the guest's serial output and signals each write.
 type console struct {
@@ -54,7 +41,7 @@ func (c *console) String() string {
 // console and then stays halted (it neither exits nor faults) until the
 // host stops it.
 func TestIdlePrintsAndStaysUp(t *testing.T) {
-	needKVM(t)
+	testkvm.Need(t)
 	p := filepath.Join(t.TempDir(), "idle.elf")
 	if err := os.WriteFile(p, tiny.Idle(), 0o644); err != nil {
 		t.Fatal(err)
