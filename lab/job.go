@@ -81,13 +81,23 @@ type Job struct {
 
 // SelectEnv builds the lab environment from the host environment: PATH
 // starts with binDir (the directory of ember-lab, where Ember's binaries
-// live), HOME and TERM and every EMBER_* and GO* variable are passed through,
-// and EMBER_LAB=1 is set.
+// live), HOME and TERM and every EMBER_* and GO* variable but GOTMPDIR are
+// passed through, and EMBER_LAB=1 is set. GOTMPDIR names a host directory
+// that is read-only inside (go test -exec needs it on the host, to build
+// the test binary where the lab sees it); inside, t.TempDir and the go
+// command would make their directories there and fail, so they use the
+// lab's own /tmp instead.
+// hostOnlyGoEnv is the GO* variable SelectEnv does not pass through.
+const hostOnlyGoEnv = "GOTMPDIR"
+
 func SelectEnv(hostEnv []string, binDir string) []string {
 	env := map[string]string{}
 	for _, kv := range hostEnv {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok || !validEnvName(name) {
+			continue
+		}
+		if name == hostOnlyGoEnv {
 			continue
 		}
 		if name == "HOME" || name == "TERM" || strings.HasPrefix(name, "EMBER_") || strings.HasPrefix(name, "GO") {

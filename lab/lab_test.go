@@ -347,7 +347,7 @@ func TestSelectEnv(t *testing.T) {
 		"PATH=/host/path", "SECRET=no", "LANG=C", "BAD-NAME=1",
 	}, "/work/main/bin")
 	want := []string{
-		"EMBER_GUEST_DIR=/g", "EMBER_LAB=1", "GOFLAGS=-x", "GOTMPDIR=/c/t", "HOME=/root",
+		"EMBER_GUEST_DIR=/g", "EMBER_LAB=1", "GOFLAGS=-x", "HOME=/root",
 		"PATH=/work/main/bin:" + labDefaultPath, "TERM=xterm",
 	}
 	if !reflect.DeepEqual(got, want) {
