@@ -48,15 +48,19 @@ var never = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // api is the control plane: E2B's sandbox routes over a sandbox.Manager.
 type api struct {
-	m      *sandbox.Manager
+	m *sandbox.Manager
+	// b reaches the sandboxes' agents (for metrics): the gateway's, so
+	// that both halves of the API reach the same agents (sandbox.Manager's
+	// Usage would go around a Backend that stands in for them).
+	b      Backend
 	tokens Tokens
 	domain string
 	log    *slog.Logger
 	mux    *http.ServeMux
 }
 
-func newAPI(m *sandbox.Manager, tokens Tokens, domain string, log *slog.Logger) *api {
-	a := &api{m: m, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
+func newAPI(m *sandbox.Manager, b Backend, tokens Tokens, domain string, log *slog.Logger) *api {
+	a := &api{m: m, b: b, tokens: tokens, domain: domain, log: log, mux: http.NewServeMux()}
 	routes := []struct {
 		pattern string
 		h       func(w http.ResponseWriter, r *http.Request) error
@@ -707,9 +711,13 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, []sandboxMetric{})
 		return nil
 	}
-	m, err := a.m.Usage(r.Context(), id)
+	ac, _, err := a.b.Agent(r.Context(), id)
 	if err != nil {
 		return a.ended(id, err)
+	}
+	m, err := ac.Metrics(r.Context())
+	if err != nil {
+		return fmt.Errorf("sandbox %s: sampling its metrics: %w", id, err)
 	}
 	writeJSON(w, http.StatusOK, []sandboxMetric{{
 		Timestamp: m.Time.UTC().Format(time.RFC3339Nano), TimestampUnix: m.Time.Unix(),

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 
 	agentclient "github.com/embervm/ember/agent/client"
 	"github.com/embervm/ember/guest/tiny"
+	"github.com/embervm/ember/internal/testbin"
 	"github.com/embervm/ember/internal/testkvm"
 	"github.com/embervm/ember/sandbox"
 )
@@ -39,12 +39,7 @@ func emberBinary(t *testing.T) string {
 			emberErr = err
 			return
 		}
-		emberBin = filepath.Join(dir, "ember")
-		cmd := exec.Command("go", "build", "-o", emberBin, "../../cmd/ember")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			emberErr = fmt.Errorf("go build ember: %v\n%s", err, out)
-		}
+		emberBin, emberErr = testbin.Build(dir, "ember", "github.com/embervm/ember/cmd/ember")
 	})
 	if emberErr != nil {
 		t.Fatal(emberErr)

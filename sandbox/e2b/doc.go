@@ -156,7 +156,7 @@ func newHandler(m *sandbox.Manager, o Options, b Backend) (http.Handler, error) 
 		return nil, err
 	}
 	gw := NewGateway(b, tokens, o.Log)
-	cp := newAPI(m, tokens, o.Domain, o.Log)
+	cp := newAPI(m, b, tokens, o.Domain, o.Log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if IsEnvdRequest(r) || isSignedFiles(r) {
 			gw.ServeHTTP(w, r)

@@ -60,7 +60,9 @@ func startAgent(t *testing.T) *agentclient.Client {
 	}
 	srv := agent.New(agent.Config{
 		Root: "/", RunDir: filepath.Join(dir, "run"), ResolvConf: filepath.Join(dir, "resolv.conf"),
-		Env:   []string{"PATH=" + os.Getenv("PATH"), "LANG=C"},
+		// HOME of its own: commands run in a login shell, which would
+		// otherwise read this host's dotfiles (and what they print).
+		Env:   []string{"PATH=" + os.Getenv("PATH"), "LANG=C", "HOME=" + t.TempDir()},
 		Clock: testClock{}, Entropy: testEntropy{}, Network: testNetwork{},
 		Log: slog.New(slog.DiscardHandler),
 	})
