@@ -11,7 +11,8 @@
 #                    cloud-vmlinux,initramfs.cpio.gz} and cloud-modules/
 #   make lab         fetch/build the lab VM's kernel and initramfs
 #   make demo        boot the minimal guest with Ember inside the lab
-#   make test        vet, unit tests (with the race detector), then the e2e tests inside the lab
+#   make test        vet, unit tests (with the race detector; those needing /dev/kvm
+#                    inside the lab if this host has none), then the e2e tests in the lab
 #   make fuzz        every Fuzz* target in the repository, FUZZTIME each
 #   make bench-boot  boot benchmark (bin/ember-bench boot)
 #   make bench-image image import, copy-on-write drives, image boot against a flat ext4 drive
@@ -27,7 +28,8 @@
 #   guest/initramfs-<key>.cpio.gz      the test guests' initramfs
 #   lab/assets-<key>/                  the lab's kernel, initramfs, MANIFEST
 #   lab/jobs/                          per-run job directories (removed after)
-#   gotmp/                             GOTMPDIR for go test -exec in the lab
+#   gotmp/                             GOTMPDIR for go test -exec in the lab;
+#                                      kvm-tests-for-lab and testbin/ of make test
 
 EMBER_CACHE ?= /var/cache/ember
 export EMBER_CACHE
@@ -55,7 +57,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio kmod linux-source-6.1 \
 
 
 .PHONY: all setup build ember-init lab-bin guest guest-minimal guest-cloud guest-cloud-vmlinux guest-initramfs guest-cloud-initramfs guest-probe guest-debian \
-	lab demo test unit-test e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-sandbox bench-k8s bench-scale clean
+	lab demo test unit-test kvm-tests-in-lab e2e fuzz bench-boot bench-io bench-api bench-snapshot bench-image bench-sandbox bench-k8s bench-scale clean
 
 all: build
 
@@ -156,10 +158,24 @@ demo: setup build guest lab
 	EMBER_INIT=$(CURDIR)/bin/ember-init bin/ember run --image demo/debian:12 --home $(DEMO_HOME) --dry-run >/dev/null
 	$(LAB) run --add $(DEMO_HOME) -- $(CURDIR)/scripts/demo.sh $(DEMO_HOME) demo/debian:12
 
+# The unit tests run on this host; those that need /dev/kvm and find none
+# here list themselves (internal/testkvm) and run again inside the lab,
+# with the commands they start prebuilt in $(TESTBIN) (internal/testbin).
+KVM_LAB_LIST := $(GOTMP)/kvm-tests-for-lab
+TESTBIN := $(GOTMP)/testbin
+
 test: setup build guest lab
 	$(GO) vet ./...
-	$(GO) test -race ./...
+	@mkdir -p $(GOTMP) && rm -f $(KVM_LAB_LIST)
+	EMBER_KVM_LAB_LIST=$(KVM_LAB_LIST) $(GO) test -race ./...
+	$(MAKE) --no-print-directory kvm-tests-in-lab
 	$(MAKE) --no-print-directory e2e
+
+kvm-tests-in-lab:
+	@rm -rf $(TESTBIN) && mkdir -p $(TESTBIN)
+	CGO_ENABLED=0 $(GO) build -o $(TESTBIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -tags seccomptest -o $(TESTBIN)/ember-seccomptest ./cmd/ember
+	GOTMPDIR=$(GOTMP) scripts/kvm-tests-in-lab.sh $(KVM_LAB_LIST) $(LAB) $(TESTBIN)
 
 # The end-to-end tests, run inside the lab by go test -exec. The test binary
 # is built in GOTMPDIR, which must be visible inside (the lab's /tmp is empty).
