@@ -151,8 +151,11 @@ func buildEmber(t *testing.T) string {
 func TestDensityOfAFewEmberVMs(t *testing.T) {
 	testkvm.Need(t)
 	ember := buildEmber(t)
+	// Any answer counts (the lab answers slower than a host's KVM): the
+	// test checks the ramp, the benchmark measures the latency.
 	var progress bytes.Buffer
-	r, err := Density(context.Background(), DensityOptions{Ember: ember, Max: 4, Step: 2, Parallel: 2, MemMiB: 64}, &progress)
+	r, err := Density(context.Background(), DensityOptions{Ember: ember, Max: 4, Step: 2, Parallel: 2, MemMiB: 64,
+		P99Limit: densityPingTimeout}, &progress)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, &progress)
 	}
