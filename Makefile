@@ -29,7 +29,7 @@
 #   lab/assets-<key>/                  the lab's kernel, initramfs, MANIFEST
 #   lab/jobs/                          per-run job directories (removed after)
 #   gotmp/                             GOTMPDIR for go test -exec in the lab;
-#                                      kvm-tests-for-lab and testbin/ of make test
+#                                      kvm-tests-for-lab.* and testbin/ of make test
 
 EMBER_CACHE ?= /var/cache/ember
 export EMBER_CACHE
@@ -161,14 +161,18 @@ demo: setup build guest lab
 # The unit tests run on this host; those that need /dev/kvm and find none
 # here list themselves (internal/testkvm) and run again inside the lab,
 # with the commands they start prebuilt in $(TESTBIN) (internal/testbin).
-KVM_LAB_LIST := $(GOTMP)/kvm-tests-for-lab
+# The list's path is new each run: it is in the environment of the tests
+# that read it, so the go command's test cache cannot answer for a test
+# that would have listed itself (a cached pass lists nothing).
+KVM_LAB_LIST := $(GOTMP)/kvm-tests-for-lab.$(shell date +%s%N)
 TESTBIN := $(GOTMP)/testbin
 
 test: setup build guest lab
 	$(GO) vet ./...
-	@mkdir -p $(GOTMP) && rm -f $(KVM_LAB_LIST)
+	@mkdir -p $(GOTMP) && rm -f $(GOTMP)/kvm-tests-for-lab.*
 	EMBER_KVM_LAB_LIST=$(KVM_LAB_LIST) $(GO) test -race ./...
-	$(MAKE) --no-print-directory kvm-tests-in-lab
+	$(MAKE) --no-print-directory kvm-tests-in-lab KVM_LAB_LIST=$(KVM_LAB_LIST)
+	@rm -f $(KVM_LAB_LIST)
 	$(MAKE) --no-print-directory e2e
 
 kvm-tests-in-lab:
