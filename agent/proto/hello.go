@@ -28,13 +28,14 @@ const Port = 1024
 // frame whose meaning must not be dropped by an older agent (which ignores
 // unknown JSON fields) is sent only when the agent announced its feature.
 const (
-	FeatureExec     = "exec"            // exec.* with pipes, reattach and replay
-	FeatureExecTTY  = "exec.tty"        // exec.start with a pseudo-terminal
-	FeatureFiles    = "fs"              // fs.stat, list, mkdir, move, remove, read, write
-	FeatureFilesTar = "fs.tar"          // fs.read and fs.write with FormatTar
-	FeatureWatch    = "fs.watch"        // fs.watch, recursive
-	FeatureRestore  = "restore"         // sys.restore: clock, entropy, generation, metadata
-	FeatureNetwork  = "restore.network" // sys.restore's network step
+	FeatureExec     = "exec"             // exec.* with pipes, reattach and replay
+	FeatureExecTTY  = "exec.tty"         // exec.start with a pseudo-terminal
+	FeatureFiles    = "fs"               // fs.stat, list, mkdir, move, remove, read, write
+	FeatureFilesTar = "fs.tar"           // fs.read and fs.write with FormatTar
+	FeatureWatch    = "fs.watch"         // fs.watch, recursive
+	FeatureRestore  = "restore"          // sys.restore: clock, entropy, generation, metadata
+	FeatureNetwork  = "restore.network"  // sys.restore's network step
+	FeatureHostname = "restore.hostname" // sys.restore's hostname step
 )
 
 // Hello is the client's first frame.

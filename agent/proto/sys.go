@@ -42,6 +42,11 @@ type Restore struct {
 	// Metadata is per-sandbox data for programs in the guest, written to
 	// /run/ember/metadata.json.
 	Metadata map[string]string `json:"metadata,omitempty"`
+	// Hostname, if set, becomes the guest's host name (sethostname(2)):
+	// a clone of a snapshot taken under another name (a pod VM restored
+	// from the shim's warm template). Sent only to an agent that
+	// announced [FeatureHostname].
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // Entropy bounds: at least 32 bytes (256 bits, a full CRNG seed), at most
@@ -51,6 +56,9 @@ const (
 	MaxEntropy = 4096
 	// MaxMetadata bounds the metadata's entries.
 	MaxMetadata = 1024
+	// MaxHostname is HOST_NAME_MAX (64, include/uapi/linux/utsname.h's
+	// __NEW_UTS_LEN).
+	MaxHostname = 64
 	// MaxIfaceLen is IFNAMSIZ-1 (include/uapi/linux/if.h).
 	MaxIfaceLen = 15
 	// MaxDNS is MAXNS of glibc and musl: resolvers read three nameservers.
@@ -144,6 +152,9 @@ func (r *Restore) Validate() error {
 	if len(r.Metadata) > MaxMetadata {
 		return Errorf(CodeInvalid, "metadata: %d entries (limit %d)", len(r.Metadata), MaxMetadata)
 	}
+	if len(r.Hostname) > MaxHostname || strings.ContainsRune(r.Hostname, 0) {
+		return Errorf(CodeInvalid, "hostname: %q: want at most %d bytes, no NUL", r.Hostname, MaxHostname)
+	}
 	return nil
 }
 
@@ -154,6 +165,7 @@ const (
 	StepNetwork    = "network"
 	StepDNS        = "dns"
 	StepMetadata   = "metadata"
+	StepHostname   = "hostname"
 	StepGeneration = "generation"
 )
 

@@ -65,6 +65,19 @@ func (n *fakeNetwork) Configure(p proto.Parsed) error {
 	return nil
 }
 
+// fakeHost records host names instead of setting this host's.
+type fakeHost struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (h *fakeHost) SetHostname(name string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.got = append(h.got, name)
+	return nil
+}
+
 // testAgent is an agent serving on a unix socket in the test process.
 type testAgent struct {
 	sock    string
@@ -73,6 +86,7 @@ type testAgent struct {
 	clock   *fakeClock
 	entropy *fakeEntropy
 	network *fakeNetwork
+	host    *fakeHost
 }
 
 func needRoot(t *testing.T) {
@@ -86,11 +100,11 @@ func startAgent(t *testing.T, mod func(*Config)) *testAgent {
 	t.Helper()
 	needRoot(t)
 	dir := t.TempDir()
-	ta := &testAgent{sock: filepath.Join(dir, "agent.sock"), clock: &fakeClock{}, entropy: &fakeEntropy{}, network: &fakeNetwork{}}
+	ta := &testAgent{sock: filepath.Join(dir, "agent.sock"), clock: &fakeClock{}, entropy: &fakeEntropy{}, network: &fakeNetwork{}, host: &fakeHost{}}
 	ta.cfg = Config{
 		Root: "/", RunDir: filepath.Join(dir, "run"), ResolvConf: filepath.Join(dir, "resolv.conf"),
 		Env:   []string{"PATH=" + os.Getenv("PATH"), "LANG=C"},
-		Clock: ta.clock, Entropy: ta.entropy, Network: ta.network,
+		Clock: ta.clock, Entropy: ta.entropy, Network: ta.network, Host: ta.host,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	}
 	if mod != nil {

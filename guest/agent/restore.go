@@ -47,6 +47,23 @@ type Network interface {
 	Configure(n proto.Parsed) error
 }
 
+// Host names the guest.
+type Host interface {
+	SetHostname(name string) error
+}
+
+// SystemHost sets the host name with sethostname(2) (CAP_SYS_ADMIN, in
+// the agent's UTS namespace: the guest's).
+type SystemHost struct{}
+
+// SetHostname sets the host name.
+func (SystemHost) SetHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("sethostname(%q): %w", name, err)
+	}
+	return nil
+}
+
 // SystemClock sets CLOCK_REALTIME with clock_settime(2) (CAP_SYS_TIME).
 // Settime is the system call; nil means unix.ClockSettime (tests give a
 // recorder: they must not change the host's clock).
@@ -165,6 +182,7 @@ func (s *Server) restore(st *mux.Stream) error {
 	step(proto.StepNetwork, nw == nil, func() error { return s.cfg.Network.Configure(*nw) })
 	step(proto.StepDNS, nw == nil || len(nw.DNS) == 0, func() error { return writeResolvConf(s.cfg.ResolvConf, nw.DNS) })
 	step(proto.StepMetadata, false, func() error { return writeMetadata(s.cfg.RunDir, req.Metadata) })
+	step(proto.StepHostname, req.Hostname == "", func() error { return s.cfg.Host.SetHostname(req.Hostname) })
 	step(proto.StepGeneration, false, func() error {
 		if err := writeRunFile(s.cfg.RunDir, GenerationFile, []byte(strconv.FormatUint(req.Generation, 10)+"\n")); err != nil {
 			return err

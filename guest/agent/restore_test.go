@@ -28,6 +28,7 @@ func TestRestoreTransaction(t *testing.T) {
 		Time: host, Generation: 7, Entropy: []byte(strings.Repeat("e", proto.MinEntropy)),
 		Network:  &proto.Network{Address: "10.0.0.2/30", Gateway: "10.0.0.1", DNS: []string{"10.0.0.1", "1.1.1.1"}},
 		Metadata: map[string]string{"sandbox": "sbx1", "owner": "me"},
+		Hostname: "pod-1",
 	}
 	reply, err := c.Restore(ctx, req)
 	if err != nil {
@@ -40,7 +41,7 @@ func TestRestoreTransaction(t *testing.T) {
 			t.Errorf("step %+v", s)
 		}
 	}
-	if strings.Join(names, ",") != "entropy,clock,network,dns,metadata,generation" || reply.Generation != 7 {
+	if strings.Join(names, ",") != "entropy,clock,network,dns,metadata,hostname,generation" || reply.Generation != 7 {
 		t.Errorf("reply %+v", reply)
 	}
 	if len(ta.clock.set) != 1 || ta.clock.set[0].Before(host) || ta.clock.set[0].Sub(host) > time.Minute {
@@ -51,6 +52,9 @@ func TestRestoreTransaction(t *testing.T) {
 	}
 	if n := ta.network.got; len(n) != 1 || n[0].Interface != "eth0" || n[0].Address.String() != "10.0.0.2/30" || n[0].Gateway.String() != "10.0.0.1" {
 		t.Errorf("network %+v", n)
+	}
+	if h := ta.host.got; len(h) != 1 || h[0] != "pod-1" {
+		t.Errorf("host names set: %q", h)
 	}
 	if b, _ := os.ReadFile(filepath.Join(ta.cfg.RunDir, GenerationFile)); string(b) != "7\n" {
 		t.Errorf("generation file %q", b)
@@ -74,9 +78,9 @@ func TestRestoreTransaction(t *testing.T) {
 	if _, err := c.Restore(ctx, req); proto.CodeOf(err) != proto.CodePrecondition {
 		t.Errorf("stale generation: %v", err)
 	}
-	req.Generation, req.Network, req.Metadata = 7, nil, nil
+	req.Generation, req.Network, req.Metadata, req.Hostname = 7, nil, nil, ""
 	reply, err = c.Restore(ctx, req)
-	if err != nil || !reply.Steps[2].Skipped || !reply.Steps[3].Skipped {
+	if err != nil || !reply.Steps[2].Skipped || !reply.Steps[3].Skipped || !reply.Steps[5].Skipped {
 		t.Errorf("repeat: %+v %v", reply, err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(ta.cfg.RunDir, MetadataFile)); strings.TrimSpace(string(b)) != "{}" {
@@ -92,6 +96,11 @@ func TestRestoreTransaction(t *testing.T) {
 	if _, err := c.Restore(ctx, bad); proto.CodeOf(err) != proto.CodeInvalid || !strings.Contains(err.Error(), "entropy") {
 		t.Errorf("short entropy: %v", err)
 	}
+	bad = req
+	bad.Hostname = strings.Repeat("h", proto.MaxHostname+1)
+	if _, err := c.Restore(ctx, bad); proto.CodeOf(err) != proto.CodeInvalid || !strings.Contains(err.Error(), "hostname") {
+		t.Errorf("long hostname: %v", err)
+	}
 }
 
 // A failing step is reported, the others still run, and the call fails.
@@ -104,7 +113,7 @@ func TestRestoreStepFailure(t *testing.T) {
 	}
 	req.Network = &proto.Network{Address: "10.0.0.2/24"}
 	reply, err := c.Restore(context.Background(), req)
-	if err == nil || !strings.Contains(err.Error(), "network") || len(reply.Steps) != 6 || reply.Steps[2].Error == "" || reply.Steps[5].Error != "" {
+	if err == nil || !strings.Contains(err.Error(), "network") || len(reply.Steps) != 7 || reply.Steps[2].Error == "" || reply.Steps[6].Error != "" {
 		t.Errorf("reply %+v, %v", reply, err)
 	}
 }

@@ -43,11 +43,13 @@ type Config struct {
 	// ReapOrphans makes the agent reap every child of the process, not
 	// just its own: set as PID 1, which inherits every orphan.
 	ReapOrphans bool
-	// Clock, Entropy and Network carry out the restore steps; nil means
-	// the system's (SystemClock, SystemEntropy, SystemNetwork).
+	// Clock, Entropy, Network and Host carry out the restore steps; nil
+	// means the system's (SystemClock, SystemEntropy, SystemNetwork,
+	// SystemHost).
 	Clock   Clock
 	Entropy Entropy
 	Network Network
+	Host    Host
 	// Storage gives containers (proto.FeatureContainer) their file
 	// systems; nil means the guest's (SystemStorage over RunDir).
 	Storage Storage
@@ -112,6 +114,9 @@ func New(cfg Config) *Server {
 	if cfg.Network == nil {
 		cfg.Network = SystemNetwork{}
 	}
+	if cfg.Host == nil {
+		cfg.Host = SystemHost{}
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -157,7 +162,7 @@ func New(cfg Config) *Server {
 func features() []string {
 	return []string{
 		proto.FeatureExec, proto.FeatureExecTTY, proto.FeatureFiles, proto.FeatureFilesTar,
-		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureContainer,
+		proto.FeatureWatch, proto.FeatureRestore, proto.FeatureNetwork, proto.FeatureHostname, proto.FeatureContainer,
 		proto.FeaturePort, proto.FeatureMetrics, proto.FeatureContainerStats,
 	}
 }
