@@ -309,12 +309,17 @@ func copyRange(dst, src *os.File, start, end int64, buf []byte) error {
 	return nil
 }
 
-// MapPrivate maps the memory file at path for a restore: one MAP_PRIVATE
+// MapPrivate maps the memory file at path for a restore: a private
 // mapping per RAM region, sizes[i] bytes at the offset where WriteFull put
-// region i. Pages load from the file on first access and guest writes stay
-// private to the process, so the file must not change while mapped
-// (truncating it makes the guest's next access fault). The file must be at
-// least as long as the RAM it holds. Unmap releases the mappings.
+// region i. The file's data extents are mapped from it (MAP_PRIVATE): their
+// pages load on first access and guest writes stay private to the process,
+// so the file must not change while mapped (truncating it makes the
+// guest's next access fault). Its holes (the all-zero pages WriteFull
+// skipped) are mapped anonymous instead: the guest gets the zero page or a
+// fresh page of its own there, and no page of zeros is allocated in the
+// file's page cache (on tmpfs, unreclaimable memory that every clone's
+// touch of free guest memory would add to). The file must be at least as
+// long as the RAM it holds. Unmap releases the mappings.
 func MapPrivate(path string, sizes []uint64) ([][]byte, error) {
 	var total uint64
 	for i, s := range sizes {
@@ -341,10 +346,11 @@ func MapPrivate(path string, sizes []uint64) ([][]byte, error) {
 	if uint64(fi.Size()) < total {
 		return nil, fmt.Errorf("map %s: %w: the file is %d bytes but guest RAM needs %d (truncated memory file?)", path, ErrMemoryFile, fi.Size(), total)
 	}
+	exts, ok := pageExtents(f)
 	out := make([][]byte, 0, len(sizes))
 	var off uint64
 	for i, s := range sizes {
-		m, err := unix.Mmap(int(f.Fd()), int64(off), int(s), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+		m, err := mapRegion(int(f.Fd()), off, s, exts, ok)
 		if err != nil {
 			Unmap(out)
 			return nil, fmt.Errorf("map %s region %d (%d bytes at %#x): %w", path, i, s, off, err)
@@ -353,6 +359,65 @@ func MapPrivate(path string, sizes []uint64) ([][]byte, error) {
 		off += s
 	}
 	return out, nil
+}
+
+// maxMapExtents bounds the file mappings of a restore: a file more
+// fragmented than that is mapped whole (each mapping is a VMA, and a
+// process has vm.max_map_count of them, 65530 by default).
+const maxMapExtents = 8192
+
+// errTooFragmented stops pageExtents' walk.
+var errTooFragmented = errors.New("more than maxMapExtents data extents")
+
+// extent is a byte range of a file.
+type extent struct{ start, end uint64 }
+
+// pageExtents lists the file's data extents widened to whole pages and
+// merged, or reports false if there are more than maxMapExtents or the
+// file system cannot tell (then the file is mapped whole).
+func pageExtents(f *os.File) ([]extent, bool) {
+	var out []extent
+	err := dataExtents(f, func(s, e int64) error {
+		start := uint64(s) &^ (PageSize - 1)
+		end := (uint64(e) + PageSize - 1) &^ (PageSize - 1)
+		if n := len(out); n > 0 && out[n-1].end >= start {
+			out[n-1].end = max(out[n-1].end, end)
+			return nil
+		}
+		if len(out) == maxMapExtents {
+			return errTooFragmented
+		}
+		out = append(out, extent{start, end})
+		return nil
+	})
+	return out, err == nil
+}
+
+// mapRegion maps size bytes of the file fd at off: anonymous memory with
+// the file's data extents exts mapped over it (MAP_FIXED); with !ok the
+// whole region from the file.
+func mapRegion(fd int, off, size uint64, exts []extent, ok bool) ([]byte, error) {
+	const prot = unix.PROT_READ | unix.PROT_WRITE
+	if !ok {
+		return unix.Mmap(fd, int64(off), int(size), prot, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	}
+	m, err := unix.Mmap(-1, 0, int(size), prot, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, err
+	}
+	end := off + size
+	for _, e := range exts {
+		s, t := max(e.start, off), min(e.end, end)
+		if s >= t {
+			continue
+		}
+		if _, err := unix.MmapPtr(fd, int64(s), unsafe.Pointer(&m[s-off]), uintptr(t-s), prot,
+			unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE); err != nil {
+			unix.Munmap(m)
+			return nil, fmt.Errorf("file extent %#x..%#x: %w", s, t, err)
+		}
+	}
+	return m, nil
 }
 
 // Unmap releases mappings made by MapPrivate.

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -260,10 +262,26 @@ func TestMapPrivate(t *testing.T) {
 	if len(m) != 2 || !bytes.Equal(m[0], a) || !bytes.Equal(m[1], b) {
 		t.Fatal("mapped memory differs from what was written")
 	}
+	// The file's data pages are mapped from it; its holes (a's pages after
+	// the first, b's first page) are anonymous memory.
+	for _, c := range []struct {
+		name     string
+		addr     *byte
+		fromFile bool
+	}{{"a's data page", &m[0][0], true}, {"a's hole", &m[0][PageSize], false}, {"a's last hole", &m[0][15*PageSize], false},
+		{"b's hole", &m[1][0], false}, {"b's data page", &m[1][PageSize], true}} {
+		if got := mappedFrom(t, c.addr); (got == path) != c.fromFile {
+			t.Errorf("%s is mapped from %q", c.name, got)
+		}
+	}
 	// Writes stay private.
 	copy(m[1][PageSize:], "CHANGED!")
+	copy(m[0][PageSize:], "HOLE")
 	if f, _ := os.ReadFile(path); !bytes.Equal(f[16*PageSize+PageSize:][:8], []byte("region b")) {
 		t.Error("a write to the private mapping reached the file")
+	}
+	if f, _ := os.ReadFile(path); !bytes.Equal(f[PageSize:][:4], make([]byte, 4)) {
+		t.Error("a write to a hole reached the file")
 	}
 
 	// The file must hold all the RAM.
@@ -327,4 +345,32 @@ func TestVerifyDiff(t *testing.T) {
 	if err := verifyDiff(f, [][]byte{r}, [][]uint64{{0b1110}}, 3); !errors.Is(err, ErrMemoryFile) || !strings.Contains(err.Error(), "3 dirty pages") {
 		t.Errorf("missing data page: %v", err)
 	}
+}
+
+// mappedFrom is the path /proc/self/maps gives for the mapping holding
+// addr ("" for anonymous memory).
+func mappedFrom(t *testing.T, addr *byte) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := uint64(uintptr(unsafe.Pointer(addr)))
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		lo, hi, _ := strings.Cut(f[0], "-")
+		l, err1 := strconv.ParseUint(lo, 16, 64)
+		h, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 == nil && err2 == nil && l <= a && a < h {
+			if len(f) >= 6 {
+				return f[5]
+			}
+			return ""
+		}
+	}
+	t.Fatalf("no mapping holds %#x", a)
+	return ""
 }
