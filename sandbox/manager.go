@@ -392,17 +392,7 @@ func withEmberLog(err error, dir string) error {
 // dialAgent connects to the agent on the hybrid vsock socket, retrying
 // until it answers or ctx ends.
 func dialAgent(ctx context.Context, uds string) (*agentclient.Client, error) {
-	for {
-		c, err := agentclient.Dial(ctx, uds, agentclient.Options{Name: "emberd"})
-		if err == nil {
-			return c, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the agent on %s: %w (last error: %v)", uds, context.Cause(ctx), err)
-		case <-time.After(10 * pollInterval):
-		}
-	}
+	return agentclient.Wait(ctx, uds, agentclient.Options{Name: "emberd"}, nil)
 }
 
 // emberDisk runs `ember disk create --base BASE OVERLAY`.

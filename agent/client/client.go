@@ -99,6 +99,46 @@ func Dial(ctx context.Context, udsPath string, opts Options) (*Client, error) {
 	return New(ctx, conn, opts)
 }
 
+// Attempt deadlines of Wait: the first, doubling up to the last.
+const (
+	waitAttempt    = 2 * time.Second
+	waitAttemptMax = 30 * time.Second
+	// waitInterval is the pause between attempts.
+	waitInterval = 20 * time.Millisecond
+)
+
+// Wait dials the agent at udsPath (as Dial) until a hello completes, ctx
+// ends, or ended is closed (the VM is gone; nil for never). Each attempt
+// has its own deadline, doubling from 2 s to 30 s: right after a snapshot
+// is restored, the guest may accept a connection and then drop it without
+// a word when it handles the vsock transport reset (Linux resets its
+// vsock sockets without telling the host), and an attempt bounded only by
+// ctx would wait on that connection to the end.
+func Wait(ctx context.Context, udsPath string, opts Options, ended <-chan struct{}) (*Client, error) {
+	limit := waitAttempt
+	for {
+		actx, cancel := context.WithTimeout(ctx, limit)
+		c, err := Dial(actx, udsPath, opts)
+		timedOut := actx.Err() != nil
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if timedOut {
+			// A slow guest gets longer next time; a refused connection
+			// (no VM or agent yet) is tried again as it was.
+			limit = min(2*limit, waitAttemptMax)
+		}
+		select {
+		case <-ended:
+			return nil, fmt.Errorf("the VM ended before its agent answered (last error: %v)", err)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the guest's agent on %s: %w (last error: %v)", udsPath, context.Cause(ctx), err)
+		case <-time.After(waitInterval):
+		}
+	}
+}
+
 // New says hello on conn (any stream connection to an agent) and returns
 // the client. conn belongs to the client from then on: Close closes it.
 func New(ctx context.Context, conn io.ReadWriteCloser, opts Options) (*Client, error) {

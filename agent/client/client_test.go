@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/embervm/ember/agent/proto"
 )
@@ -64,5 +65,53 @@ func TestDialHybridVsockRefused(t *testing.T) {
 	}
 	if _, err := DialHybridVsock(context.Background(), filepath.Join(t.TempDir(), "none"), proto.Port); err == nil {
 		t.Error("dialled a missing socket")
+	}
+}
+
+// TestWaitRetriesASilentConnection: a connection the guest accepted and
+// then dropped without a word (a restore's vsock transport reset) does not
+// hold Wait to its end: the attempt times out and a new one is made; and
+// Wait returns once the VM has ended.
+func TestWaitRetriesASilentConnection(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "v.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conns := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			bufio.NewReader(c).ReadString('\n')
+			io.WriteString(c, "OK 1073741824\n") // and then nothing
+			conns <- c
+		}
+	}()
+	ended := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := Wait(context.Background(), sock, Options{Name: "test"}, ended)
+		done <- err
+	}()
+	for i := range 2 {
+		select {
+		case c := <-conns:
+			defer c.Close()
+		case <-time.After(waitAttempt + 10*time.Second): // a hang, not a speed figure
+			t.Fatalf("connection %d did not come", i+1)
+		}
+	}
+	close(ended)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "VM ended") {
+			t.Errorf("Wait after the VM ended: %v", err)
+		}
+	case <-time.After(waitAttemptMax + 10*time.Second):
+		t.Fatal("Wait did not return after the VM ended")
 	}
 }
