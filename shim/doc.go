@@ -76,11 +76,24 @@
 // guest's kernel OOM-killed (the agent's ExitStatus.OOMKilled) gets a
 // TaskOOM event before its TaskExit, as runc's shim sends one.
 //
+// A pod's VM is not booted but restored (warm.go): every pod VM of a host
+// boots the same kernel, init and sandbox image at the same size, so the
+// first shim to need one boots it once, takes a full snapshot when its
+// agent answers (the pod template, EMBER_HOME/shim/templates/KEY, built
+// under a file lock while other shims wait), and every pod's VM loads
+// that snapshot with its own overlay over the template's writable drive
+// (ember_drive_overrides), its own vsock socket, and, through the agent's
+// restore transaction, a new clock, entropy and the pod's host name. The
+// key covers the ember, kernel and init binaries (path, size, mtime), the
+// layer images, the environment and the VM's size; a template that fails
+// is logged and the pod's VM boots instead. Config.ColdPods (cold_pods)
+// boots every pod's VM.
+//
 // Not yet: cgroup limits inside the VM (a pod VM is PodMemoryMiB and
 // PodVCPUs at least, whatever its containers ask); execs joining the
 // container's PID and UTS namespaces (they are chrooted into its root in
 // the VM's namespaces); Update; the pod's network
-// namespace (CNI) into the guest; starting from a pre-warmed snapshot;
-// the jailer; more layers than image/boot.MaxLayerDrives; a layer shared
+// namespace (CNI) into the guest; removing templates no VM uses any
+// more (a rebuilt ember or kernel leaves the old ones); the jailer; more layers than image/boot.MaxLayerDrives; a layer shared
 // by two containers takes a drive for each.
 package shim

@@ -198,6 +198,9 @@ func (s *Service) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*ta
 // panic, ember killed): their exits are reported as exitAgentLost.
 func (s *Service) watchVM(t *ctask) {
 	<-t.vm.Done()
+	if why := t.vm.EndReason(); why != "" {
+		s.log.Error("the task's VM ended on its own", "task", t.id, "why", why)
+	}
 	s.mu.Lock()
 	procs := []*process{t.init}
 	for _, p := range t.execs {

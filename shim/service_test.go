@@ -59,6 +59,7 @@ type agentVM struct {
 func (v *agentVM) Agent() *agentclient.Client { return v.ac }
 func (v *agentVM) PID() int                   { return os.Getpid() }
 func (v *agentVM) Done() <-chan struct{}      { return v.done }
+func (v *agentVM) EndReason() string          { return "" }
 func (v *agentVM) Pause(context.Context) error {
 	v.paused = true
 	return nil

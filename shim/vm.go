@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,9 @@ type VM interface {
 	PID() int
 	// Done is closed once the VM has ended.
 	Done() <-chan struct{}
+	// EndReason, once Done is closed, says how a VM the shim did not stop
+	// ended ("" for one it stopped).
+	EndReason() string
 	// Pause and Resume stop and restart the guest's vCPUs.
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
@@ -104,6 +108,9 @@ type EmberLauncher struct {
 	LayerDir string
 	// Init is ember-init (default: initrd.FindInit()).
 	Init string
+	// ColdPods boots every pod's VM instead of restoring the pod
+	// template (see warm.go).
+	ColdPods bool
 	// Log, if set, gets each boot's phases at info level: where a slow
 	// pod start goes.
 	Log *slog.Logger
@@ -111,6 +118,8 @@ type EmberLauncher struct {
 
 // Boot prepares the VM's files in spec.Dir, starts ember, configures
 // and starts the VM through its API, and waits until the agent answers.
+// A pod's VM (SpareDrives > 0) is restored from the pod template instead
+// (see warm.go), unless ColdPods is set; should that fail, it boots.
 // A failed boot leaves no process behind.
 func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	t0 := time.Now()
@@ -120,20 +129,66 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 		phases = append(phases, name+"_ms", float64(now.Sub(since).Microseconds())/1000)
 		return now
 	}
-	layerDir := l.LayerDir
-	if layerDir == "" {
-		layerDir = filepath.Join(l.Home, "shim", "layers")
+	images, err := l.layerCache().images(ctx, spec.Layers)
+	if err != nil {
+		return nil, err
 	}
-	cache := layerCache{dir: layerDir}
+	t := mark("layers", t0)
+	if spec.SpareDrives > 0 && !l.ColdPods {
+		v, err := l.restorePod(ctx, spec, images, mark, t)
+		if err == nil {
+			if l.Log != nil {
+				mark("total", t0)
+				l.Log.Info("VM restored", append([]any{"vm", spec.ID, "layers", len(spec.Layers)}, phases...)...)
+			}
+			return v, nil
+		}
+		if l.Log != nil {
+			l.Log.Warn("the pod template did not serve; booting the VM", "vm", spec.ID, "err", err)
+		}
+		// What the attempt left in the VM's folder goes: the boot makes
+		// its own files there.
+		if err := os.RemoveAll(spec.Dir); err != nil {
+			return nil, err
+		}
+		phases, t = phases[:0], time.Now()
+	}
+	v, err := l.boot(ctx, spec, images, mark, t)
+	if err != nil {
+		return nil, err
+	}
+	if l.Log != nil {
+		mark("total", t0)
+		l.Log.Info("VM booted", append([]any{"vm", spec.ID, "layers", len(spec.Layers)}, phases...)...)
+	}
+	return v, nil
+}
+
+// layerCache is the cache of the layers' images.
+func (l *EmberLauncher) layerCache() layerCache {
+	if l.LayerDir == "" {
+		return layerCache{dir: filepath.Join(l.Home, "shim", "layers")}
+	}
+	return layerCache{dir: l.LayerDir}
+}
+
+// images returns the image of each layer directory, building those not
+// cached yet.
+func (c layerCache) images(ctx context.Context, layers []string) ([]string, error) {
 	var images []string
-	for _, d := range spec.Layers {
-		img, err := cache.image(ctx, d)
+	for _, d := range layers {
+		img, err := c.image(ctx, d)
 		if err != nil {
 			return nil, err
 		}
 		images = append(images, img)
 	}
-	t := mark("layers", t0)
+	return images, nil
+}
+
+// boot boots spec's VM from the layers' images (Boot's cold path; the
+// previous phase ended at t). A failed boot leaves no process behind.
+func (l *EmberLauncher) boot(ctx context.Context, spec VMSpec, images []string, mark func(string, time.Time) time.Time, t time.Time) (*emberVM, error) {
 	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -143,32 +198,46 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 		return nil, fmt.Errorf("preparing the VM: %w", err)
 	}
 	t = mark("prepare", t)
+	v, err := l.started(spec, mark)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range prep.Drives {
+		if !d.ReadOnly {
+			v.writable = append(v.writable, d.ID)
+		}
+	}
+	if err := v.configure(ctx, l.Kernel, spec, prep, t); err != nil {
+		v.Stop(context.Background())
+		return nil, v.failed(err)
+	}
+	v.phases = nil
+	return v, nil
+}
+
+// started starts ember for spec's VM, with a pod VM's spare drives.
+func (l *EmberLauncher) started(spec VMSpec, mark func(string, time.Time) time.Time) (*emberVM, error) {
 	v, err := l.start(spec)
 	if err != nil {
 		return nil, err
 	}
 	v.phases = mark
-	v.cache = cache
+	v.cache = l.layerCache()
 	if spec.SpareDrives > 0 {
-		if v.placeholder, err = placeholder(layerDir); err != nil {
+		if v.placeholder, err = placeholder(v.cache.dir); err != nil {
 			v.Stop(context.Background())
 			return nil, err
 		}
 		v.slots = &spareSlots{owners: make([]string, spec.SpareDrives)}
 	}
-	if err := v.configure(ctx, l.Kernel, spec, prep, t); err != nil {
-		v.Stop(context.Background())
-		// The VM's folder goes with the failed create: its logs' last
-		// lines go into the error.
-		return nil, fmt.Errorf("%w; ember's log ends: %s; the console ends: %s", err,
-			tailLines(filepath.Join(spec.Dir, emberLogName), failLogLines), tailLines(filepath.Join(spec.Dir, consoleName), failLogLines))
-	}
-	v.phases = nil
-	if l.Log != nil {
-		mark("total", t0)
-		l.Log.Info("VM booted", append([]any{"vm", spec.ID, "layers", len(spec.Layers)}, phases...)...)
-	}
 	return v, nil
+}
+
+// failed is the error of a VM that did not come up: the VM's folder goes
+// with the failed create, so its logs' last lines go into the error.
+func (v *emberVM) failed(err error) error {
+	return fmt.Errorf("%w; ember's log ends: %s; the console ends: %s", err,
+		tailLines(filepath.Join(v.dir, emberLogName), failLogLines), tailLines(filepath.Join(v.dir, consoleName), failLogLines))
 }
 
 // emberVM is a VM run by an ember process the shim started.
@@ -181,6 +250,13 @@ type emberVM struct {
 	agent   *agentclient.Client
 	done    chan struct{}
 	cache   layerCache
+	// writable are the ids of the VM's writable drives (the pod
+	// template's are overridden in each restored VM).
+	writable []string
+	// stopping is set once Stop is called: the VM's end is expected.
+	stopping atomic.Bool
+	// exitErr is ember's exit, set before done is closed.
+	exitErr error
 
 	// phases, while the VM boots, records a phase that began at a time
 	// and returns the time it ended (see Boot).
@@ -302,7 +378,7 @@ func (l *EmberLauncher) start(spec VMSpec) (*emberVM, error) {
 	}
 	v := &emberVM{dir: spec.Dir, sockDir: link, cmd: cmd, api: apiclient.New(sock), done: make(chan struct{})}
 	go func() {
-		cmd.Wait()
+		v.exitErr = cmd.Wait()
 		close(v.done)
 	}()
 	if err := os.WriteFile(filepath.Join(spec.Dir, pidName), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
@@ -346,18 +422,28 @@ func (v *emberVM) configure(ctx context.Context, kernel string, spec VMSpec, pre
 		return err
 	}
 	t = v.phases("configure_start", t)
+	if err := v.waitAgent(ctx, vsock); err != nil {
+		return err
+	}
+	v.phases("agent", t)
+	return nil
+}
+
+// waitAgent waits until the guest's agent answers on the vsock socket
+// and keeps its client.
+func (v *emberVM) waitAgent(ctx context.Context, vsock string) error {
 	actx, cancel := context.WithTimeout(ctx, agentTimeout)
 	defer cancel()
 	for {
-		c, err := agentclient.Dial(actx, vsock, agentclient.Options{Name: "containerd-shim-ember-v2"})
-		if err == nil {
-			if _, err = c.Health(actx); err == nil {
-				v.agent = c
-				v.phases("agent", t)
-				return nil
-			}
-			c.Close()
+		c, err := agentclient.Wait(actx, vsock, agentclient.Options{Name: "containerd-shim-ember-v2"}, v.done)
+		if err != nil {
+			return err
 		}
+		if _, err = c.Health(actx); err == nil {
+			v.agent = c
+			return nil
+		}
+		c.Close()
 		select {
 		case <-v.done:
 			return errors.New("the VM ended before its agent answered")
@@ -390,15 +476,26 @@ func (v *emberVM) waitSocket(ctx context.Context, path string) error {
 	}
 }
 
-func (v *emberVM) Agent() *agentclient.Client       { return v.agent }
-func (v *emberVM) PID() int                         { return v.cmd.Process.Pid }
-func (v *emberVM) Done() <-chan struct{}            { return v.done }
+func (v *emberVM) Agent() *agentclient.Client { return v.agent }
+func (v *emberVM) PID() int                   { return v.cmd.Process.Pid }
+func (v *emberVM) Done() <-chan struct{}      { return v.done }
+
+// EndReason is ember's exit status and its log's and the console's last
+// lines, for a VM that ended without Stop.
+func (v *emberVM) EndReason() string {
+	if v.stopping.Load() {
+		return ""
+	}
+	return fmt.Sprintf("ember (pid %d) ended: %v; ember's log ends: %s; the console ends: %s", v.cmd.Process.Pid, v.exitErr,
+		tailLines(filepath.Join(v.dir, emberLogName), failLogLines), tailLines(filepath.Join(v.dir, consoleName), failLogLines))
+}
 func (v *emberVM) Pause(ctx context.Context) error  { return v.api.Pause(ctx) }
 func (v *emberVM) Resume(ctx context.Context) error { return v.api.Resume(ctx) }
 
 // Stop kills ember (the guest has nothing to save: its writable drive is
 // thrown away with the bundle) and waits for it.
 func (v *emberVM) Stop(ctx context.Context) error {
+	v.stopping.Store(true)
 	if v.agent != nil {
 		v.agent.Close()
 	}

@@ -127,8 +127,17 @@ func labK8s(args []string) error {
 		ember, runc = append(ember, ms(de)), append(runc, ms(dr))
 		fmt.Printf("run %d: ember %.1f ms, runc %.1f ms\n", i, ms(de), ms(dr))
 	}
-	if phases := bootPhases(cdLog.String(), 1); phases != "" {
-		fmt.Printf("ember pods' VM boots, medians of the timed runs (the shim's \"VM booted\"): %s\n", phases)
+	// The warm-up pod's VM (the first line) built the pod template; the
+	// timed ones restore it (or boot, with the shim's cold_pods).
+	for _, msg := range []string{"VM restored", "VM booted"} {
+		if phases := bootPhases(cdLog.String(), msg, 1); phases != "" {
+			fmt.Printf("ember pods' VM starts, medians of the timed runs (the shim's %q): %s\n", msg, phases)
+		}
+	}
+	for _, line := range strings.Split(cdLog.String(), "\n") {
+		if strings.Contains(line, `msg="pod template built"`) {
+			fmt.Printf("the shim's pod template: %s\n", line)
+		}
 	}
 	pe, pr := bench.Median(ember), bench.Median(runc)
 	bench.Line(os.Stdout, "pod_start_p50_ms", pe, "ms")
@@ -139,17 +148,18 @@ func labK8s(args []string) error {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// phaseField is one phase of the shim's "VM booted" line (shim.EmberLauncher).
+// phaseField is one phase of the shim's "VM booted" and "VM restored"
+// lines (shim.EmberLauncher).
 var phaseField = regexp.MustCompile(`(\w+)_ms=([0-9.]+)`)
 
-// bootPhases is the median of each phase of the shim's "VM booted" lines in
-// containerd's log, after the first skip (the warm-up), in their order;
-// "" if there are none.
-func bootPhases(log string, skip int) string {
+// bootPhases is the median of each phase of the shim's lines with message
+// msg in containerd's log, after the first skip (the warm-up), in their
+// order; "" if there are none.
+func bootPhases(log, msg string, skip int) string {
 	var names []string
 	vals := map[string][]float64{}
 	for _, line := range strings.Split(log, "\n") {
-		if !strings.Contains(line, `msg="VM booted"`) {
+		if !strings.Contains(line, `msg="`+msg+`"`) {
 			continue
 		}
 		if skip > 0 {
