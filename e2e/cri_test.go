@@ -23,9 +23,7 @@ import (
 )
 
 // TestCRIPod is issue 14's Kubernetes acceptance through the CRI (what
-// kubelet calls): a pod on runtime handler "ember" is one VM, restored
-// from the shim's pod template (a second pod is restored from the same
-// one, and draws other random numbers); its two
+// kubelet calls): a pod on runtime handler "ember" is one VM; its two
 // containers run in it, each in its own root, and see each other's files
 // through an emptyDir; ExecSync, ContainerStatus and ContainerStats work;
 // a third that exhausts the VM's memory ends OOMKilled and the others go
@@ -55,38 +53,39 @@ func TestCRIPod(t *testing.T) {
 	t.Cleanup(func() {
 		env.Close()
 		if t.Failed() {
+			// The shim's own lines first (a VM that ended on its own says
+			// why), then the log's end.
+			for _, line := range strings.Split(cdLog.String(), "\n") {
+				if strings.Contains(line, "level=ERROR") || strings.Contains(line, "level=WARN") {
+					t.Log(line)
+				}
+			}
 			t.Logf("containerd's log:\n%s", tailString(cdLog.String()))
 			return
 		}
-		// Where the pods' starts went: the shim's phases (shim.EmberLauncher).
-		restored, built, fellBack := 0, 0, ""
+		// Where the pod's boot went: the shim's phases (shim.EmberLauncher).
 		for _, line := range strings.Split(cdLog.String(), "\n") {
-			switch {
-			case strings.Contains(line, `msg="VM restored"`):
-				restored++
-			case strings.Contains(line, `msg="pod template built"`):
-				built++
-			case strings.Contains(line, "the pod template did not serve"):
-				fellBack += line + "\n"
-			case !strings.Contains(line, `msg="VM booted"`):
-				continue
-			}
-			t.Log(line)
-		}
-		// Both pods' VMs were restored from one template, built once
-		// (unless the lab's nested SVM killed a VM on the way, and the
-		// shim booted instead).
-		if restored < 2 || built != 1 {
-			if fellBack != "" && labDeath(fellBack) {
-				t.Logf("%d pod VMs restored from %d pod templates built: a lab fault in the way", restored, built)
-			} else {
-				t.Errorf("%d pod VMs restored from %d pod templates built; want 2 from 1", restored, built)
+			if strings.Contains(line, `msg="VM booted"`) {
+				t.Log(line)
 			}
 		}
 	})
 	embersBefore := emberPIDs(t)
 
-	pod := runPod(ctx, t, env, "ember-pod")
+	// The pod's VM boots in the lab, where a boot now and then dies of the
+	// nested SVM's triple fault (see bootTimeout): that is retried, a few
+	// times, as the harness retries ember's own boots.
+	var pod *crikit.Pod
+	for attempt := 1; ; attempt++ {
+		pod, err = env.RunPod(ctx, "ember-pod", crikit.Handler)
+		if err == nil {
+			break
+		}
+		if attempt == bootAttempts || !labDeath(err.Error()) {
+			t.Fatal(err)
+		}
+		t.Logf("the pod's VM died of a triple fault or internal error (a lab fault?); trying again: %v", err)
+	}
 	removed := false
 	t.Cleanup(func() {
 		if !removed {
@@ -144,29 +143,6 @@ func TestCRIPod(t *testing.T) {
 	}
 	if n := len(emberPIDs(t)) - len(embersBefore); n != 1 {
 		t.Errorf("%d ember processes for one pod of two containers, want 1", n)
-	}
-	// A second pod's VM is restored from the same pod template (built for
-	// the first): its container runs, and its guest's random numbers are
-	// not the first's (each restore reseeds the clone's CRNG).
-	pod2 := runPod(ctx, t, env, "ember-pod-2")
-	c, err := env.CreateContainer(ctx, pod2, "c", []string{"/bin/sh", "-c", "echo c-ready; exec sleep 2147483647"}, nil)
-	if err == nil {
-		err = env.StartContainer(ctx, c)
-	}
-	if err == nil {
-		err = c.WaitLog(ctx, "c-ready")
-	}
-	if err != nil {
-		env.RemovePod(context.Background(), pod2)
-		t.Fatal(err)
-	}
-	ua, _, _, errA := env.Exec(ctx, a, "cat", "/proc/sys/kernel/random/uuid")
-	uc, _, _, errC := env.Exec(ctx, c, "cat", "/proc/sys/kernel/random/uuid")
-	if errA != nil || errC != nil || strings.TrimSpace(ua) == "" || ua == uc {
-		t.Errorf("random UUIDs of two pods restored from one template: %q (%v) and %q (%v)", ua, errA, uc, errC)
-	}
-	if err := env.RemovePod(ctx, pod2); err != nil {
-		t.Fatal(err)
 	}
 	// ContainerStatus: running.
 	st, err := env.Runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: a.ID})
@@ -237,24 +213,6 @@ func TestCRIPod(t *testing.T) {
 	}
 	if rest, _ := env.Runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{}); rest != nil && len(rest.Containers) > 0 {
 		t.Errorf("containers left: %v", rest.Containers)
-	}
-}
-
-// runPod runs a pod on Ember's handler. Its VM starts in the lab, where a
-// boot now and then dies of the nested SVM's triple fault (see
-// bootTimeout): that is retried, a few times, as the harness retries
-// ember's own boots.
-func runPod(ctx context.Context, t *testing.T, env *crikit.Env, name string) *crikit.Pod {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		pod, err := env.RunPod(ctx, name, crikit.Handler)
-		if err == nil {
-			return pod
-		}
-		if attempt == bootAttempts || !labDeath(err.Error()) {
-			t.Fatal(err)
-		}
-		t.Logf("the pod's VM died of a triple fault or internal error (a lab fault?); trying again: %v", err)
 	}
 }
 

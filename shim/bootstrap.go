@@ -197,10 +197,12 @@ type Config struct {
 	LayerDir string `json:"layer_dir,omitempty"`
 	// Init is ember-init (default: found as `ember run --image` finds it).
 	Init string `json:"init,omitempty"`
-	// ColdPods boots each pod's VM instead of restoring it from the pod
-	// template, a snapshot of a booted pod VM that the shim makes once per
-	// kernel, init, sandbox image and size (HOME/shim/templates).
-	ColdPods bool `json:"cold_pods,omitempty"`
+	// WarmPods restores each pod's VM from the pod template, a snapshot
+	// of a booted pod VM that the shim makes once per kernel, init,
+	// sandbox image and size (HOME/shim/templates), instead of booting it.
+	// Off by default until restored pod VMs are as dependable as booted
+	// ones (some died soon after their restore in the lab).
+	WarmPods bool `json:"warm_pods,omitempty"`
 }
 
 // ConfigPath is the shim's configuration file; EnvConfig names another.
@@ -251,7 +253,7 @@ func LoadConfig() (Config, error) {
 // Launcher is the EmberLauncher of the configuration; log gets its boots'
 // phases.
 func (c Config) Launcher(log *slog.Logger) *EmberLauncher {
-	return &EmberLauncher{Ember: c.Ember, Kernel: c.Kernel, Home: c.Home, LayerDir: c.LayerDir, Init: c.Init, ColdPods: c.ColdPods, Log: log}
+	return &EmberLauncher{Ember: c.Ember, Kernel: c.Kernel, Home: c.Home, LayerDir: c.LayerDir, Init: c.Init, WarmPods: c.WarmPods, Log: log}
 }
 
 // Serve is the server: the task service on the inherited socket until

@@ -76,7 +76,8 @@
 // guest's kernel OOM-killed (the agent's ExitStatus.OOMKilled) gets a
 // TaskOOM event before its TaskExit, as runc's shim sends one.
 //
-// A pod's VM is not booted but restored (warm.go): every pod VM of a host
+// With Config.WarmPods (warm_pods), a pod's VM is not booted but restored
+// (warm.go): every pod VM of a host
 // boots the same kernel, init and sandbox image at the same size, so the
 // first shim to need one boots it once, takes a full snapshot when its
 // agent answers (the pod template, EMBER_HOME/shim/templates/KEY, built
@@ -86,8 +87,9 @@
 // restore transaction, a new clock, entropy and the pod's host name. The
 // key covers the ember, kernel and init binaries (path, size, mtime), the
 // layer images, the environment and the VM's size; a template that fails
-// is logged and the pod's VM boots instead. Config.ColdPods (cold_pods)
-// boots every pod's VM.
+// is logged and the pod's VM boots instead. It is off by default: in the
+// lab, a restored pod VM now and then died soon after its restore (not
+// yet understood).
 //
 // Not yet: cgroup limits inside the VM (a pod VM is PodMemoryMiB and
 // PodVCPUs at least, whatever its containers ask); execs joining the

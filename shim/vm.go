@@ -108,9 +108,9 @@ type EmberLauncher struct {
 	LayerDir string
 	// Init is ember-init (default: initrd.FindInit()).
 	Init string
-	// ColdPods boots every pod's VM instead of restoring the pod
-	// template (see warm.go).
-	ColdPods bool
+	// WarmPods restores pod VMs from the pod template instead of booting
+	// them (see warm.go).
+	WarmPods bool
 	// Log, if set, gets each boot's phases at info level: where a slow
 	// pod start goes.
 	Log *slog.Logger
@@ -119,7 +119,7 @@ type EmberLauncher struct {
 // Boot prepares the VM's files in spec.Dir, starts ember, configures
 // and starts the VM through its API, and waits until the agent answers.
 // A pod's VM (SpareDrives > 0) is restored from the pod template instead
-// (see warm.go), unless ColdPods is set; should that fail, it boots.
+// (see warm.go) if WarmPods is set; should that fail, it boots.
 // A failed boot leaves no process behind.
 func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 	t0 := time.Now()
@@ -134,7 +134,7 @@ func (l *EmberLauncher) Boot(ctx context.Context, spec VMSpec) (VM, error) {
 		return nil, err
 	}
 	t := mark("layers", t0)
-	if spec.SpareDrives > 0 && !l.ColdPods {
+	if spec.SpareDrives > 0 && l.WarmPods {
 		v, err := l.restorePod(ctx, spec, images, mark, t)
 		if err == nil {
 			if l.Log != nil {

@@ -3,6 +3,9 @@ package vmm
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,8 +41,24 @@ func waitCount(t *testing.T, vm *VM, above uint32) uint32 {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	t.Fatalf("the guest's count stayed at %d for %v (waiting for more than %d)", last, stuck, above)
+	t.Fatalf("the guest's count stayed at %d for %v (waiting for more than %d); %s", last, stuck, above, vcpuWhere(vm))
 	return 0
+}
+
+// vcpuWhere says where each vCPU thread is (its system call, from
+// /proc/self/task/TID/syscall: "16 ..." is an ioctl, KVM_RUN; "running"
+// is user space) and its kernel stack's top, for a stalled guest.
+func vcpuWhere(vm *VM) string {
+	var out []string
+	for i, c := range vm.cpus {
+		tid := c.tid.Load()
+		sc, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/syscall", tid))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/wchan", tid))
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", tid))
+		out = append(out, fmt.Sprintf("vCPU %d (tid %d): syscall %q, wchan %q, stat %q", i, tid,
+			strings.TrimSpace(string(sc)), wchan, strings.TrimSpace(string(stat))))
+	}
+	return strings.Join(out, "; ")
 }
 
 // TestPauseResume: a paused guest does not run (its count and RIP stay

@@ -85,7 +85,7 @@ func labK8s(args []string) error {
 	}
 	defer os.RemoveAll(dir)
 	shimCfg := filepath.Join(dir, "shim.json")
-	if err := os.WriteFile(shimCfg, []byte(fmt.Sprintf(`{"ember": %q, "kernel": %q, "home": %q}`,
+	if err := os.WriteFile(shimCfg, []byte(fmt.Sprintf(`{"ember": %q, "kernel": %q, "home": %q, "warm_pods": true}`,
 		sibling("ember"), *kernel, filepath.Join(dir, "home"))), 0o644); err != nil {
 		return err
 	}
@@ -128,7 +128,8 @@ func labK8s(args []string) error {
 		fmt.Printf("run %d: ember %.1f ms, runc %.1f ms\n", i, ms(de), ms(dr))
 	}
 	// The warm-up pod's VM (the first line) built the pod template; the
-	// timed ones restore it (or boot, with the shim's cold_pods).
+	// timed ones restore it (the shim's warm_pods, set here; without it
+	// they boot).
 	for _, msg := range []string{"VM restored", "VM booted"} {
 		if phases := bootPhases(cdLog.String(), msg, 1); phases != "" {
 			fmt.Printf("ember pods' VM starts, medians of the timed runs (the shim's %q): %s\n", msg, phases)
